@@ -1,0 +1,499 @@
+"""``jsonl://FOLDER`` and the default store: append-only JSON lines, one file per kind.
+
+* Writers append whole lines under a ``filelock`` (``<file>.lock``), so many
+  processes can share the files; last write wins for circuits and tokens.
+* Readers never take the lock: they read up to the last newline and keep their
+  offset, so re-reading state after another process wrote costs one ``stat``
+  and the new bytes, not the whole file.
+* A corrupt line is skipped and counted, with one warning per read; a torn
+  final line (a writer killed mid-line) is closed off by the next writer so
+  that it can never swallow the record written after it.
+* Metrics are in time order (up to a few seconds of buffering), so a window
+  query bisects the file and reads only the window.
+* ``compact()`` rewrites each file under its lock: temp file, fsync, rename.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+from filelock import FileLock, Timeout
+
+from connector_resilience.backends import CallRecord, CircuitRecord, StoreStats
+from connector_resilience.backends._files import (
+    PRIVATE_FILE_MODE,
+    atomic_write_lines,
+    ensure_private_dir,
+    open_private_append,
+    write_all,
+)
+from connector_resilience.errors import StoreError
+
+__all__ = ["JsonlStore"]
+
+logger = logging.getLogger("connector_resilience.store")
+
+#: Records may reach the metrics file this much out of time order (buffered
+#: flushes from several processes); a window read starts this much earlier.
+ORDER_SLACK_S = 300.0
+#: Below this many bytes a window search stops bisecting and scans.
+_SCAN_BYTES = 64 * 1024
+_LOCK_TIMEOUT_S = 30.0
+_POLL_S = 0.0005
+
+T = TypeVar("T")
+
+
+class _LockedFile:
+    """One JSONL file and the lock every writer of it takes."""
+
+    def __init__(self, path: Path, *, durable: bool = False) -> None:
+        self.path = path
+        self.durable = durable
+        self.stats = StoreStats()
+        self._thread_lock = threading.Lock()
+        self._file_lock = FileLock(
+            f"{path}.lock", timeout=_LOCK_TIMEOUT_S, mode=PRIVATE_FILE_MODE, poll_interval=_POLL_S
+        )
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        ensure_private_dir(self.path.parent)
+        with self._thread_lock:
+            try:
+                self._file_lock.acquire()
+            except Timeout as exc:
+                raise StoreError(f"timed out waiting for the lock on {self.path}") from exc
+            try:
+                yield
+            finally:
+                self._file_lock.release()
+
+    def append(self, lines: Sequence[bytes]) -> None:
+        """Append complete lines; the caller holds :meth:`locked`."""
+        fd = open_private_append(self.path)
+        try:
+            size = os.fstat(fd).st_size
+            prefix = self._terminator(fd, size) if size else b""
+            write_all(fd, prefix + b"".join(lines))
+            if self.durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _terminator(self, fd: int, size: int) -> bytes:
+        """A newline if the file ends in a torn line (its writer was killed mid-write)."""
+        if os.pread(fd, 1, size - 1) == b"\n":
+            return b""
+        self.stats.torn_lines += 1
+        logger.warning(
+            "%s ends in an incomplete line (a writer stopped mid-write); it is skipped",
+            self.path,
+        )
+        return b"\n"
+
+
+class _LastWins:
+    """Incrementally read ``{"connector": ..., ...}`` lines into the latest value per key."""
+
+    def __init__(
+        self, file: _LockedFile, parse: Callable[[Mapping[str, Any]], Any], field: str
+    ) -> None:
+        self.file = file
+        self._parse = parse
+        self._field = field
+        self._lock = threading.Lock()
+        self._inode: tuple[int, int] | None = None
+        self._offset = 0
+        self.values: dict[str, Any] = {}
+
+    def refresh(self) -> dict[str, Any]:
+        """Read what was appended since the last call (or everything after a rewrite)."""
+        with self._lock:
+            try:
+                st = os.stat(self.file.path)
+            except FileNotFoundError:
+                self._inode, self._offset, self.values = None, 0, {}
+                return self.values
+            inode = (st.st_dev, st.st_ino)
+            if inode != self._inode or st.st_size < self._offset:
+                self._inode, self._offset, self.values = inode, 0, {}
+            if st.st_size == self._offset:
+                return self.values
+            with open(self.file.path, "rb") as handle:
+                handle.seek(self._offset)
+                chunk = handle.read(st.st_size - self._offset)
+            end = chunk.rfind(b"\n") + 1
+            bad = 0
+            for line in chunk[:end].splitlines():
+                if not line.strip():
+                    continue
+                try:
+                    data = json.loads(line)
+                    key = data[self._field]
+                    if not isinstance(key, str):
+                        raise TypeError("key must be a string")
+                    self.values[key] = self._parse(data)
+                except (ValueError, TypeError, KeyError, IndexError):
+                    bad += 1
+            self._offset += end
+            if bad:
+                self.file.stats.skipped_lines += bad
+                logger.warning("skipped %d unreadable line(s) in %s", bad, self.file.path)
+            return self.values
+
+
+class JsonlStore:
+    """The JSONL store: metrics, circuit state and tokens in three files.
+
+    Args:
+        metrics_path: metrics file (``CONNECTOR_METRICS_PATH``).
+        circuit_path: circuit state file (``CIRCUIT_STATE_PATH``).
+        token_path: token file (``OAUTH_TOKEN_PATH``), created 0600 and fsynced
+            on every save, since a lost rotating refresh token cannot be recovered.
+        url: the URL it was opened with, for messages.
+    """
+
+    def __init__(
+        self,
+        *,
+        metrics_path: str | os.PathLike[str],
+        circuit_path: str | os.PathLike[str],
+        token_path: str | os.PathLike[str],
+        url: str | None = None,
+    ) -> None:
+        self._metrics = _LockedFile(Path(metrics_path))
+        self._circuits_file = _LockedFile(Path(circuit_path))
+        self._tokens_file = _LockedFile(Path(token_path), durable=True)
+        self.url = url or self.key_for_paths(
+            metrics=metrics_path, circuits=circuit_path, tokens=token_path
+        )
+        self._circuits = _LastWins(self._circuits_file, _parse_circuit, "connector")
+        self._tokens = _LastWins(self._tokens_file, _parse_token, "connector")
+        self._names_offset: tuple[tuple[int, int] | None, int] = (None, 0)
+        self._metric_names: set[str] = set()
+        self._names_lock = threading.Lock()
+
+    @staticmethod
+    def key_for_paths(
+        *,
+        metrics: str | os.PathLike[str],
+        circuits: str | os.PathLike[str],
+        tokens: str | os.PathLike[str],
+    ) -> str:
+        """The registry key of the store made of these three files."""
+        parts = (os.path.abspath(p) for p in (metrics, circuits, tokens))
+        return "jsonl-files:" + "|".join(parts)
+
+    @classmethod
+    def from_url(cls, url: str) -> JsonlStore:
+        """``jsonl://relative/folder`` or ``jsonl:///absolute/folder``."""
+        folder = url.partition("://")[2]
+        if not folder:
+            raise StoreError("a jsonl:// URL needs a folder, such as jsonl://logs/connectors")
+        base = Path(folder)
+        return cls(
+            metrics_path=base / "metrics.jsonl",
+            circuit_path=base / "circuit_state.jsonl",
+            token_path=base / "tokens.jsonl",
+            url=url,
+        )
+
+    def __repr__(self) -> str:
+        return f"JsonlStore({self.url!r})"
+
+    @property
+    def paths(self) -> dict[str, Path]:
+        """The three files, by kind."""
+        return {
+            "metrics": self._metrics.path,
+            "circuits": self._circuits_file.path,
+            "tokens": self._tokens_file.path,
+        }
+
+    @property
+    def stats(self) -> StoreStats:
+        """Lines skipped so far across the three files."""
+        total = StoreStats()
+        for file in (self._metrics, self._circuits_file, self._tokens_file):
+            total.skipped_lines += file.stats.skipped_lines
+            total.torn_lines += file.stats.torn_lines
+        return total
+
+    def now(self) -> float:
+        """Wall-clock seconds since the epoch (every process on the host shares it)."""
+        return time.time()
+
+    # Circuits -----------------------------------------------------------
+
+    def get_circuit(self, connector: str) -> CircuitRecord | None:
+        """The latest record, reading only lines appended since the last read."""
+        return _guard(lambda: self._circuits.refresh().get(connector), self._circuits_file)
+
+    def compare_and_set_circuit(
+        self, connector: str, expected_version: int, record: CircuitRecord
+    ) -> bool:
+        """Append ``record`` under the lock if the version still matches."""
+        if record.version != expected_version + 1:
+            raise ValueError("record.version must be expected_version + 1")
+        with self._circuits_file.locked():
+            current = self._circuits.refresh().get(connector)
+            if (current.version if current else 0) != expected_version:
+                return False
+            line = _dumps({"connector": connector, **record.to_json()})
+            self._circuits_file.append([line])
+            return True
+
+    def list_circuits(self) -> dict[str, CircuitRecord]:
+        """Every connector's latest record."""
+        return dict(_guard(self._circuits.refresh, self._circuits_file))
+
+    # Tokens -------------------------------------------------------------
+
+    def load_token(self, connector: str) -> dict[str, Any] | None:
+        """The latest token mapping (a copy)."""
+        token = _guard(lambda: self._tokens.refresh().get(connector), self._tokens_file)
+        return dict(token) if token is not None else None
+
+    def save_token(self, connector: str, token: Mapping[str, Any]) -> None:
+        """Append the token and fsync before returning."""
+        line = _dumps({**token, "connector": connector})
+        with self._tokens_file.locked():
+            self._tokens_file.append([line])
+
+    def list_tokens(self) -> dict[str, dict[str, Any]]:
+        """Every connector's latest token mapping."""
+        tokens = _guard(self._tokens.refresh, self._tokens_file)
+        return {name: dict(value) for name, value in tokens.items()}
+
+    @contextlib.contextmanager
+    def token_lock(self, connector: str, *, timeout_s: float) -> Iterator[None]:
+        """A lock file beside the token file, one per connector."""
+        path = self._tokens_file.path
+        ensure_private_dir(path.parent)
+        lock = FileLock(
+            f"{path}.{_safe_name(connector)}.refresh.lock",
+            timeout=timeout_s,
+            mode=PRIVATE_FILE_MODE,
+            poll_interval=0.01,
+            thread_local=False,
+        )
+        try:
+            lock.acquire()
+        except Timeout:
+            raise TimeoutError(
+                f"token lock for {connector!r} not acquired in {timeout_s:g}s"
+            ) from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    # Metrics ------------------------------------------------------------
+
+    def append_calls(self, records: Sequence[CallRecord]) -> None:
+        """Append records as one write under the lock."""
+        if not records:
+            return
+        lines = [_dumps(r.to_json()) for r in records]
+        with self._metrics.locked():
+            self._metrics.append(lines)
+
+    def read_calls(
+        self, *, since: float, until: float | None = None, connector: str | None = None
+    ) -> list[CallRecord]:
+        """Records in ``[since, until)``: bisect to the window, then read only it."""
+        path = self._metrics.path
+        try:
+            handle = open(path, "rb")  # noqa: SIM115 - closed below; kept open across the search
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StoreError(f"cannot read {path}: {exc}") from exc
+        out: list[CallRecord] = []
+        bad = 0
+        with handle:
+            size = os.fstat(handle.fileno()).st_size
+            handle.seek(_window_start(handle, size, since - ORDER_SLACK_S))
+            data = handle.read(size - handle.tell())
+        end = data.rfind(b"\n") + 1
+        late = 0
+        for line in data[:end].splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = CallRecord.from_json(json.loads(line))
+            except (ValueError, TypeError, KeyError, AttributeError):
+                bad += 1
+                continue
+            if record.ts < since:
+                continue
+            if until is not None and record.ts >= until:
+                late += 1
+                # Past the window by more than the ordering slack: nothing later belongs.
+                if record.ts >= until + ORDER_SLACK_S:
+                    break
+                continue
+            if connector is None or record.connector == connector:
+                out.append(record)
+        if bad:
+            self._metrics.stats.skipped_lines += bad
+            logger.warning("skipped %d unreadable line(s) in %s", bad, path)
+        return out
+
+    def connectors(self) -> list[str]:
+        """Connectors named in metrics, circuits or tokens."""
+        names = set(self._metric_connector_names())
+        names.update(self.list_circuits())
+        names.update(self.list_tokens())
+        return sorted(names)
+
+    def _metric_connector_names(self) -> set[str]:
+        path = self._metrics.path
+        with self._names_lock:
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                return set()
+            inode, offset = self._names_offset
+            if inode != (st.st_dev, st.st_ino) or st.st_size < offset:
+                offset = 0
+                self._metric_names = set()
+            with open(path, "rb") as handle:
+                handle.seek(offset)
+                chunk = handle.read(st.st_size - offset)
+            end = chunk.rfind(b"\n") + 1
+            for match in _CONNECTOR_RE.finditer(chunk, 0, end):
+                with contextlib.suppress(ValueError):
+                    self._metric_names.add(json.loads(match.group(1)))
+            self._names_offset = ((st.st_dev, st.st_ino), offset + end)
+            return set(self._metric_names)
+
+    # Maintenance --------------------------------------------------------
+
+    def compact(self, *, metrics_retention_s: float) -> dict[str, int]:
+        """Rewrite each file to what is still needed, atomically, under its lock."""
+        cutoff = time.time() - metrics_retention_s
+        counts: dict[str, int] = {}
+        with self._metrics.locked():
+            tally = {"metrics_kept": 0, "metrics_dropped": 0}
+            if self._metrics.path.exists():
+                atomic_write_lines(self._metrics.path, _retained(self._metrics.path, cutoff, tally))
+            counts.update(tally)
+        for kind, file, reader in (
+            ("circuits", self._circuits_file, self._circuits),
+            ("tokens", self._tokens_file, self._tokens),
+        ):
+            with file.locked():
+                values = reader.refresh()
+                if file.path.exists():
+                    atomic_write_lines(
+                        file.path,
+                        [_dumps({**_as_json(v), "connector": k}) for k, v in values.items()],
+                    )
+                counts[kind] = len(values)
+        return counts
+
+    def close(self) -> None:
+        """Nothing stays open between calls."""
+
+
+def _retained(path: Path, cutoff: float, tally: dict[str, int]) -> Iterator[bytes]:
+    """Stream the metrics still inside the retention, normalised; count the rest."""
+    with open(path, "rb") as handle:
+        for line in handle:
+            try:
+                record = CallRecord.from_json(json.loads(line))
+            except (ValueError, TypeError, KeyError, AttributeError):
+                tally["metrics_dropped"] += 1
+                continue
+            if record.ts < cutoff:
+                tally["metrics_dropped"] += 1
+                continue
+            tally["metrics_kept"] += 1
+            yield _dumps(record.to_json())
+
+
+def _as_json(value: Any) -> dict[str, Any]:
+    if isinstance(value, CircuitRecord):
+        return value.to_json()
+    return dict(value)
+
+
+def _parse_circuit(data: Mapping[str, Any]) -> CircuitRecord:
+    return CircuitRecord.from_json(data)
+
+
+def _parse_token(data: Mapping[str, Any]) -> dict[str, Any]:
+    token = dict(data)
+    token.pop("connector", None)
+    return token
+
+
+def _dumps(data: Mapping[str, Any]) -> bytes:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+_CONNECTOR_RE = re.compile(rb'"connector":("(?:[^"\\]|\\.)*")')
+_TS_RE = re.compile(rb'^\{"ts":(-?[0-9.eE+-]+)')
+
+
+def _safe_name(connector: str) -> str:
+    digest = hashlib.sha256(connector.encode()).hexdigest()[:12]
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", connector)[:40]
+    return f"{stem}-{digest}"
+
+
+def _line_ts(line: bytes) -> float | None:
+    match = _TS_RE.match(line)
+    if match is None:
+        return None
+    try:
+        return float(match.group(1))
+    except ValueError:
+        return None
+
+
+def _window_start(handle: IO[bytes], size: int, target: float) -> int:
+    """An offset at or before the first record with ``ts >= target``.
+
+    Bisection over byte offsets: from a midpoint, skip to the next line start
+    and read the first parsable timestamp. Unreadable lines are stepped over.
+    """
+    lo, hi = 0, size
+    while hi - lo > _SCAN_BYTES:
+        mid = (lo + hi) // 2
+        handle.seek(mid)
+        handle.readline()
+        ts: float | None = None
+        start = handle.tell()
+        while start < hi:
+            line = handle.readline()
+            if not line:
+                break
+            ts = _line_ts(line)
+            if ts is not None:
+                break
+            start = handle.tell()
+        if ts is None or ts >= target:
+            hi = mid
+        else:
+            lo = start
+    return lo
+
+
+def _guard(read: Callable[[], T], file: _LockedFile) -> T:
+    try:
+        return read()
+    except OSError as exc:
+        raise StoreError(f"cannot read {file.path}: {exc}") from exc

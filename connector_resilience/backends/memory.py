@@ -1,0 +1,157 @@
+"""``memory://``: state in this process only, thread-safe, gone at exit.
+
+For tests and single-process services that do not need history across restarts.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import copy
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from connector_resilience.backends import CallRecord, CircuitRecord, filter_window
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore:
+    """A store held in dictionaries behind one lock.
+
+    Args:
+        url: the URL it was opened with (``memory://`` or ``memory://name``:
+            different names are different stores).
+        max_records: metrics beyond this many are dropped, oldest first.
+    """
+
+    def __init__(self, url: str = "memory://", *, max_records: int = 1_000_000) -> None:
+        self.url = url
+        self._max_records = max_records
+        self._lock = threading.Lock()
+        self._circuits: dict[str, CircuitRecord] = {}
+        self._tokens: dict[str, dict[str, Any]] = {}
+        self._token_locks: dict[str, threading.Lock] = {}
+        # Kept sorted by ts so a window read is a bisect, not a scan.
+        self._ts: list[float] = []
+        self._calls: list[CallRecord] = []
+
+    def __repr__(self) -> str:
+        return f"MemoryStore({self.url!r})"
+
+    def now(self) -> float:
+        """Wall-clock seconds since the epoch."""
+        return time.time()
+
+    # Circuits -----------------------------------------------------------
+
+    def get_circuit(self, connector: str) -> CircuitRecord | None:
+        """The latest record, or ``None``."""
+        return self._circuits.get(connector)
+
+    def compare_and_set_circuit(
+        self, connector: str, expected_version: int, record: CircuitRecord
+    ) -> bool:
+        """Store ``record`` if the current version is ``expected_version``."""
+        if record.version != expected_version + 1:
+            raise ValueError("record.version must be expected_version + 1")
+        with self._lock:
+            current = self._circuits.get(connector)
+            if (current.version if current else 0) != expected_version:
+                return False
+            self._circuits[connector] = record
+            return True
+
+    def list_circuits(self) -> dict[str, CircuitRecord]:
+        """Every connector's record."""
+        with self._lock:
+            return dict(self._circuits)
+
+    # Tokens -------------------------------------------------------------
+
+    def load_token(self, connector: str) -> dict[str, Any] | None:
+        """A copy of the latest token mapping."""
+        with self._lock:
+            token = self._tokens.get(connector)
+            return copy.deepcopy(token) if token is not None else None
+
+    def save_token(self, connector: str, token: Mapping[str, Any]) -> None:
+        """Replace the connector's token."""
+        with self._lock:
+            self._tokens[connector] = copy.deepcopy(dict(token))
+
+    def list_tokens(self) -> dict[str, dict[str, Any]]:
+        """Copies of every token mapping."""
+        with self._lock:
+            return copy.deepcopy(self._tokens)
+
+    @contextlib.contextmanager
+    def token_lock(self, connector: str, *, timeout_s: float) -> Iterator[None]:
+        """A per-connector lock (this process is the only one sharing the store)."""
+        with self._lock:
+            lock = self._token_locks.setdefault(connector, threading.Lock())
+        if not lock.acquire(timeout=timeout_s):
+            raise TimeoutError(f"token lock for {connector!r} not acquired in {timeout_s:g}s")
+        try:
+            yield
+        finally:
+            lock.release()
+
+    # Metrics ------------------------------------------------------------
+
+    def append_calls(self, records: Sequence[CallRecord]) -> None:
+        """Insert records in timestamp order."""
+        with self._lock:
+            for record in records:
+                if not self._ts or record.ts >= self._ts[-1]:
+                    self._ts.append(record.ts)
+                    self._calls.append(record)
+                else:
+                    index = bisect.bisect_right(self._ts, record.ts)
+                    self._ts.insert(index, record.ts)
+                    self._calls.insert(index, record)
+            excess = len(self._calls) - self._max_records
+            if excess > 0:
+                del self._ts[:excess]
+                del self._calls[:excess]
+
+    def read_calls(
+        self, *, since: float, until: float | None = None, connector: str | None = None
+    ) -> list[CallRecord]:
+        """Records in ``[since, until)``, found by bisection."""
+        with self._lock:
+            start = bisect.bisect_left(self._ts, since)
+            end = len(self._ts) if until is None else bisect.bisect_left(self._ts, until)
+            window = self._calls[start:end]
+        if connector is None:
+            return window
+        return filter_window(window, since=since, until=until, connector=connector)
+
+    def connectors(self) -> list[str]:
+        """Connectors seen in metrics, circuits or tokens."""
+        with self._lock:
+            names = {r.connector for r in self._calls}
+            names.update(self._circuits, self._tokens)
+        return sorted(names)
+
+    # Maintenance --------------------------------------------------------
+
+    def compact(self, *, metrics_retention_s: float) -> dict[str, int]:
+        """Drop metrics older than the retention."""
+        cutoff = time.time() - metrics_retention_s
+        with self._lock:
+            index = bisect.bisect_left(self._ts, cutoff)
+            del self._ts[:index]
+            del self._calls[:index]
+            kept = len(self._calls)
+        return {
+            "metrics_kept": kept,
+            "metrics_dropped": index,
+            "circuits": len(self._circuits),
+            "tokens": len(self._tokens),
+        }
+
+    def close(self) -> None:
+        """Nothing to release."""

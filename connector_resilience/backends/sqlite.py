@@ -1,0 +1,398 @@
+"""``sqlite:///relative.db`` and ``sqlite:////absolute.db``: one file, many processes.
+
+WAL mode so readers never wait for writers, a busy timeout so writers queue
+instead of failing, an index on time for window queries, compare-and-set by
+``UPDATE ... WHERE version = ?``, and a lease table for the token refresh lock.
+The schema version lives in ``PRAGMA user_version``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from connector_resilience.backends import CallRecord, CircuitRecord, StoreStats
+from connector_resilience.backends._files import PRIVATE_FILE_MODE, ensure_private_dir
+from connector_resilience.errors import StoreError
+
+__all__ = ["SCHEMA_VERSION", "SqliteStore"]
+
+logger = logging.getLogger("connector_resilience.store")
+
+SCHEMA_VERSION = 1
+_BUSY_TIMEOUT_MS = 10_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS metrics (
+    ts REAL NOT NULL,
+    connector TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    duration_ms REAL NOT NULL,
+    status TEXT NOT NULL,
+    error TEXT,
+    attempt INTEGER NOT NULL DEFAULT 1,
+    final INTEGER NOT NULL DEFAULT 1,
+    labels TEXT
+);
+CREATE INDEX IF NOT EXISTS metrics_ts ON metrics (ts);
+CREATE INDEX IF NOT EXISTS metrics_connector_ts ON metrics (connector, ts);
+CREATE TABLE IF NOT EXISTS circuits (
+    connector TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    connector TEXT PRIMARY KEY,
+    data TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS locks (
+    name TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+"""
+
+_COLUMNS = "ts, connector, operation, duration_ms, status, error, attempt, final, labels"
+
+
+class SqliteStore:
+    """A store in one SQLite database file.
+
+    Args:
+        path: the database file; its folder is created 0700 and the file 0600.
+        url: the URL it was opened with, for messages.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, url: str | None = None) -> None:
+        self.path = Path(path)
+        self.url = url or f"sqlite:///{self.path}"
+        self.stats = StoreStats()
+        self._local = threading.local()
+        self._init_lock = threading.Lock()
+        self._initialised_pid: int | None = None
+
+    @classmethod
+    def from_url(cls, url: str) -> SqliteStore:
+        """``sqlite:///relative.db`` or ``sqlite:////absolute/path.db``."""
+        rest = url.partition("://")[2]
+        if not rest.startswith("/") or rest == "/":
+            raise StoreError(
+                "a sqlite URL is sqlite:///relative.db or sqlite:////absolute.db "
+                f"(three slashes, then the path), not {url!r}"
+            )
+        return cls(rest[1:], url=url)
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({self.url!r})"
+
+    # Connections --------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        """This thread's connection, reopened after a fork."""
+        pid = os.getpid()
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and getattr(self._local, "pid", None) == pid:
+            return conn
+        if self._initialised_pid != pid:
+            with self._init_lock:
+                if self._initialised_pid != pid:
+                    self._initialise()
+                    self._initialised_pid = pid
+        conn = self._open_connection()
+        self._local.conn, self._local.pid = conn, pid
+        return conn
+
+    def _open_connection(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=_BUSY_TIMEOUT_MS / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open SQLite store {self.path}: {exc}") from exc
+        return conn
+
+    def _initialise(self) -> None:
+        ensure_private_dir(self.path.parent if str(self.path.parent) else Path("."))
+        if not self.path.exists():
+            # Create the file 0600 before SQLite does, so it is never world-readable.
+            with contextlib.suppress(FileExistsError):
+                os.close(
+                    os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+                )
+        conn = self._open_connection()
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path} has schema version {version}; this version of "
+                    f"connector-resilience reads up to {SCHEMA_VERSION}: upgrade it"
+                )
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            if version < SCHEMA_VERSION:
+                conn.execute("BEGIN IMMEDIATE")
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot initialise SQLite store {self.path}: {exc}") from exc
+        finally:
+            conn.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``: the write lock is taken up front."""
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write to {self.path}: {exc}") from exc
+        try:
+            yield conn
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise StoreError(f"cannot write to {self.path}: {exc}") from exc
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        try:
+            return self._connect().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read {self.path}: {exc}") from exc
+
+    def now(self) -> float:
+        """Wall-clock seconds since the epoch (every process on the host shares it)."""
+        return time.time()
+
+    # Circuits -----------------------------------------------------------
+
+    def get_circuit(self, connector: str) -> CircuitRecord | None:
+        """The connector's record, or ``None``."""
+        rows = self._query("SELECT data FROM circuits WHERE connector = ?", (connector,))
+        return self._parse_circuit(connector, rows[0][0]) if rows else None
+
+    def compare_and_set_circuit(
+        self, connector: str, expected_version: int, record: CircuitRecord
+    ) -> bool:
+        """``UPDATE ... WHERE version = expected`` (or insert when expecting 0)."""
+        if record.version != expected_version + 1:
+            raise ValueError("record.version must be expected_version + 1")
+        data = json.dumps(record.to_json(), separators=(",", ":"))
+        with self._transaction() as conn:
+            if expected_version == 0:
+                cursor = conn.execute(
+                    "INSERT OR IGNORE INTO circuits (connector, version, data) VALUES (?, ?, ?)",
+                    (connector, record.version, data),
+                )
+            else:
+                cursor = conn.execute(
+                    "UPDATE circuits SET version = ?, data = ? WHERE connector = ? AND version = ?",
+                    (record.version, data, connector, expected_version),
+                )
+            return cursor.rowcount == 1
+
+    def list_circuits(self) -> dict[str, CircuitRecord]:
+        """Every readable circuit record."""
+        out: dict[str, CircuitRecord] = {}
+        for connector, data in self._query("SELECT connector, data FROM circuits"):
+            record = self._parse_circuit(connector, data)
+            if record is not None:
+                out[connector] = record
+        return out
+
+    def _parse_circuit(self, connector: str, data: Any) -> CircuitRecord | None:
+        try:
+            return CircuitRecord.from_json(json.loads(data))
+        except (ValueError, TypeError, KeyError, IndexError):
+            self.stats.skipped_lines += 1
+            logger.warning("unreadable circuit record for %r in %s; ignored", connector, self.path)
+            return None
+
+    # Tokens -------------------------------------------------------------
+
+    def load_token(self, connector: str) -> dict[str, Any] | None:
+        """The connector's token mapping, or ``None``."""
+        rows = self._query("SELECT data FROM tokens WHERE connector = ?", (connector,))
+        return self._parse_token(connector, rows[0][0]) if rows else None
+
+    def save_token(self, connector: str, token: Mapping[str, Any]) -> None:
+        """Replace the connector's token."""
+        data = json.dumps(dict(token), separators=(",", ":"))
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO tokens (connector, data, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (connector) DO UPDATE SET data = excluded.data, "
+                "updated_at = excluded.updated_at",
+                (connector, data, time.time()),
+            )
+
+    def list_tokens(self) -> dict[str, dict[str, Any]]:
+        """Every readable token mapping."""
+        out: dict[str, dict[str, Any]] = {}
+        for connector, data in self._query("SELECT connector, data FROM tokens"):
+            token = self._parse_token(connector, data)
+            if token is not None:
+                out[connector] = token
+        return out
+
+    def _parse_token(self, connector: str, data: Any) -> dict[str, Any] | None:
+        try:
+            token = json.loads(data)
+        except (ValueError, TypeError):
+            token = None
+        if not isinstance(token, dict):
+            self.stats.skipped_lines += 1
+            logger.warning("unreadable token record for %r in %s; ignored", connector, self.path)
+            return None
+        return token
+
+    @contextlib.contextmanager
+    def token_lock(self, connector: str, *, timeout_s: float) -> Iterator[None]:
+        """A lease row: held until released, or until it expires if its holder died."""
+        name = f"token:{connector}"
+        owner = uuid.uuid4().hex
+        deadline = time.monotonic() + timeout_s
+        delay = 0.005
+        while True:
+            now = time.time()
+            with self._transaction() as conn:
+                cursor = conn.execute(
+                    "INSERT INTO locks (name, owner, expires_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, "
+                    "expires_at = excluded.expires_at WHERE locks.expires_at < ?",
+                    (name, owner, now + timeout_s, now),
+                )
+                acquired = cursor.rowcount == 1
+            if acquired:
+                break
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"token lock for {connector!r} not acquired in {timeout_s:g}s")
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 0.1)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(StoreError), self._transaction() as conn:
+                conn.execute("DELETE FROM locks WHERE name = ? AND owner = ?", (name, owner))
+
+    # Metrics ------------------------------------------------------------
+
+    def append_calls(self, records: Sequence[CallRecord]) -> None:
+        """Insert records in one transaction."""
+        if not records:
+            return
+        rows = [
+            (
+                r.ts,
+                r.connector,
+                r.operation,
+                r.duration_ms,
+                r.status,
+                r.error,
+                r.attempt,
+                int(r.final),
+                json.dumps(dict(r.labels)) if r.labels else None,
+            )
+            for r in records
+        ]
+        with self._transaction() as conn:
+            conn.executemany(
+                f"INSERT INTO metrics ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                rows,
+            )
+
+    def read_calls(
+        self, *, since: float, until: float | None = None, connector: str | None = None
+    ) -> list[CallRecord]:
+        """Records in ``[since, until)`` through the time index."""
+        sql = f"SELECT {_COLUMNS} FROM metrics WHERE ts >= ?"  # noqa: S608
+        params: list[Any] = [since]
+        if until is not None:
+            sql += " AND ts < ?"
+            params.append(until)
+        if connector is not None:
+            sql += " AND connector = ?"
+            params.append(connector)
+        sql += " ORDER BY ts"
+        out: list[CallRecord] = []
+        bad = 0
+        for row in self._query(sql, params):
+            try:
+                labels = json.loads(row[8]) if row[8] else None
+                out.append(
+                    CallRecord.from_json(
+                        {
+                            "ts": row[0],
+                            "connector": row[1],
+                            "operation": row[2],
+                            "duration_ms": row[3],
+                            "status": row[4],
+                            "error": row[5],
+                            "attempt": row[6],
+                            "final": bool(row[7]),
+                            "labels": labels,
+                        }
+                    )
+                )
+            except (ValueError, TypeError, KeyError):
+                bad += 1
+        if bad:
+            self.stats.skipped_lines += bad
+            logger.warning("skipped %d unreadable metric row(s) in %s", bad, self.path)
+        return out
+
+    def connectors(self) -> list[str]:
+        """Connectors named in metrics, circuits or tokens."""
+        rows = self._query(
+            "SELECT connector FROM (SELECT DISTINCT connector FROM metrics "
+            "UNION SELECT connector FROM circuits UNION SELECT connector FROM tokens)"
+        )
+        return sorted(str(r[0]) for r in rows if isinstance(r[0], str))
+
+    # Maintenance --------------------------------------------------------
+
+    def compact(self, *, metrics_retention_s: float) -> dict[str, int]:
+        """Delete metrics past the retention and expired locks; checkpoint the WAL."""
+        cutoff = time.time() - metrics_retention_s
+        with self._transaction() as conn:
+            dropped = conn.execute("DELETE FROM metrics WHERE ts < ?", (cutoff,)).rowcount
+            conn.execute("DELETE FROM locks WHERE expires_at < ?", (time.time(),))
+        kept = self._query("SELECT COUNT(*) FROM metrics")[0][0]
+        with contextlib.suppress(sqlite3.Error):
+            self._connect().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return {
+            "metrics_kept": int(kept),
+            "metrics_dropped": int(dropped),
+            "circuits": len(self.list_circuits()),
+            "tokens": len(self.list_tokens()),
+        }
+
+    def close(self) -> None:
+        """Close this thread's connection (others close when their thread ends)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and getattr(self._local, "pid", None) == os.getpid():
+            conn.close()
+        self._local = threading.local()

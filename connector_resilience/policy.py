@@ -1,0 +1,615 @@
+"""One :class:`Policy` that configures retries, the breaker, health, tokens and the store.
+
+``Policy()`` reads the environment with the variable names of the original
+connector framework (``RETRY_MAX_ATTEMPTS``, ``CB_COOLDOWN_S``, ...). Sources,
+strongest first: keyword arguments, environment variables, a ``.env`` file,
+a TOML file (``Policy.from_toml`` or ``CONNECTOR_POLICY_FILE``), then defaults.
+
+Per-connector overrides let one connector have its own SLA::
+
+    CONNECTOR__GITHUB__RETRY_MAX_ATTEMPTS=6    # environment
+    [connectors.github.retry]                  # TOML
+    max_attempts = 6
+
+and ``policy.for_connector("github")`` returns the merged view.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import tomllib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+__all__ = [
+    "CircuitPolicy",
+    "HealthPolicy",
+    "OAuthPolicy",
+    "Policy",
+    "RetryPolicy",
+    "StorePolicy",
+    "env_var_table",
+]
+
+#: Environment variables that name per-connector overrides: CONNECTOR__<NAME>__<VARIABLE>.
+CONNECTOR_OVERRIDE_PREFIX = "CONNECTOR__"
+#: Environment variable that points at a TOML policy file.
+POLICY_FILE_ENV = "CONNECTOR_POLICY_FILE"
+
+_GROUP_CONFIG = ConfigDict(
+    frozen=True,
+    extra="forbid",
+    validate_by_name=True,
+    validate_by_alias=True,
+    validate_default=True,
+    # A bad value's input could be a secret (the token encryption key); the
+    # error names the variable and the rule instead.
+    hide_input_in_errors=True,
+)
+
+
+def _env(name: str, default: Any, description: str, **constraints: Any) -> Any:
+    """A group field read from the environment variable ``name``."""
+    return Field(default, validation_alias=name, description=description, **constraints)
+
+
+class RetryPolicy(BaseModel):
+    """How failed attempts are retried: count, backoff schedule, jitter, deadline."""
+
+    model_config = _GROUP_CONFIG
+
+    max_attempts: int = _env(
+        "RETRY_MAX_ATTEMPTS", 3, "Attempts per call, the first one included.", ge=1, le=1000
+    )
+    base_ms: float = _env(
+        "RETRY_BASE_MS", 400.0, "Delay before the first retry; doubles each retry.", ge=0
+    )
+    cap_ms: float = _env("RETRY_CAP_MS", 60_000.0, "Longest delay between two attempts.", gt=0)
+    jitter_pct: float = _env(
+        "RETRY_JITTER_PCT", 0.2, "Proportional jitter: +/- this share of the delay.", ge=0, le=1
+    )
+    jitter: Literal["proportional", "full", "equal", "decorrelated", "none"] = _env(
+        "RETRY_JITTER",
+        "proportional",
+        "Jitter kind: proportional (+/- jitter_pct), full, equal, decorrelated or none.",
+    )
+    deadline_s: float | None = _env(
+        "RETRY_DEADLINE_S",
+        None,
+        "Whole-call budget in seconds: no retry sleep may end past it. Unset: no deadline.",
+        gt=0,
+    )
+
+    @model_validator(mode="after")
+    def _cap_not_below_base(self) -> Self:
+        if self.cap_ms < self.base_ms:
+            raise ValueError(
+                f"RETRY_CAP_MS ({self.cap_ms:g}) must be >= RETRY_BASE_MS ({self.base_ms:g})"
+            )
+        return self
+
+
+class CircuitPolicy(BaseModel):
+    """When the breaker opens, how long it stays open and how it probes recovery."""
+
+    model_config = _GROUP_CONFIG
+
+    enabled: bool = _env("CB_ENABLED", True, "Turn the circuit breaker on or off.")
+    failures_to_open: int = _env(
+        "CB_FAILURES_TO_OPEN", 5, "Consecutive failures that open the circuit.", ge=1
+    )
+    cooldown_s: float = _env(
+        "CB_COOLDOWN_S", 60.0, "Seconds an open circuit waits before probing.", gt=0
+    )
+    half_open_prob: float = _env(
+        "CB_HALF_OPEN_PROB",
+        0.2,
+        "Chance that a call is admitted as a probe while half-open.",
+        gt=0,
+        le=1,
+    )
+    half_open_max_probes: int = _env(
+        "CB_HALF_OPEN_MAX_PROBES",
+        1,
+        "Probes in flight at once while half-open, across every process sharing the store.",
+        ge=1,
+    )
+    probe_lease_s: float = _env(
+        "CB_PROBE_LEASE_S",
+        30.0,
+        "A probe slot is freed after this long even if its holder never reports back.",
+        gt=0,
+    )
+    model: Literal["consecutive", "count", "time"] = _env(
+        "CB_MODEL",
+        "consecutive",
+        "Trip rule: consecutive failures, or failure rate over a count or time window.",
+    )
+    window_size: int = _env(
+        "CB_WINDOW_SIZE",
+        100,
+        "Sliding window length: calls (model=count) or seconds (model=time).",
+        ge=1,
+    )
+    min_calls: int = _env(
+        "CB_MIN_CALLS", 10, "Calls in the window before a rate can trip the circuit.", ge=1
+    )
+    failure_rate: float = _env(
+        "CB_FAILURE_RATE", 0.5, "Failure share in the window that opens the circuit.", gt=0, le=1
+    )
+    slow_call_ms: float | None = _env(
+        "CB_SLOW_CALL_MS",
+        None,
+        "A call slower than this counts as slow. Unset: slowness never trips the circuit.",
+        gt=0,
+    )
+    slow_call_rate: float = _env(
+        "CB_SLOW_CALL_RATE",
+        1.0,
+        "Slow-call share in the window that opens the circuit.",
+        gt=0,
+        le=1,
+    )
+    sync_interval_s: float = _env(
+        "CB_SYNC_INTERVAL_S",
+        0.1,
+        "Longest a process trusts its cached breaker state before re-reading a shared store.",
+        ge=0,
+    )
+
+
+class HealthPolicy(BaseModel):
+    """Thresholds that turn a metrics summary into healthy, degraded or down."""
+
+    model_config = _GROUP_CONFIG
+
+    p95_ms: float = _env(
+        "CONNECTOR_HEALTH_P95_MS", 2000.0, "p95 latency above this is degraded.", gt=0
+    )
+    error_rate: float = _env(
+        "CONNECTOR_HEALTH_ERROR_RATE", 0.10, "Error rate above this is degraded.", ge=0, le=1
+    )
+    down_error_rate: float = _env(
+        "CONNECTOR_HEALTH_DOWN_ERROR_RATE",
+        0.9,
+        "Error rate at or above this is down (the circuit being open is down too).",
+        gt=0,
+        le=1,
+    )
+    min_calls: int = _env(
+        "CONNECTOR_HEALTH_MIN_CALLS", 5, "Attempts in the window before errors can mean down.", ge=1
+    )
+    window_s: float = _env(
+        "CONNECTOR_HEALTH_WINDOW_S", 3600.0, "Window of history health looks at.", gt=0
+    )
+
+
+class OAuthPolicy(BaseModel):
+    """OAuth2 token rules."""
+
+    model_config = _GROUP_CONFIG
+
+    required: bool = _env(
+        "OAUTH2_REQUIRED", False, "Refuse to call a connector that has no usable token."
+    )
+    refresh_safety_window_s: float = _env(
+        "OAUTH_REFRESH_SAFETY_WINDOW_S",
+        300.0,
+        "Refresh a token this many seconds before it expires.",
+        ge=0,
+    )
+    lock_timeout_s: float = _env(
+        "OAUTH_LOCK_TIMEOUT_S",
+        30.0,
+        "Longest wait for another process's refresh before giving up.",
+        gt=0,
+    )
+    encryption_key: SecretStr | None = _env(
+        "OAUTH_TOKEN_ENCRYPTION_KEY",
+        None,
+        "Fernet key that encrypts tokens at rest (needs the crypto extra). Unset: plain JSON.",
+    )
+
+
+class StorePolicy(BaseModel):
+    """Where state lives."""
+
+    model_config = _GROUP_CONFIG
+
+    url: str | None = _env(
+        "CONNECTOR_STORE_URL",
+        None,
+        "memory://, jsonl://FOLDER, sqlite:///FILE or redis://HOST:PORT/DB. "
+        "Unset: the three JSONL paths below.",
+    )
+    metrics_path: Path = _env(
+        "CONNECTOR_METRICS_PATH",
+        Path("logs/connectors/metrics.jsonl"),
+        "JSONL file of call metrics (default store).",
+    )
+    token_path: Path = _env(
+        "OAUTH_TOKEN_PATH",
+        Path("logs/connectors/tokens.jsonl"),
+        "JSONL file of OAuth2 tokens, created 0600 (default store).",
+    )
+    circuit_state_path: Path = _env(
+        "CIRCUIT_STATE_PATH",
+        Path("logs/connectors/circuit_state.jsonl"),
+        "JSONL file of circuit breaker state (default store).",
+    )
+    metrics_retention_s: float = _env(
+        "CONNECTOR_METRICS_RETENTION_S",
+        7 * 86400.0,
+        "Compaction drops metrics older than this.",
+        gt=0,
+    )
+    flush_interval_s: float = _env(
+        "CONNECTOR_METRICS_FLUSH_S",
+        0.5,
+        "Decorated calls buffer metrics and write them at most this long after the call.",
+        gt=0,
+    )
+    buffer_max: int = _env(
+        "CONNECTOR_METRICS_BUFFER_MAX",
+        50_000,
+        "Metrics held in memory while the store is unreachable; older ones are dropped.",
+        ge=1,
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str | None) -> str | None:
+        if url is None or not url.strip():
+            return None
+        from connector_resilience.backends import known_schemes, scheme_of
+
+        scheme = scheme_of(url)
+        if scheme not in known_schemes():
+            raise ValueError(
+                f"CONNECTOR_STORE_URL has unknown scheme {scheme!r}; "
+                f"known: {', '.join(sorted(known_schemes()))}"
+            )
+        return url.strip()
+
+
+_GROUPS: dict[str, type[BaseModel]] = {
+    "retry": RetryPolicy,
+    "circuit": CircuitPolicy,
+    "health": HealthPolicy,
+    "oauth": OAuthPolicy,
+    "store": StorePolicy,
+}
+
+
+def _env_names() -> dict[str, tuple[str, str]]:
+    """Map every environment variable to its (group, field)."""
+    table: dict[str, tuple[str, str]] = {}
+    for group, model in _GROUPS.items():
+        for field_name, info in model.model_fields.items():
+            alias = info.validation_alias
+            assert isinstance(alias, str)
+            table[alias] = (group, field_name)
+    return table
+
+
+_ENV_NAMES = _env_names()
+
+
+def env_var_table() -> list[tuple[str, str, str, FieldInfo]]:
+    """Every setting as (environment variable, group, field, field info), for docs and the CLI."""
+    return [
+        (env, group, name, _GROUPS[group].model_fields[name])
+        for env, (group, name) in _ENV_NAMES.items()
+    ]
+
+
+def _nest(values: Mapping[str, Any], *, where: str) -> dict[str, Any]:
+    """Turn a TOML table or flat env mapping into ``{group: {field: value}}``.
+
+    Accepts group tables (``{"retry": {"max_attempts": 5}}``) and flat variable
+    names (``{"RETRY_MAX_ATTEMPTS": 5}``) side by side.
+    """
+    nested: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in _GROUPS:
+            if not isinstance(value, Mapping):
+                raise ValueError(f"{where}: [{key}] must be a table, not {type(value).__name__}")
+            nested.setdefault(key, {}).update(_normalise_group(key, value, where=where))
+        elif key.upper() in _ENV_NAMES:
+            group, field_name = _ENV_NAMES[key.upper()]
+            nested.setdefault(group, {})[field_name] = value
+        elif key == "connectors" and isinstance(value, Mapping):
+            nested["connectors"] = {
+                str(name).lower(): _nest(table, where=f"{where} [connectors.{name}]")
+                for name, table in value.items()
+            }
+        else:
+            raise ValueError(f"{where}: unknown setting {key!r}")
+    return nested
+
+
+def _normalise_group(group: str, values: Mapping[str, Any], *, where: str) -> dict[str, Any]:
+    fields = _GROUPS[group].model_fields
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in fields:
+            out[key] = value
+        elif key.upper() in _ENV_NAMES and _ENV_NAMES[key.upper()][0] == group:
+            out[_ENV_NAMES[key.upper()][1]] = value
+        else:
+            raise ValueError(f"{where}: unknown setting {group}.{key}")
+    return out
+
+
+def _by_alias(nested: dict[str, Any]) -> dict[str, Any]:
+    """Key each group's values by variable name, so every source merges on one key.
+
+    pydantic-settings deep-merges the sources; if one used ``max_attempts`` and
+    another ``RETRY_MAX_ATTEMPTS`` both would survive and precedence would be lost.
+    Keying by variable name also makes every validation error name the variable.
+    """
+    out = dict(nested)
+    for group, model in _GROUPS.items():
+        values = out.get(group)
+        if isinstance(values, Mapping):
+            fields = model.model_fields
+            out[group] = {
+                (fields[k].validation_alias if k in fields else k): v for k, v in values.items()
+            }
+    return out
+
+
+class _EnvironmentSource(PydanticBaseSettingsSource):
+    """Reads the flat variable names (and per-connector overrides) from a mapping."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        self._environ = {key.upper(): value for key, value in environ.items()}
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        raise NotImplementedError  # __call__ builds the whole mapping at once
+
+    def __call__(self) -> dict[str, Any]:
+        nested: dict[str, Any] = {}
+        for env, (group, _field_name) in _ENV_NAMES.items():
+            if env in self._environ:
+                # Keep the variable's own name as the key so that a validation
+                # error names the variable the user set.
+                nested.setdefault(group, {})[env] = self._environ[env]
+        connectors: dict[str, dict[str, Any]] = {}
+        for key, value in self._environ.items():
+            if not key.startswith(CONNECTOR_OVERRIDE_PREFIX):
+                continue
+            name, sep, variable = key[len(CONNECTOR_OVERRIDE_PREFIX) :].partition("__")
+            if not sep or not name:
+                raise ValueError(
+                    f"{key}: per-connector overrides are named "
+                    f"{CONNECTOR_OVERRIDE_PREFIX}<CONNECTOR>__<VARIABLE>"
+                )
+            if variable not in _ENV_NAMES:
+                raise ValueError(f"{key}: {variable!r} is not a connector-resilience setting")
+            group, field_name = _ENV_NAMES[variable]
+            connectors.setdefault(name.lower(), {}).setdefault(group, {})[field_name] = value
+        if connectors:
+            nested["connectors"] = connectors
+        return nested
+
+
+class _DotEnvSource(_EnvironmentSource):
+    def __init__(self, settings_cls: type[BaseSettings], env_file: Any) -> None:
+        from dotenv import dotenv_values
+
+        environ: dict[str, str] = {}
+        files = env_file if isinstance(env_file, list | tuple) else [env_file]
+        for path in files:
+            if path is not None and Path(path).is_file():
+                environ.update({k: v for k, v in dotenv_values(path).items() if v is not None})
+        super().__init__(settings_cls, environ)
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        super().__init__(settings_cls)
+        self._path = path
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        raise NotImplementedError
+
+    def __call__(self) -> dict[str, Any]:
+        if self._path is None:
+            return {}
+        try:
+            with self._path.open("rb") as handle:
+                data = tomllib.load(handle)
+        except FileNotFoundError:
+            raise ValueError(f"policy file {str(self._path)!r} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"policy file {str(self._path)!r} is not valid TOML: {exc}") from None
+        # A pyproject.toml keeps it under [tool.connector-resilience].
+        tool = data.get("tool", {}).get("connector-resilience")
+        if isinstance(tool, dict):
+            data = tool
+        return _by_alias(_nest(data, where=str(self._path)))
+
+
+class _InitSource(PydanticBaseSettingsSource):
+    """Keyword arguments; a group given as a model counts only for the fields it set."""
+
+    def __init__(self, settings_cls: type[BaseSettings], kwargs: Mapping[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._kwargs = kwargs
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        raise NotImplementedError
+
+    def __call__(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, given in self._kwargs.items():
+            value = given.model_dump(exclude_unset=True) if isinstance(given, BaseModel) else given
+            if key in _GROUPS and isinstance(value, Mapping):
+                value = _normalise_group(key, value, where="Policy()")
+            out[key] = value
+        return _by_alias(out)
+
+
+_toml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+    "connector_resilience_policy_toml", default=None
+)
+
+
+class Policy(BaseSettings):
+    """Every connector-resilience setting, read from the environment.
+
+    Example:
+        >>> policy = Policy(retry={"max_attempts": 5})
+        >>> policy.retry.max_attempts
+        5
+        >>> policy.circuit.failures_to_open  # CB_FAILURES_TO_OPEN, default 5
+        5
+
+    Attributes:
+        retry: attempts, backoff and deadline.
+        circuit: breaker thresholds and half-open probing.
+        health: thresholds for healthy / degraded / down.
+        oauth: token refresh and OAUTH2_REQUIRED.
+        store: which store holds state, and where the JSONL files are.
+        connectors: per-connector overrides, ``{name: {group: {field: value}}}``.
+    """
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="forbid",
+        env_file=".env",
+        validate_default=True,
+        hide_input_in_errors=True,
+    )
+
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    circuit: CircuitPolicy = Field(default_factory=CircuitPolicy)
+    health: HealthPolicy = Field(default_factory=HealthPolicy)
+    oauth: OAuthPolicy = Field(default_factory=OAuthPolicy)
+    store: StorePolicy = Field(default_factory=StorePolicy)
+    connectors: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    _views: dict[str, Policy] = PrivateAttr(default_factory=dict)
+
+    _groups: ClassVar[dict[str, type[BaseModel]]] = _GROUPS
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keyword arguments, then the environment, then ``.env``, then a TOML file."""
+        kwargs = getattr(init_settings, "init_kwargs", {})
+        toml = _toml_path.get()
+        if toml is None and os.environ.get(POLICY_FILE_ENV):
+            toml = Path(os.environ[POLICY_FILE_ENV])
+        return (
+            _InitSource(settings_cls, kwargs),
+            _EnvironmentSource(settings_cls, os.environ),
+            _DotEnvSource(settings_cls, getattr(dotenv_settings, "env_file", None)),
+            _TomlSource(settings_cls, toml),
+        )
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str], **overrides: Any) -> Policy:
+        """Build a policy whose file layer is the TOML file at ``path``.
+
+        The environment and keyword arguments still take precedence over the file.
+        Settings may be group tables (``[retry]``), flat variable names, and
+        ``[connectors.NAME]`` tables; a ``pyproject.toml`` keeps them under
+        ``[tool.connector-resilience]``.
+        """
+        token = _toml_path.set(Path(path))
+        try:
+            return cls(**overrides)
+        finally:
+            _toml_path.reset(token)
+
+    @field_validator("connectors", mode="before")
+    @classmethod
+    def _normalise_connectors(cls, value: Any) -> Any:
+        if not isinstance(value, Mapping):
+            return value
+        out: dict[str, dict[str, Any]] = {}
+        for name, table in value.items():
+            if not isinstance(table, Mapping):
+                raise ValueError(f"connectors.{name} must be a mapping of settings")
+            out[str(name).lower()] = _nest(table, where=f"connectors.{name}")
+        return out
+
+    @model_validator(mode="after")
+    def _validate_connector_views(self) -> Self:
+        for name in self.connectors:
+            self.for_connector(name)
+        return self
+
+    def for_connector(self, connector: str) -> Policy:
+        """The policy for one connector: this policy with that connector's overrides applied.
+
+        Args:
+            connector: the connector's name (case-insensitive).
+
+        Returns:
+            A policy with no per-connector table of its own; ``self`` when the
+            connector has no overrides.
+
+        Raises:
+            ValueError: an override is invalid; the message names the connector
+                and the variable.
+        """
+        key = connector.lower()
+        overrides = self.connectors.get(key)
+        if not overrides:
+            return self
+        view = self._views.get(key)
+        if view is not None:
+            return view
+        update: dict[str, Any] = {}
+        for group, values in overrides.items():
+            current: BaseModel = getattr(self, group)
+            merged = {**current.model_dump(), **values}
+            try:
+                update[group] = self._groups[group].model_validate(merged)
+            except ValidationError as exc:
+                raise ValueError(_describe_override_error(key, group, exc)) from None
+        view = self.model_copy(update={**update, "connectors": {}})
+        self._views[key] = view
+        return view
+
+    def iter_settings(self) -> Iterator[tuple[str, Any]]:
+        """Yield ``(environment variable, current value)`` for every setting (secrets masked)."""
+        for env, (group, name) in _ENV_NAMES.items():
+            yield env, getattr(getattr(self, group), name)
+
+
+def _describe_override_error(connector: str, group: str, exc: ValidationError) -> str:
+    parts = []
+    fields = _GROUPS[group].model_fields
+    for error in exc.errors():
+        loc = error["loc"]
+        field_name = str(loc[0]) if loc else ""
+        alias = fields[field_name].validation_alias if field_name in fields else None
+        variable = f"{CONNECTOR_OVERRIDE_PREFIX}{connector.upper()}__{alias}" if alias else group
+        parts.append(f"{variable}: {error['msg']}")
+    return f"invalid override for connector {connector!r}: " + "; ".join(parts)

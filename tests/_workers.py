@@ -1,0 +1,72 @@
+"""Code that tests run in child processes (spawned, so it must be importable)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from connector_resilience.backends import CallRecord, CircuitRecord, open_store
+
+
+def write_metrics(url: str, worker: int, count: int, batch: int = 1) -> None:
+    """Append ``count`` records named by (worker, i), ``batch`` at a time."""
+    store = open_store(url)
+    pending: list[CallRecord] = []
+    for i in range(count):
+        pending.append(
+            CallRecord(
+                ts=time.time(),
+                connector=f"worker-{worker}",
+                operation=f"op-{i}",
+                duration_ms=float(i),
+                status="ok",
+            )
+        )
+        if len(pending) >= batch:
+            store.append_calls(pending)
+            pending = []
+    if pending:
+        store.append_calls(pending)
+
+
+def bump_circuit(url: str, connector: str, count: int) -> None:
+    """Raise the circuit's failure count ``count`` times by compare-and-set, retrying conflicts."""
+    store = open_store(url)
+    done = 0
+    while done < count:
+        current = store.get_circuit(connector) or CircuitRecord()
+        new = CircuitRecord(version=current.version + 1, failures=current.failures + 1)
+        if store.compare_and_set_circuit(connector, current.version, new):
+            done += 1
+
+
+def write_until_killed(url: str) -> None:
+    """Write records forever, printing each one's id after the store acknowledged it."""
+    store = open_store(url)
+    i = 0
+    while True:
+        store.append_calls(
+            [
+                CallRecord(
+                    ts=time.time(),
+                    connector="crash",
+                    operation=str(i),
+                    duration_ms=1.0,
+                    status="ok",
+                )
+            ]
+        )
+        if i % 7 == 0:
+            current = store.get_circuit("crash") or CircuitRecord()
+            store.compare_and_set_circuit(
+                "crash", current.version, CircuitRecord(version=current.version + 1, failures=i)
+            )
+            store.save_token("crash", {"access_token": f"token-{i}", "seq": i})
+            os.write(1, f"S{i}\n".encode())
+        os.write(1, f"{i}\n".encode())
+        i += 1
+
+
+if __name__ == "__main__":
+    write_until_killed(sys.argv[1])

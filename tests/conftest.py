@@ -1,0 +1,63 @@
+"""Shared fixtures: store URLs for every backend, and an isolated environment per test."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from connector_resilience.backends import close_all_stores
+
+#: Environment variables a test must not inherit from the developer's shell.
+_OWN_PREFIXES = ("CONNECTOR_", "RETRY_", "CB_", "OAUTH", "CIRCUIT_")
+
+LOCAL_BACKENDS = ("memory", "jsonl", "sqlite")
+#: Backends that several processes can share.
+SHARED_BACKENDS = ("jsonl", "sqlite")
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test runs in its own folder, with none of our settings from the outer env."""
+    for name in list(os.environ):
+        if name.startswith(_OWN_PREFIXES):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    yield
+    from connector_resilience import testing
+
+    testing.reset()
+    close_all_stores()
+
+
+def url_for(backend: str, tmp_path: Path) -> str:
+    """A fresh store URL of ``backend`` under ``tmp_path`` (absolute paths)."""
+    if backend == "memory":
+        return f"memory://{tmp_path.name}"
+    if backend == "jsonl":
+        return f"jsonl://{tmp_path / 'state'}"
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'state.db'}"
+    raise ValueError(backend)
+
+
+@pytest.fixture(params=LOCAL_BACKENDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A URL per backend; Redis joins through tests/redis_server.py when a server runs."""
+    backend: str = request.param
+    if backend == "redis":
+        server = request.getfixturevalue("redis_server")
+        return f"{server.url}/0?prefix={tmp_path.name}"
+    return url_for(backend, tmp_path)
+
+
+@pytest.fixture(params=SHARED_BACKENDS)
+def shared_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A URL per backend that several processes can share."""
+    backend: str = request.param
+    if backend == "redis":
+        server = request.getfixturevalue("redis_server")
+        return f"{server.url}/0?prefix={tmp_path.name}"
+    return url_for(backend, tmp_path)

@@ -1,0 +1,354 @@
+"""The contract every store backend must keep, run against each of them.
+
+A new backend joins by adding its URL to the ``store_url`` fixture.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from connector_resilience.backends import (
+    CallRecord,
+    CircuitRecord,
+    Store,
+    open_store,
+)
+from tests import _workers
+
+
+def _record(ts: float, connector: str = "api", **kw: object) -> CallRecord:
+    fields: dict[str, object] = {
+        "ts": ts,
+        "connector": connector,
+        "operation": "get",
+        "duration_ms": 5.0,
+        "status": "ok",
+    }
+    fields.update(kw)
+    return CallRecord(**fields)  # type: ignore[arg-type]
+
+
+def test_open_same_url_twice_returns_same_store(store_url: str) -> None:
+    assert open_store(store_url) is open_store(store_url)
+    assert isinstance(open_store(store_url), Store)
+
+
+# Circuits ---------------------------------------------------------------
+
+
+def test_circuit_absent_then_round_trip(store_url: str) -> None:
+    store = open_store(store_url)
+    assert store.get_circuit("api") is None
+    record = CircuitRecord(
+        version=1,
+        state="open",
+        failures=5,
+        opened_at=10.0,
+        reopen_at=70.0,
+        probes=(("p1", 99.5),),
+        reason="5 consecutive failures",
+        changed_at=10.0,
+    )
+    assert store.compare_and_set_circuit("api", 0, record)
+    assert store.get_circuit("api") == record
+    assert store.list_circuits() == {"api": record}
+
+
+def test_circuit_last_write_wins(store_url: str) -> None:
+    store = open_store(store_url)
+    for version in range(1, 6):
+        assert store.compare_and_set_circuit(
+            "api", version - 1, CircuitRecord(version=version, failures=version)
+        )
+    latest = store.get_circuit("api")
+    assert latest is not None
+    assert (latest.version, latest.failures) == (5, 5)
+
+
+def test_circuit_compare_and_set_conflict_writes_nothing(store_url: str) -> None:
+    store = open_store(store_url)
+    assert store.compare_and_set_circuit("api", 0, CircuitRecord(version=1, failures=1))
+    # A writer that read version 0 lost the race.
+    assert not store.compare_and_set_circuit("api", 0, CircuitRecord(version=1, failures=99))
+    # A writer ahead of the store is refused too.
+    assert not store.compare_and_set_circuit("api", 5, CircuitRecord(version=6, failures=99))
+    current = store.get_circuit("api")
+    assert current is not None
+    assert current.failures == 1
+
+
+def test_circuit_version_must_advance_by_one(store_url: str) -> None:
+    store = open_store(store_url)
+    with pytest.raises(ValueError, match="expected_version"):
+        store.compare_and_set_circuit("api", 0, CircuitRecord(version=3))
+
+
+def test_circuits_are_per_connector(store_url: str) -> None:
+    store = open_store(store_url)
+    store.compare_and_set_circuit("a", 0, CircuitRecord(version=1, state="open"))
+    store.compare_and_set_circuit("b", 0, CircuitRecord(version=1, failures=2))
+    circuits = store.list_circuits()
+    assert circuits["a"].state == "open"
+    assert circuits["b"].failures == 2
+
+
+def test_circuit_compare_and_set_from_threads_never_loses_an_update(store_url: str) -> None:
+    threads = [
+        threading.Thread(target=_workers.bump_circuit, args=(store_url, "api", 50))
+        for _ in range(8)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    current = open_store(store_url).get_circuit("api")
+    assert current is not None
+    assert (current.version, current.failures) == (400, 400)
+
+
+# Tokens -----------------------------------------------------------------
+
+
+def test_token_round_trip_and_last_wins(store_url: str) -> None:
+    store = open_store(store_url)
+    assert store.load_token("api") is None
+    store.save_token("api", {"access_token": "a1", "expires_at": 100.0})
+    store.save_token("api", {"access_token": "a2", "expires_at": 200.0})
+    store.save_token("other", {"access_token": "o1"})
+    assert store.load_token("api") == {"access_token": "a2", "expires_at": 200.0}
+    assert store.list_tokens() == {
+        "api": {"access_token": "a2", "expires_at": 200.0},
+        "other": {"access_token": "o1"},
+    }
+
+
+def test_loaded_token_is_a_copy(store_url: str) -> None:
+    store = open_store(store_url)
+    store.save_token("api", {"access_token": "a1"})
+    token = store.load_token("api")
+    assert token is not None
+    token["access_token"] = "changed"
+    assert store.load_token("api") == {"access_token": "a1"}
+
+
+def test_token_lock_excludes_other_holders(store_url: str) -> None:
+    store = open_store(store_url)
+    inside = 0
+    most = 0
+    guard = threading.Lock()
+
+    def worker() -> None:
+        nonlocal inside, most
+        for _ in range(5):
+            with store.token_lock("api", timeout_s=10):
+                with guard:
+                    inside += 1
+                    most = max(most, inside)
+                time.sleep(0.001)  # hold the lock while others try to take it
+                with guard:
+                    inside -= 1
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most == 1
+
+
+def test_token_lock_times_out(store_url: str) -> None:
+    store = open_store(store_url)
+    held = threading.Event()
+    release = threading.Event()
+
+    def holder() -> None:
+        with store.token_lock("api", timeout_s=5):
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    held.wait(5)
+    try:
+        with pytest.raises(TimeoutError, match="api"), store.token_lock("api", timeout_s=0.05):
+            pass
+        # Another connector's lock is independent.
+        with store.token_lock("other", timeout_s=1):
+            pass
+    finally:
+        release.set()
+        thread.join()
+
+
+# Metrics ----------------------------------------------------------------
+
+
+def test_metrics_window_and_filters(store_url: str) -> None:
+    store = open_store(store_url)
+    now = time.time()
+    store.append_calls([_record(now - 7200 + i, "api") for i in range(10)])  # old
+    store.append_calls([_record(now - 10 + i, "api", operation=f"op{i}") for i in range(5)])
+    store.append_calls(
+        [
+            _record(
+                now - 5,
+                "other",
+                status="error",
+                error="Boom",
+                attempt=2,
+                final=False,
+                labels={"method": "GET"},
+            )
+        ]
+    )
+    window = store.read_calls(since=now - 3600)
+    assert len(window) == 6
+    assert [r.ts for r in window] == sorted(r.ts for r in window)
+    only_api = store.read_calls(since=now - 3600, connector="api")
+    assert [r.operation for r in only_api] == [f"op{i}" for i in range(5)]
+    (other,) = store.read_calls(since=now - 3600, connector="other")
+    assert (other.status, other.error, other.attempt, other.final) == ("error", "Boom", 2, False)
+    assert other.labels == {"method": "GET"}
+    assert len(store.read_calls(since=now - 10, until=now - 7)) == 3
+    assert store.read_calls(since=now + 10) == []
+
+
+def test_metrics_from_threads_are_all_kept(store_url: str) -> None:
+    threads = [
+        threading.Thread(target=_workers.write_metrics, args=(store_url, w, 250)) for w in range(8)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    records = open_store(store_url).read_calls(since=0)
+    assert len(records) == 2000
+    assert len({(r.connector, r.operation) for r in records}) == 2000
+
+
+def test_connectors_lists_every_kind_of_state(store_url: str) -> None:
+    store = open_store(store_url)
+    store.append_calls([_record(time.time(), "metrics-only")])
+    store.compare_and_set_circuit("circuit-only", 0, CircuitRecord(version=1))
+    store.save_token("token-only", {"access_token": "x"})
+    assert store.connectors() == ["circuit-only", "metrics-only", "token-only"]
+
+
+def test_compact_keeps_latest_state_and_recent_metrics(store_url: str) -> None:
+    store = open_store(store_url)
+    now = time.time()
+    store.append_calls([_record(now - 10 * 86400), _record(now - 5), _record(now - 1)])
+    for version in range(1, 4):
+        store.compare_and_set_circuit("api", version - 1, CircuitRecord(version=version))
+    store.save_token("api", {"access_token": "old"})
+    store.save_token("api", {"access_token": "new"})
+    counts = store.compact(metrics_retention_s=86400)
+    assert counts["metrics_dropped"] == 1
+    assert counts["metrics_kept"] == 2
+    assert len(store.read_calls(since=0)) == 2
+    current = store.get_circuit("api")
+    assert current is not None
+    assert current.version == 3
+    assert store.load_token("api") == {"access_token": "new"}
+    # Writing goes on normally after a compaction.
+    assert store.compare_and_set_circuit("api", 3, CircuitRecord(version=4))
+    store.append_calls([_record(now)])
+    assert len(store.read_calls(since=0)) == 3
+
+
+# Processes --------------------------------------------------------------
+
+
+def _spawn() -> multiprocessing.context.SpawnContext:
+    return multiprocessing.get_context("spawn")
+
+
+def _run_all(processes: list[multiprocessing.process.BaseProcess]) -> None:
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join(90)
+        assert p.exitcode == 0, f"worker exited with {p.exitcode}"
+
+
+def test_metrics_from_four_processes_are_exact(shared_store_url: str) -> None:
+    ctx = _spawn()
+    _run_all(
+        [
+            ctx.Process(target=_workers.write_metrics, args=(shared_store_url, w, 2000))
+            for w in range(4)
+        ]
+    )
+    records = open_store(shared_store_url).read_calls(since=0)
+    assert len(records) == 8000
+    assert len({(r.connector, r.operation) for r in records}) == 8000
+    assert not getattr(open_store(shared_store_url), "stats", None) or (
+        open_store(shared_store_url).stats.skipped_lines == 0  # type: ignore[attr-defined]
+    )
+
+
+def test_circuit_compare_and_set_across_processes(shared_store_url: str) -> None:
+    ctx = _spawn()
+    _run_all(
+        [
+            ctx.Process(target=_workers.bump_circuit, args=(shared_store_url, "api", 100))
+            for _ in range(4)
+        ]
+    )
+    current = open_store(shared_store_url).get_circuit("api")
+    assert current is not None
+    assert (current.version, current.failures) == (400, 400)
+
+
+def test_sigkill_mid_write_loses_nothing_acknowledged(shared_store_url: str) -> None:
+    rng = random.Random(7)
+    acked: list[int] = []
+    saved: list[int] = []
+    for _round in range(3):
+        child = subprocess.Popen(
+            [sys.executable, "-m", "tests._workers", shared_store_url],
+            stdout=subprocess.PIPE,
+            cwd=Path(__file__).parent.parent,
+        )
+        assert child.stdout is not None
+        deadline = time.monotonic() + rng.uniform(0.3, 0.8)
+        while time.monotonic() < deadline:
+            line = child.stdout.readline()
+            if not line:
+                break
+        child.send_signal(signal.SIGKILL)
+        rest = child.stdout.read()
+        child.wait()
+        for raw in (line + rest).splitlines():
+            text = raw.decode(errors="replace").strip()
+            if text.isdigit():
+                acked.append(int(text))
+            elif text.startswith("S") and text[1:].isdigit():
+                saved.append(int(text[1:]))
+    # A fresh opener (as after a restart) sees everything acknowledged.
+    from connector_resilience.backends import close_all_stores
+
+    close_all_stores()
+    store = open_store(shared_store_url)
+    seen = {int(r.operation) for r in store.read_calls(since=0, connector="crash")}
+    assert acked, "the writer never got going"
+    missing = [i for i in acked if i not in seen]
+    assert not missing, f"{len(missing)} acknowledged records lost"
+    token = store.load_token("crash")
+    circuit = store.get_circuit("crash")
+    assert token is not None
+    assert circuit is not None
+    # State is a complete write, at least as new as the last acknowledged one.
+    assert token["access_token"] == f"token-{token['seq']}"
+    assert token["seq"] >= max(saved)
+    json.dumps(token)
