@@ -43,6 +43,7 @@ __all__ = [
     "Policy",
     "RetryPolicy",
     "StorePolicy",
+    "current_policy",
     "env_var_table",
 ]
 
@@ -613,3 +614,31 @@ def _describe_override_error(connector: str, group: str, exc: ValidationError) -
         variable = f"{CONNECTOR_OVERRIDE_PREFIX}{connector.upper()}__{alias}" if alias else group
         parts.append(f"{variable}: {error['msg']}")
     return f"invalid override for connector {connector!r}: " + "; ".join(parts)
+
+
+_ENV_PREFIXES = ("CONNECTOR_", "RETRY_", "CB_", "OAUTH", "CIRCUIT_STATE_PATH")
+_current: tuple[tuple[tuple[str, str], ...], Policy] | None = None
+
+
+def current_policy() -> Policy:
+    """The policy the environment describes now, rebuilt only when our variables change.
+
+    The module-level functions (``record_call``, ``summarize``, ``load_token``...)
+    and decorators given no ``policy=`` use this.
+    """
+    global _current  # noqa: PLW0603 - a one-slot cache
+    snapshot = tuple(
+        sorted((k, v) for k, v in os.environ.items() if k.upper().startswith(_ENV_PREFIXES))
+    )
+    cached = _current
+    if cached is not None and cached[0] == snapshot:
+        return cached[1]
+    policy = Policy()
+    _current = (snapshot, policy)
+    return policy
+
+
+def forget_current_policy() -> None:
+    """Drop the cached environment policy (``.env`` and TOML files are re-read next time)."""
+    global _current  # noqa: PLW0603
+    _current = None

@@ -321,15 +321,17 @@ def test_sigkill_mid_write_loses_nothing_acknowledged(shared_store_url: str) -> 
             cwd=Path(__file__).parent.parent,
         )
         assert child.stdout is not None
+        output: list[bytes] = []
         deadline = time.monotonic() + rng.uniform(0.3, 0.8)
         while time.monotonic() < deadline:
             line = child.stdout.readline()
             if not line:
                 break
+            output.append(line)
         child.send_signal(signal.SIGKILL)
-        rest = child.stdout.read()
+        output.append(child.stdout.read())
         child.wait()
-        for raw in (line + rest).splitlines():
+        for raw in b"".join(output).splitlines():
             text = raw.decode(errors="replace").strip()
             if text.isdigit():
                 acked.append(int(text))

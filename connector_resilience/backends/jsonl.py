@@ -29,6 +29,7 @@ from typing import IO, Any, TypeVar
 
 from filelock import FileLock, Timeout
 
+from connector_resilience import _clock
 from connector_resilience.backends import CallRecord, CircuitRecord, StoreStats
 from connector_resilience.backends._files import (
     PRIVATE_FILE_MODE,
@@ -232,7 +233,7 @@ class JsonlStore:
 
     def now(self) -> float:
         """Wall-clock seconds since the epoch (every process on the host shares it)."""
-        return time.time()
+        return _clock.wall()
 
     # Circuits -----------------------------------------------------------
 

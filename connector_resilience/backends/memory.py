@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from connector_resilience import _clock
 from connector_resilience.backends import CallRecord, CircuitRecord, filter_window
 
 __all__ = ["MemoryStore"]
@@ -43,7 +44,7 @@ class MemoryStore:
 
     def now(self) -> float:
         """Wall-clock seconds since the epoch."""
-        return time.time()
+        return _clock.wall()
 
     # Circuits -----------------------------------------------------------
 

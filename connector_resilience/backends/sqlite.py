@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from connector_resilience import _clock
 from connector_resilience.backends import CallRecord, CircuitRecord, StoreStats
 from connector_resilience.backends._files import PRIVATE_FILE_MODE, ensure_private_dir
 from connector_resilience.errors import StoreError
@@ -185,7 +186,7 @@ class SqliteStore:
 
     def now(self) -> float:
         """Wall-clock seconds since the epoch (every process on the host shares it)."""
-        return time.time()
+        return _clock.wall()
 
     # Circuits -----------------------------------------------------------
 

@@ -1,0 +1,290 @@
+"""Backoff schedules, Retry-After, and which failures may be retried.
+
+``compute_backoff_ms`` is the original framework's formula,
+``min(base_ms * 2**attempt +/- jitter, cap_ms)`` with ``attempt`` counted from 0.
+:class:`wait_backoff` is the same schedule as a tenacity wait strategy, so code
+that already uses tenacity gets it too::
+
+    @tenacity.retry(wait=wait_backoff(), stop=tenacity.stop_after_attempt(3))
+    def fetch(): ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import email.utils
+import math
+import random
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Literal
+
+import tenacity
+from tenacity.wait import wait_base
+
+from connector_resilience import _clock
+from connector_resilience.errors import CircuitOpenError
+
+if TYPE_CHECKING:
+    from connector_resilience.policy import Policy, RetryPolicy
+
+__all__ = [
+    "NEVER_RETRY",
+    "JitterKind",
+    "compute_backoff_ms",
+    "parse_retry_after",
+    "retry_after_from",
+    "wait_backoff",
+]
+
+JitterKind = Literal["proportional", "full", "equal", "decorrelated", "none"]
+
+#: Never retried, whatever a predicate says: the caller asked to stop, or the
+#: breaker already refused the call.
+NEVER_RETRY: tuple[type[BaseException], ...] = (
+    asyncio.CancelledError,
+    KeyboardInterrupt,
+    SystemExit,
+    GeneratorExit,
+    CircuitOpenError,
+)
+
+# 2**1024 overflows a float; any attempt past this is capped anyway.
+_MAX_EXPONENT = 1000
+
+
+def _retry_settings(policy: Policy | None) -> RetryPolicy:
+    if policy is None:
+        from connector_resilience.policy import current_policy
+
+        policy = current_policy()
+    return policy.retry
+
+
+def compute_backoff_ms(
+    attempt: int,
+    *,
+    base_ms: float | None = None,
+    cap_ms: float | None = None,
+    jitter_pct: float | None = None,
+    jitter: JitterKind | None = None,
+    previous_ms: float | None = None,
+    policy: Policy | None = None,
+    rng: random.Random | None = None,
+) -> float:
+    """The delay before retry number ``attempt + 1``, in milliseconds.
+
+    Args:
+        attempt: retries so far, counted from 0 (0 gives about ``base_ms``).
+        base_ms: first delay; ``None`` takes ``RETRY_BASE_MS`` from the policy.
+        cap_ms: longest delay; ``None`` takes ``RETRY_CAP_MS``.
+        jitter_pct: proportional jitter share in 0..1; ``None`` takes ``RETRY_JITTER_PCT``.
+        jitter: jitter kind: ``"proportional"`` (default, +/- ``jitter_pct``),
+            ``"full"`` (uniform 0..delay), ``"equal"`` (half fixed, half random),
+            ``"decorrelated"`` (uniform base..3x the previous delay) or ``"none"``.
+        previous_ms: the previous delay, for decorrelated jitter.
+        policy: where ``None`` values come from (the environment's policy if ``None``).
+        rng: random source, for reproducible schedules.
+
+    Returns:
+        ``min(base_ms * 2**attempt +/- jitter, cap_ms)``, never negative.
+
+    Raises:
+        ValueError: a negative attempt or base, a cap below the base, or a
+            jitter share outside 0..1.
+    """
+    if attempt < 0:
+        raise ValueError(f"attempt must be >= 0, got {attempt}")
+    if base_ms is None or cap_ms is None or jitter_pct is None or jitter is None:
+        settings = _retry_settings(policy)
+        base_ms = settings.base_ms if base_ms is None else base_ms
+        cap_ms = settings.cap_ms if cap_ms is None else cap_ms
+        jitter_pct = settings.jitter_pct if jitter_pct is None else jitter_pct
+        jitter = settings.jitter if jitter is None else jitter
+    if base_ms < 0:
+        raise ValueError(f"base_ms must be >= 0, got {base_ms}")
+    if cap_ms < base_ms:
+        raise ValueError(f"cap_ms ({cap_ms}) must be >= base_ms ({base_ms})")
+    if not 0 <= jitter_pct <= 1:
+        raise ValueError(f"jitter_pct must be within 0..1, got {jitter_pct}")
+    rand = rng or random
+    exponential = base_ms * 2.0 ** min(attempt, _MAX_EXPONENT) if base_ms else 0.0
+    if math.isinf(exponential):
+        exponential = cap_ms
+    if jitter == "proportional":
+        delay = (
+            exponential * (1 + rand.uniform(-jitter_pct, jitter_pct)) if jitter_pct else exponential
+        )
+    elif jitter == "full":
+        delay = rand.uniform(0, min(cap_ms, exponential))
+    elif jitter == "equal":
+        half = min(cap_ms, exponential) / 2
+        delay = half + rand.uniform(0, half)
+    elif jitter == "decorrelated":
+        previous = base_ms if previous_ms is None else max(previous_ms, base_ms)
+        delay = rand.uniform(base_ms, previous * 3)
+    elif jitter == "none":
+        delay = exponential
+    else:
+        raise ValueError(f"unknown jitter kind {jitter!r}")
+    return max(0.0, min(delay, cap_ms))
+
+
+def parse_retry_after(value: str | float | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (delta-seconds or an HTTP-date).
+
+    Args:
+        value: the header value, or a number of seconds.
+        now: wall-clock time to measure an HTTP-date against (now if ``None``).
+
+    Returns:
+        Seconds, 0 for a date in the past, or ``None`` for a missing or
+        malformed value (the computed backoff applies then).
+    """
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        return float(value) if value >= 0 and math.isfinite(value) else None
+    text = value.strip()
+    if not text:
+        return None
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=_dt.UTC)
+    reference = _clock.wall() if now is None else now
+    return max(0.0, when.timestamp() - reference)
+
+
+def retry_after_from(outcome: object) -> float | None:
+    """A server-requested delay carried by an exception or a response, in seconds.
+
+    Looks for a ``retry_after`` attribute (seconds or a header value), then a
+    ``Retry-After`` header on ``.headers`` or ``.response.headers`` (aiohttp's
+    ``ClientResponseError``, httpx's and requests' errors and responses).
+    """
+    direct = getattr(outcome, "retry_after", None)
+    if direct is not None:
+        return parse_retry_after(direct)
+    for holder in (outcome, getattr(outcome, "response", None)):
+        headers = getattr(holder, "headers", None)
+        if isinstance(headers, Mapping) or hasattr(headers, "get"):
+            try:
+                value = headers.get("Retry-After")  # type: ignore[union-attr]
+            except (AttributeError, TypeError):
+                value = None
+            if isinstance(value, str):
+                return parse_retry_after(value)
+    return None
+
+
+class wait_backoff(wait_base):  # noqa: N801 - tenacity's naming for wait strategies
+    """The policy's backoff schedule as a tenacity wait strategy.
+
+    Honours a server's ``Retry-After`` carried by the failure, capped at
+    ``cap_ms``. Arguments left ``None`` come from the policy.
+
+    Args:
+        policy: settings source (the environment's policy if ``None``).
+        base_ms: first delay in milliseconds.
+        cap_ms: longest delay in milliseconds (also caps Retry-After).
+        jitter_pct: proportional jitter share.
+        jitter: jitter kind (see :func:`compute_backoff_ms`).
+        honour_retry_after: use a server-given delay when the failure has one.
+        rng: random source.
+    """
+
+    def __init__(
+        self,
+        *,
+        policy: Policy | None = None,
+        base_ms: float | None = None,
+        cap_ms: float | None = None,
+        jitter_pct: float | None = None,
+        jitter: JitterKind | None = None,
+        honour_retry_after: bool = True,
+        rng: random.Random | None = None,
+    ) -> None:
+        settings = _retry_settings(policy)
+        self.base_ms = settings.base_ms if base_ms is None else base_ms
+        self.cap_ms = settings.cap_ms if cap_ms is None else cap_ms
+        self.jitter_pct = settings.jitter_pct if jitter_pct is None else jitter_pct
+        self.jitter: JitterKind = settings.jitter if jitter is None else jitter
+        self.honour_retry_after = honour_retry_after
+        self.rng = rng
+        # Validate once, up front, with the same rules as compute_backoff_ms.
+        self.delay_ms(0)
+
+    def __repr__(self) -> str:
+        return (
+            f"wait_backoff(base_ms={self.base_ms:g}, cap_ms={self.cap_ms:g}, "
+            f"jitter={self.jitter!r}, jitter_pct={self.jitter_pct:g})"
+        )
+
+    def delay_ms(
+        self, attempt: int, *, previous_ms: float | None = None, outcome: object = None
+    ) -> float:
+        """Milliseconds before retry ``attempt + 1``; a server's Retry-After wins, capped."""
+        if self.honour_retry_after and outcome is not None:
+            server = retry_after_from(outcome)
+            if server is not None:
+                return min(server * 1000.0, self.cap_ms)
+        return compute_backoff_ms(
+            attempt,
+            base_ms=self.base_ms,
+            cap_ms=self.cap_ms,
+            jitter_pct=self.jitter_pct,
+            jitter=self.jitter,
+            previous_ms=previous_ms,
+            rng=self.rng,
+        )
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        """Seconds to wait after ``retry_state``'s attempt (tenacity's interface)."""
+        outcome: object = None
+        if retry_state.outcome is not None and retry_state.outcome.failed:
+            outcome = retry_state.outcome.exception()
+        previous = retry_state.upcoming_sleep * 1000.0 if retry_state.upcoming_sleep else None
+        return (
+            self.delay_ms(retry_state.attempt_number - 1, previous_ms=previous, outcome=outcome)
+            / 1000.0
+        )
+
+
+def exception_predicate(
+    retry_on: type[BaseException]
+    | tuple[type[BaseException], ...]
+    | Callable[[BaseException], bool]
+    | tenacity.retry_base,
+) -> Callable[[BaseException], bool]:
+    """Normalise ``retry_on`` into ``exc -> bool``, never true for :data:`NEVER_RETRY`.
+
+    Accepts an exception type, a tuple of types, a predicate, or a tenacity
+    ``retry_if_exception*`` strategy (anything with a ``predicate`` attribute).
+    """
+    if isinstance(retry_on, type) and issubclass(retry_on, BaseException):
+        types: tuple[type[BaseException], ...] = (retry_on,)
+        return lambda exc: isinstance(exc, types) and not isinstance(exc, NEVER_RETRY)
+    if isinstance(retry_on, tuple):
+        for item in retry_on:
+            if not (isinstance(item, type) and issubclass(item, BaseException)):
+                raise TypeError(f"retry_on entries must be exception types, got {item!r}")
+        types = retry_on
+        return lambda exc: isinstance(exc, types) and not isinstance(exc, NEVER_RETRY)
+    inner = getattr(retry_on, "predicate", None)
+    if isinstance(retry_on, tenacity.retry_base):
+        if not callable(inner):
+            raise TypeError(
+                f"{retry_on!r} judges whole attempts, not exceptions; pass "
+                "retry_if_exception_type(...) or a predicate"
+            )
+        predicate: Callable[[BaseException], Any] = inner
+    elif callable(retry_on):
+        predicate = retry_on
+    else:
+        raise TypeError(f"retry_on must be exception types or a predicate, got {retry_on!r}")
+    return lambda exc: not isinstance(exc, NEVER_RETRY) and bool(predicate(exc))
