@@ -6,9 +6,11 @@ aiohttp ``ClientSession``; configure everything with one :class:`Policy`.
 
 from __future__ import annotations
 
+import logging
 from importlib.metadata import PackageNotFoundError, version
 
 from connector_resilience.backends import open_store, register_backend
+from connector_resilience.circuit import CircuitBreaker, StateChange
 from connector_resilience.errors import (
     CircuitOpenError,
     ConfigurationError,
@@ -17,22 +19,47 @@ from connector_resilience.errors import (
     TokenError,
     TokenRequiredError,
 )
+from connector_resilience.metrics import (
+    HealthStatus,
+    Summary,
+    flush_metrics,
+    health_status,
+    record_call,
+    summarize,
+)
 from connector_resilience.policy import Policy
+from connector_resilience.resilient import RetryEvent, resilient
+from connector_resilience.retry import compute_backoff_ms, wait_backoff
 
 try:
     __version__ = version("connector-resilience")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
+# A library logs; the application decides where it goes.
+logging.getLogger("connector_resilience").addHandler(logging.NullHandler())
+
 __all__ = [
+    "CircuitBreaker",
     "CircuitOpenError",
     "ConfigurationError",
+    "HealthStatus",
     "Policy",
     "ResilienceError",
+    "RetryEvent",
+    "StateChange",
     "StoreError",
+    "Summary",
     "TokenError",
     "TokenRequiredError",
     "__version__",
+    "compute_backoff_ms",
+    "flush_metrics",
+    "health_status",
     "open_store",
+    "record_call",
     "register_backend",
+    "resilient",
+    "summarize",
+    "wait_backoff",
 ]

@@ -46,16 +46,21 @@ class CircuitOpenError(ResilienceError):
     """
 
     def __init__(self, connector: str, *, retry_at: float | None, reason: str = "") -> None:
+        # The message is built only when someone reads it: a rejection is on the
+        # hot path of an open circuit and must stay cheap.
+        super().__init__(connector)
         self.connector = connector
         self.retry_at = retry_at
         self.reason = reason
-        if retry_at is None:
+
+    def __str__(self) -> str:
+        if self.retry_at is None:
             when = "until an operator closes it"
         else:
-            stamp = _dt.datetime.fromtimestamp(retry_at, tz=_dt.UTC).isoformat(timespec="seconds")
-            when = f"until {stamp}"
-        detail = f" ({reason})" if reason else ""
-        super().__init__(f"circuit for connector {connector!r} is open {when}{detail}")
+            stamp = _dt.datetime.fromtimestamp(self.retry_at, tz=_dt.UTC)
+            when = f"until {stamp.isoformat(timespec='seconds')}"
+        detail = f" ({self.reason})" if self.reason else ""
+        return f"circuit for connector {self.connector!r} is open {when}{detail}"
 
     def __reduce__(self) -> tuple[object, ...]:
         return (_rebuild_circuit_open, (self.connector, self.retry_at, self.reason))

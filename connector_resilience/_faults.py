@@ -1,0 +1,52 @@
+"""Store faults are logged once per burst, never per call, and never raised to the caller."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from connector_resilience.backends import redact_url
+
+logger = logging.getLogger("connector_resilience.store")
+
+
+class FaultLog:
+    """Counts faults of one kind against one store; logs the first and the recovery.
+
+    Args:
+        what: what failed, such as "writing metrics" (for the message).
+        url: the store URL; its password is redacted in messages.
+    """
+
+    def __init__(self, what: str, url: str) -> None:
+        self.what = what
+        self.url = redact_url(url)
+        self.failures = 0
+        self.total_failures = 0
+        self._lock = threading.Lock()
+
+    def fault(self, exc: BaseException) -> None:
+        """Record a fault; log it if it starts a burst."""
+        with self._lock:
+            first = self.failures == 0
+            self.failures += 1
+            self.total_failures += 1
+        if first:
+            logger.warning(
+                "store %s: %s failed (%s: %s); calls go on, retrying in the background",
+                self.url,
+                self.what,
+                type(exc).__name__,
+                exc,
+            )
+
+    def ok(self) -> None:
+        """Record a success; log a recovery if a burst just ended."""
+        if not self.failures:
+            return
+        with self._lock:
+            count, self.failures = self.failures, 0
+        if count:
+            logger.warning(
+                "store %s: %s works again after %d failed attempt(s)", self.url, self.what, count
+            )
