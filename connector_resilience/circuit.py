@@ -537,6 +537,8 @@ class CircuitBreaker:
             if state == "closed" or (state == "open" and previous == "closed"):
                 with self._window_lock:
                     self._window.clear()
+            if reason is None and state == "half_open" and record.state == "open":
+                reason = "cooldown over: probing"
             change = StateChange(self.connector, previous, state, reason or record.reason, now)
             level = logging.WARNING if state == "open" else logging.INFO
             logger.log(

@@ -555,10 +555,10 @@ def resilient(
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
         if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
-            raise TypeError(f"@resilient cannot retry the generator {fn.__qualname__}")
+            raise TypeError(f"@resilient cannot retry the generator {fn.__qualname__}()")
         engines = _Engines(
             connector=connector,
-            operation=operation or fn.__name__,
+            operation=operation or str(getattr(fn, "__name__", type(fn).__name__)),
             policy=policy,
             store=store,
             options=options,

@@ -151,6 +151,13 @@ def parse_retry_after(value: str | float | None, *, now: float | None = None) ->
     if text.isdigit():
         return float(text)
     try:
+        # Not HTTP's delta-seconds, but servers and exceptions do send "1.5".
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        return seconds if seconds >= 0 and math.isfinite(seconds) else None
+    try:
         when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError):
         return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from typing import Any
 
 from connector_resilience.backends import CallRecord, CircuitRecord, open_store
 
@@ -70,3 +71,36 @@ def write_until_killed(url: str) -> None:
 
 if __name__ == "__main__":
     write_until_killed(sys.argv[1])
+
+
+def open_breaker(url: str, connector: str, failures: int) -> None:
+    """Fail ``failures`` calls through a breaker so that it opens."""
+    from connector_resilience.circuit import CircuitBreaker
+    from connector_resilience.policy import Policy
+
+    policy = Policy(store={"url": url}, circuit={"failures_to_open": failures})
+    breaker = CircuitBreaker(connector, policy=policy)
+    for _ in range(failures):
+        assert breaker.allow()
+        breaker.record_failure()
+    assert breaker.state == "open"
+
+
+def try_probe(url: str, connector: str, start: Any, results: Any) -> None:
+    """Wait for ``start``, then try once to be admitted; report "probe" or "rejected"."""
+    from connector_resilience.circuit import CircuitBreaker
+    from connector_resilience.errors import CircuitOpenError
+    from connector_resilience.policy import Policy
+
+    policy = Policy(
+        store={"url": url},
+        circuit={"half_open_prob": 1.0, "half_open_max_probes": 2, "sync_interval_s": 0},
+    )
+    breaker = CircuitBreaker(connector, policy=policy)
+    start.wait(30)
+    try:
+        probe = breaker.acquire()
+    except CircuitOpenError:
+        results.put("rejected")
+        return
+    results.put("probe" if probe else "closed")
