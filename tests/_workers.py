@@ -42,7 +42,7 @@ def bump_circuit(url: str, connector: str, count: int) -> None:
             done += 1
 
 
-def write_until_killed(url: str) -> None:
+def write_until_killed(url: str, run: int) -> None:
     """Write records forever, printing each one's id after the store acknowledged it."""
     store = open_store(url)
     i = 0
@@ -52,7 +52,7 @@ def write_until_killed(url: str) -> None:
                 CallRecord(
                     ts=time.time(),
                     connector="crash",
-                    operation=str(i),
+                    operation=f"{run}-{i}",
                     duration_ms=1.0,
                     status="ok",
                 )
@@ -63,14 +63,14 @@ def write_until_killed(url: str) -> None:
             store.compare_and_set_circuit(
                 "crash", current.version, CircuitRecord(version=current.version + 1, failures=i)
             )
-            store.save_token("crash", {"access_token": f"token-{i}", "seq": i})
+            store.save_token("crash", {"access_token": f"token-{run}-{i}", "run": run, "seq": i})
             os.write(1, f"S{i}\n".encode())
-        os.write(1, f"{i}\n".encode())
+        os.write(1, f"A{i}\n".encode())
         i += 1
 
 
 if __name__ == "__main__":
-    write_until_killed(sys.argv[1])
+    write_until_killed(sys.argv[1], int(sys.argv[2]))
 
 
 def open_breaker(url: str, connector: str, failures: int) -> None:

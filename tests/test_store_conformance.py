@@ -5,7 +5,6 @@ A new backend joins by adding its URL to the ``store_url`` fixture.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import random
 import signal
@@ -21,6 +20,7 @@ from connector_resilience.backends import (
     CallRecord,
     CircuitRecord,
     Store,
+    close_all_stores,
     open_store,
 )
 from tests import _workers
@@ -312,11 +312,11 @@ def test_circuit_compare_and_set_across_processes(shared_store_url: str) -> None
 
 def test_sigkill_mid_write_loses_nothing_acknowledged(shared_store_url: str) -> None:
     rng = random.Random(7)
-    acked: list[int] = []
-    saved: list[int] = []
-    for _round in range(3):
+    acked: list[str] = []
+    saved: list[tuple[int, int]] = []
+    for run in range(3):
         child = subprocess.Popen(
-            [sys.executable, "-m", "tests._workers", shared_store_url],
+            [sys.executable, "-m", "tests._workers", shared_store_url, str(run)],
             stdout=subprocess.PIPE,
             cwd=Path(__file__).parent.parent,
         )
@@ -333,24 +333,21 @@ def test_sigkill_mid_write_loses_nothing_acknowledged(shared_store_url: str) -> 
         child.wait()
         for raw in b"".join(output).splitlines():
             text = raw.decode(errors="replace").strip()
-            if text.isdigit():
-                acked.append(int(text))
-            elif text.startswith("S") and text[1:].isdigit():
-                saved.append(int(text[1:]))
+            if text[1:].isdigit() and text[0] == "A":
+                acked.append(f"{run}-{text[1:]}")
+            elif text[1:].isdigit() and text[0] == "S":
+                saved.append((run, int(text[1:])))
     # A fresh opener (as after a restart) sees everything acknowledged.
-    from connector_resilience.backends import close_all_stores
-
     close_all_stores()
     store = open_store(shared_store_url)
-    seen = {int(r.operation) for r in store.read_calls(since=0, connector="crash")}
+    seen = {r.operation for r in store.read_calls(since=0, connector="crash")}
     assert acked, "the writer never got going"
-    missing = [i for i in acked if i not in seen]
+    missing = [op for op in acked if op not in seen]
     assert not missing, f"{len(missing)} acknowledged records lost"
     token = store.load_token("crash")
     circuit = store.get_circuit("crash")
     assert token is not None
     assert circuit is not None
-    # State is a complete write, at least as new as the last acknowledged one.
-    assert token["access_token"] == f"token-{token['seq']}"
-    assert token["seq"] >= max(saved)
-    json.dumps(token)
+    # Token state is one complete write, at least as new as the last acknowledged one.
+    assert token["access_token"] == f"token-{token['run']}-{token['seq']}"
+    assert (token["run"], token["seq"]) >= max(saved)
