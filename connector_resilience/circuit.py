@@ -165,6 +165,7 @@ class CircuitBreaker:
         self._seen_state: CircuitState = "closed"
         # Hot-path flags, recomputed whenever the cached record changes.
         self._fast_until = 0.0  # monotonic time until which a call is admitted without a look
+        self._reject_until = 0.0  # monotonic time until which a call is refused without a look
         self._success_trivial = False  # a success changes nothing that must be written
         self._window: collections.deque[tuple[float, bool, bool]] = collections.deque(
             maxlen=self.config.window_size if self.config.model == "count" else None
@@ -218,23 +219,28 @@ class CircuitBreaker:
         """
         if _clock.monotonic() < self._fast_until:
             return None
+        rejection = self.plain_rejection()
+        if rejection is not None:
+            raise rejection
         self._refresh_if_stale()
-        self._reject_if_plainly_open()
         result: str | None = self._drive(self._admit_steps())
         return result
 
-    def _reject_if_plainly_open(self) -> None:
-        """The common open-circuit rejection, without starting the decision machinery."""
+    def plain_rejection(self) -> CircuitOpenError | None:
+        """The error for a call while plainly open (cooldown running), else ``None``.
+
+        The common rejection, decided from the cache without the admission
+        machinery, and returned rather than raised so the caller raises it once.
+        """
+        if _clock.monotonic() < self._reject_until:
+            return self.rejection()
+        return None
+
+    def rejection(self) -> CircuitOpenError:
+        """The error that refuses a call under the cached record."""
         record = self._record
-        if (
-            record.state == "open"
-            and record.override is None
-            and record.reopen_at is not None
-            and self.store.now() < record.reopen_at
-        ):
-            raise CircuitOpenError(
-                self.connector, retry_at=record.reopen_at, reason=record.reason or ""
-            )
+        retry_at = None if record.override == "forced_open" else record.reopen_at
+        return CircuitOpenError(self.connector, retry_at=retry_at, reason=record.reason or "")
 
     def record_success(self, *, duration_ms: float | None = None) -> None:
         """Report that the last allowed call succeeded."""
@@ -277,7 +283,9 @@ class CircuitBreaker:
             return None
         if _clock.monotonic() >= self._stale_at:
             await self._adrive(self._refresh_steps())
-        self._reject_if_plainly_open()
+        rejection = self.plain_rejection()
+        if rejection is not None:
+            raise rejection
         result: str | None = await self._adrive(self._admit_steps())
         return result
 
@@ -565,6 +573,15 @@ class CircuitBreaker:
             record.override is None and record.state == "closed"
         )
         self._fast_until = self._stale_at if open_for_calls else 0.0
+        # Until when a call is refused without a look: the cooldown's end, or
+        # the cache going stale, whichever comes first.
+        self._reject_until = 0.0
+        if record.override == "forced_open":
+            self._reject_until = self._stale_at
+        elif record.override is None and record.state == "open" and record.reopen_at is not None:
+            remaining = record.reopen_at - self.store.now()
+            if remaining > 0:
+                self._reject_until = min(self._stale_at, now + remaining)
         self._success_trivial = record.override == "disabled" or (
             open_for_calls
             and record.failures == 0

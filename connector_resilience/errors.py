@@ -46,9 +46,8 @@ class CircuitOpenError(ResilienceError):
     """
 
     def __init__(self, connector: str, *, retry_at: float | None, reason: str = "") -> None:
-        # The message is built only when someone reads it: a rejection is on the
-        # hot path of an open circuit and must stay cheap.
-        super().__init__(connector)
+        # The message is built only when someone reads it, and BaseException.__new__
+        # has already stored args: a rejection is the hot path of an open circuit.
         self.connector = connector
         self.retry_at = retry_at
         self.reason = reason

@@ -27,7 +27,7 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from connector_resilience import _clock
@@ -47,11 +47,13 @@ __all__ = [
     "HealthStatus",
     "MetricsBuffer",
     "Summary",
+    "add_observer",
     "flush_metrics",
     "health_report",
     "health_status",
     "percentile",
     "record_call",
+    "remove_observer",
     "summarize",
     "summarize_records",
 ]
@@ -284,6 +286,7 @@ class MetricsBuffer:
                 return False
             self._faults.ok()
             self.written += len(batch)
+            _notify(batch)
             return True
 
     def stop(self) -> None:
@@ -293,6 +296,34 @@ class MetricsBuffer:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
         self.flush()
+
+
+_observers: list[Callable[[Sequence[CallRecord]], object]] = []
+
+
+def add_observer(observer: Callable[[Sequence[CallRecord]], object]) -> None:
+    """Call ``observer`` with every batch of records this process writes to a store.
+
+    Exporters (Prometheus, OpenTelemetry) use it to count what this process
+    did. It runs in the background writer thread, after the store took the
+    batch; an observer that raises is logged and kept.
+    """
+    if observer not in _observers:
+        _observers.append(observer)
+
+
+def remove_observer(observer: Callable[[Sequence[CallRecord]], object]) -> None:
+    """Stop calling ``observer``."""
+    if observer in _observers:
+        _observers.remove(observer)
+
+
+def _notify(batch: Sequence[CallRecord]) -> None:
+    for observer in list(_observers):
+        try:
+            observer(batch)
+        except Exception:
+            logger.exception("metrics observer %r failed; it stays registered", observer)
 
 
 _buffers: dict[int, MetricsBuffer] = {}

@@ -578,7 +578,11 @@ def _sync_wrapper(fn: Callable[P, R], engines: _Engines) -> Callable[P, R]:
         engine = engines(args)
         breaker = engine.breaker
         probe = None
-        if breaker is not None and _clock.monotonic() >= breaker._fast_until:
+        if breaker is not None and (now := _clock.monotonic()) >= breaker._fast_until:
+            if now < breaker._reject_until:
+                rejection = breaker.rejection()
+                engine.rejected(rejection)
+                raise rejection
             try:
                 probe = breaker.acquire()
             except CircuitOpenError as exc:
@@ -610,7 +614,11 @@ def _async_wrapper(fn: Callable[P, Awaitable[R]], engines: _Engines) -> Callable
         engine = engines(args)
         breaker = engine.breaker
         probe = None
-        if breaker is not None and _clock.monotonic() >= breaker._fast_until:
+        if breaker is not None and (now := _clock.monotonic()) >= breaker._fast_until:
+            if now < breaker._reject_until:
+                rejection = breaker.rejection()
+                engine.rejected(rejection)
+                raise rejection
             try:
                 probe = await breaker.aacquire()
             except CircuitOpenError as exc:
