@@ -319,7 +319,7 @@ def remove_observer(observer: Callable[[Sequence[CallRecord]], object]) -> None:
 
 
 def _notify(batch: Sequence[CallRecord]) -> None:
-    for observer in list(_observers):
+    for observer in _observers.copy():  # an observer may remove itself
         try:
             observer(batch)
         except Exception:
