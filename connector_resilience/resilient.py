@@ -35,7 +35,7 @@ from connector_resilience.metrics import buffer_for
 from connector_resilience.policy import Policy, current_policy
 from connector_resilience.retry import exception_predicate, wait_backoff
 
-__all__ = ["RetryEvent", "resilient"]
+__all__ = ["CallSpec", "RetryEvent", "resilient"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -84,8 +84,37 @@ class RetryEvent:
     result: Any = None
 
 
+@dataclass(frozen=True, slots=True)
+class CallSpec:
+    """Per-call adjustments of an engine's rules (the HTTP middleware's needs).
+
+    Attributes:
+        max_attempts: attempts for this call (1: not retryable, e.g. a POST).
+        deadline_s: this call's own budget, on top of the policy's.
+        labels: extra metric labels for this call (method, host).
+        can_retry: returns why this call cannot be repeated (a consumed
+            request body), or ``None`` when it can.
+    """
+
+    max_attempts: int | None = None
+    deadline_s: float | None = None
+    labels: Mapping[str, str] | None = None
+    can_retry: Callable[[], str | None] | None = None
+
+
+_NO_SPEC = CallSpec()
+
+
+def _with_status(labels: Mapping[str, str] | None, value: Any) -> Mapping[str, str] | None:
+    """Labels plus the status code of an HTTP-like result."""
+    status = getattr(value, "status", None)
+    if not isinstance(status, int):
+        return labels
+    return {**(labels or {}), "status_code": str(status)}
+
+
 # One step of the retry plan, answered by a driver:
-#   (_CALL,)                            -> (ok, value or exception, start, end)
+#   (_CALL, superseded result or None) -> (ok, value or exception, start, end)
 #   (_SLEEP, seconds)                   -> None
 #   (_REPORT, probe, outcome, duration) -> None
 _Plan = Generator[tuple[Any, ...], Any, Any]
@@ -102,6 +131,7 @@ class _Engine:
         policy: Policy,
         store: Store,
         options: _Options,
+        breaker_name: str | None = None,
     ) -> None:
         view = policy.for_connector(connector)
         self.connector = connector
@@ -118,6 +148,7 @@ class _Engine:
         self.stop = options.stop
         self.should_retry = exception_predicate(options.retry_on)
         self.retry_result = options.retry_on_result
+        self.failure_result = options.failure_result
         self.failure_on = (
             exception_predicate(options.failure_on) if options.failure_on is not None else None
         )
@@ -126,14 +157,21 @@ class _Engine:
         self.rows = buffer_for(store, view).rows if options.metrics else None
         self.breaker: CircuitBreaker | None = None
         if options.breaker and view.circuit.enabled:
-            self.breaker = breaker_for(connector, policy=view, store=store)
+            self.breaker = breaker_for(breaker_name or connector, policy=view, store=store)
             if options.on_state_change is not None:
                 self.breaker.add_listener(options.on_state_change)
 
     # Bookkeeping ----------------------------------------------------------
 
     def row(
-        self, duration_ms: float, status: CallStatus, error: str | None, attempt: int, final: bool
+        self,
+        duration_ms: float,
+        status: CallStatus,
+        error: str | None,
+        attempt: int,
+        final: bool,
+        *,
+        labels: Mapping[str, str] | None = None,
     ) -> None:
         if self.rows is not None:
             self.rows.append(
@@ -146,7 +184,7 @@ class _Engine:
                     error,
                     attempt,
                     final,
-                    self.labels,
+                    labels,
                 )
             )
 
@@ -171,8 +209,8 @@ class _Engine:
         breaker = self.breaker
         return breaker is not None and (probe is not None or not breaker._success_trivial)
 
-    def rejected(self, exc: CircuitOpenError) -> None:
-        self.row(0.0, "rejected", "CircuitOpenError", 0, True)
+    def rejected(self, exc: CircuitOpenError, labels: Mapping[str, str] | None = None) -> None:
+        self.row(0.0, "rejected", "CircuitOpenError", 0, True, labels=labels or self.labels)
         hook = self.options.on_reject
         if hook is not None:
             _safely(hook, exc, "on_reject")
@@ -202,21 +240,44 @@ class _Engine:
 
     # The plan ----------------------------------------------------------------
 
-    def plan(self, ok: bool, value: Any, start: float, end: float, probe: str | None) -> _Plan:
-        """Decide attempt by attempt, from the first attempt's outcome on."""
+    def plan(
+        self,
+        probe: str | None,
+        first: tuple[bool, Any, float, float] | None = None,
+        spec: CallSpec | None = None,
+    ) -> _Plan:
+        """Decide attempt by attempt; ``first`` is the first attempt's outcome if it ran."""
+        spec = spec or _NO_SPEC
+        max_attempts = spec.max_attempts if spec.max_attempts is not None else self.max_attempts
+        labels = self.labels if spec.labels is None else {**(self.labels or {}), **spec.labels}
+        if first is None:
+            first = yield (_CALL,)
+        ok, value, start, end = first
         attempt = 1
         began = _clock.monotonic() - (end - start)
-        deadline = began + self.deadline_s if self.deadline_s is not None else None
+        deadlines = [d for d in (self.deadline_s, spec.deadline_s) if d is not None]
+        deadline = began + min(deadlines) if deadlines else None
         previous: float | None = None
         while True:
             duration_ms = (end - start) * 1000.0
             error_name: str | None
+            attempt_labels = _with_status(labels, value) if ok else labels
             if ok:
-                if self.retry_result is None or not self.retry_result(value):
-                    self.row(duration_ms, "ok", None, attempt, True)
-                    yield (_REPORT, probe, "success", duration_ms)
+                retry = self.retry_result is not None and bool(self.retry_result(value))
+                failed = retry or (self.failure_result is not None and self.failure_result(value))
+                if not retry:
+                    status: CallStatus = "error" if failed else "ok"
+                    self.row(
+                        duration_ms,
+                        status,
+                        _result_name(value) if failed else None,
+                        attempt,
+                        True,
+                        labels=attempt_labels,
+                    )
+                    yield (_REPORT, probe, "failure" if failed else "success", duration_ms)
                     return value
-                retry, error_name = True, _result_name(value)
+                error_name = _result_name(value)
                 outcome: Outcome = "failure"
             else:
                 if isinstance(value, _INTERRUPTIONS):
@@ -225,17 +286,22 @@ class _Engine:
                 retry = self.should_retry(value)
                 outcome, error_name = self.classify(value), type(value).__name__
             delay: float | None = None
-            if retry and attempt < self.max_attempts:
+            if retry and attempt < max_attempts:
                 elapsed = _clock.monotonic() - began
                 delay = max(0.0, self.delay_s(attempt, previous, value, elapsed))
                 past_deadline = deadline is not None and _clock.monotonic() + delay > deadline
                 stopped = self.stop is not None and self.stop(
                     _tenacity_state(attempt, value, previous, elapsed, ok=ok)
                 )
-                if past_deadline or stopped:
+                refusal = spec.can_retry() if spec.can_retry is not None else None
+                if refusal is not None:
+                    logger.warning(
+                        "%s.%s: not retried: %s", self.connector, self.operation, refusal
+                    )
+                if past_deadline or stopped or refusal is not None:
                     delay = None
             final = delay is None
-            self.row(duration_ms, "error", error_name, attempt, final)
+            self.row(duration_ms, "error", error_name, attempt, final, labels=attempt_labels)
             if final:
                 yield (_REPORT, probe, outcome, duration_ms)
                 if ok:
@@ -247,7 +313,7 @@ class _Engine:
                 yield (_SLEEP, delay)
             attempt += 1
             previous = delay
-            ok, value, start, end = yield (_CALL,)
+            ok, value, start, end = yield (_CALL, value if ok else None)
 
     def _announce_retry(
         self, attempt: int, delay: float, error: BaseException | None, result: Any
@@ -330,7 +396,13 @@ def _run_sync(plan: _Plan, fn: Callable[..., Any], args: Any, kwargs: Any, engin
 
 
 async def _run_async(
-    plan: _Plan, fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any, engine: _Engine
+    plan: _Plan,
+    fn: Callable[..., Awaitable[Any]],
+    args: Any,
+    kwargs: Any,
+    engine: _Engine,
+    *,
+    discard: Callable[[Any], object] | None = None,
 ) -> Any:
     perf = time.perf_counter
     answer: Any = None
@@ -339,6 +411,8 @@ async def _run_async(
             step = plan.send(answer)
             kind = step[0]
             if kind == _CALL:
+                if discard is not None and len(step) > 1 and step[1] is not None:
+                    discard(step[1])  # a result superseded by a retry (an HTTP response)
                 start = perf()
                 try:
                     answer = (True, await fn(*args, **kwargs), start, perf())
@@ -362,6 +436,7 @@ async def _run_async(
 class _Options:
     retry_on: ExceptionMatcher
     retry_on_result: Callable[[Any], bool] | None
+    failure_result: Callable[[Any], bool] | None
     failure_on: ExceptionMatcher | None
     ignore: tuple[type[BaseException], ...]
     max_attempts: int | None
@@ -421,20 +496,38 @@ class _Engines:
         return engine
 
     def _build(self, connector: str) -> _Engine:
-        policy = self.policy or current_policy()
-        view = policy.for_connector(connector)
-        store = self.store
-        if store is None:
-            store = store_for_policy(view)
-        elif isinstance(store, str):
-            store = open_store(store)
-        return _Engine(
+        return _build_engine(
             connector=connector,
             operation=self.operation,
-            policy=policy,
-            store=store,
+            policy=self.policy,
+            store=self.store,
             options=self.options,
         )
+
+
+def _build_engine(
+    *,
+    connector: str,
+    operation: str,
+    policy: Policy | None,
+    store: Store | str | None,
+    options: _Options,
+    breaker_name: str | None = None,
+) -> _Engine:
+    """An engine with ``None`` policy and store resolved (environment, then policy's store)."""
+    policy = policy or current_policy()
+    if store is None:
+        store = store_for_policy(policy.for_connector(connector))
+    elif isinstance(store, str):
+        store = open_store(store)
+    return _Engine(
+        connector=connector,
+        operation=operation,
+        policy=policy,
+        store=store,
+        options=options,
+        breaker_name=breaker_name,
+    )
 
 
 @overload
@@ -539,6 +632,7 @@ def resilient(
     options = _Options(
         retry_on=retry_on,
         retry_on_result=retry_on_result,
+        failure_result=None,
         failure_on=failure_on,
         ignore=ignore,
         max_attempts=max_attempts,
@@ -592,11 +686,11 @@ def _sync_wrapper(fn: Callable[P, R], engines: _Engines) -> Callable[P, R]:
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            plan = engine.plan(False, exc, start, perf(), probe)
+            plan = engine.plan(probe, (False, exc, start, perf()))
             return cast(R, _run_sync(plan, fn, args, kwargs, engine))
         end = perf()
         if engine.retry_result is not None and engine.retry_result(result):
-            plan = engine.plan(True, result, start, end, probe)
+            plan = engine.plan(probe, (True, result, start, end))
             return cast(R, _run_sync(plan, fn, args, kwargs, engine))
         if engine.succeeded(start, end, probe):
             assert breaker is not None
@@ -628,11 +722,11 @@ def _async_wrapper(fn: Callable[P, Awaitable[R]], engines: _Engines) -> Callable
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
-            plan = engine.plan(False, exc, start, perf(), probe)
+            plan = engine.plan(probe, (False, exc, start, perf()))
             return cast(R, await _run_async(plan, fn, args, kwargs, engine))
         end = perf()
         if engine.retry_result is not None and engine.retry_result(result):
-            plan = engine.plan(True, result, start, end, probe)
+            plan = engine.plan(probe, (True, result, start, end))
             return cast(R, await _run_async(plan, fn, args, kwargs, engine))
         if engine.succeeded(start, end, probe):
             assert breaker is not None
