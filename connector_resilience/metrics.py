@@ -364,12 +364,21 @@ def stop_buffers() -> None:
         buffer.stop()
 
 
-def _forget_after_fork() -> None:
-    # The writer threads did not survive the fork; the child starts its own.
-    _buffers.clear()
+def _restart_after_fork() -> None:
+    # The writer threads did not survive the fork. Engines keep their buffers'
+    # deques, so each buffer restarts in place; what was pending belongs to the
+    # parent, which still writes it, so the child drops its copy.
+    for buffer in _buffers.values():
+        buffer.rows.clear()
+        buffer._retry = []
+        buffer._flush_lock = threading.Lock()
+        buffer._wake = threading.Event()
+        buffer._thread = None
+        buffer._pid = os.getpid()
+        buffer.start()
 
 
-os.register_at_fork(after_in_child=_forget_after_fork)
+os.register_at_fork(after_in_child=_restart_after_fork)
 atexit.register(stop_buffers)
 
 

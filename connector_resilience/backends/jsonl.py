@@ -23,6 +23,7 @@ import os
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -62,9 +63,18 @@ class _LockedFile:
         self.path = path
         self.durable = durable
         self.stats = StoreStats()
+        self._new_locks()
+        _open_files.add(self)
+
+    def _new_locks(self) -> None:
+        # Also called in a forked child: a lock another thread held at the fork
+        # would otherwise stay held (or, for the file lock, look held) forever.
         self._thread_lock = threading.Lock()
         self._file_lock = FileLock(
-            f"{path}.lock", timeout=_LOCK_TIMEOUT_S, mode=PRIVATE_FILE_MODE, poll_interval=_POLL_S
+            f"{self.path}.lock",
+            timeout=_LOCK_TIMEOUT_S,
+            mode=PRIVATE_FILE_MODE,
+            poll_interval=_POLL_S,
         )
 
     @contextlib.contextmanager
@@ -102,6 +112,17 @@ class _LockedFile:
             self.path,
         )
         return b"\n"
+
+
+_open_files: weakref.WeakSet[_LockedFile] = weakref.WeakSet()
+
+
+def _renew_locks_after_fork() -> None:
+    for file in list(_open_files):
+        file._new_locks()
+
+
+os.register_at_fork(after_in_child=_renew_locks_after_fork)
 
 
 class _LastWins:
