@@ -195,11 +195,6 @@ def test_blank_store_url_means_unset(raw: str, monkeypatch: pytest.MonkeyPatch) 
     assert Policy().store.url is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG policy.py:282: the scheme is read before the URL is stripped, so leading "
-    "blanks give the unknown scheme '  sqlite' although the validator returns url.strip()",
-)
 def test_store_url_is_stripped(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONNECTOR_STORE_URL", "  sqlite:///x.db  ")
     assert Policy().store.url == "sqlite:///x.db"
