@@ -315,6 +315,7 @@ def test_sigkill_mid_write_loses_nothing_acknowledged(shared_store_url: str) -> 
     acked: list[int] = []
     saved: list[int] = []
     for _round in range(3):
+        saved.clear()  # each writer counts from 0: only the last one's saves bound the state
         child = subprocess.Popen(
             [sys.executable, "-m", "tests._workers", shared_store_url],
             stdout=subprocess.PIPE,
