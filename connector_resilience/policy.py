@@ -279,7 +279,7 @@ class StorePolicy(BaseModel):
             return None
         from connector_resilience.backends import known_schemes, scheme_of
 
-        scheme = scheme_of(url)
+        scheme = scheme_of(url.strip())
         if scheme not in known_schemes():
             raise ValueError(
                 f"CONNECTOR_STORE_URL has unknown scheme {scheme!r}; "

@@ -148,7 +148,7 @@ def parse_retry_after(value: str | float | None, *, now: float | None = None) ->
     text = value.strip()
     if not text:
         return None
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # delta-seconds is ASCII digits only
         return float(text)
     try:
         # Not HTTP's delta-seconds, but servers and exceptions do send "1.5".
