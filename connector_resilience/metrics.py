@@ -232,6 +232,7 @@ class MetricsBuffer:
         self.max_pending = max_pending
         self.dropped = 0
         self.written = 0
+        self._dropping = False
         self._retry: list[CallRecord] = []
         self._flush_lock = threading.Lock()
         self._faults = FaultLog("writing metrics", store.url)
@@ -274,16 +275,25 @@ class MetricsBuffer:
                 self._faults.fault(exc)
                 excess = len(batch) - self.max_pending
                 if excess > 0:
+                    if not self._dropping:
+                        self._dropping = True
+                        logger.warning(
+                            "store %s unreachable: %d metric(s) buffered, dropping the oldest "
+                            "from now on (counted in MetricsBuffer.dropped)",
+                            self._faults.url,
+                            self.max_pending,
+                        )
                     self.dropped += excess
-                    logger.warning(
-                        "store %s unreachable: dropped %d oldest metric(s) (%d dropped so far)",
-                        self._faults.url,
-                        excess,
-                        self.dropped,
-                    )
                     del batch[:excess]
                 self._retry = batch
                 return False
+            if self._dropping:
+                self._dropping = False
+                logger.warning(
+                    "store %s: %d metric(s) were dropped while it was unreachable",
+                    self._faults.url,
+                    self.dropped,
+                )
             self._faults.ok()
             self.written += len(batch)
             _notify(batch)
@@ -385,10 +395,14 @@ atexit.register(stop_buffers)
 # Public functions ------------------------------------------------------------
 
 
-def _resolve(store: Store | str | None, policy: Policy | None) -> tuple[Store, Policy]:
+def _resolve(
+    store: Store | str | None, policy: Policy | None, connector: str | None = None
+) -> tuple[Store, Policy]:
+    """The store to use: given, or the connector's own (it may override the store)."""
     policy = policy or current_policy()
     if store is None:
-        return store_for_policy(policy), policy
+        view = policy.for_connector(connector) if connector is not None else policy
+        return store_for_policy(view), policy
     if isinstance(store, str):
         return open_store(store), policy
     return store, policy
@@ -437,7 +451,7 @@ def record_call(
         raise ValueError(f"attempt counts from 1, not {attempt!r}")
     if isinstance(error, BaseException):
         error = type(error).__name__
-    resolved, policy = _resolve(store, policy)
+    resolved, policy = _resolve(store, policy, connector)
     record = CallRecord(
         ts=_clock.wall(),
         connector=connector,
@@ -489,7 +503,7 @@ def summarize(
     """
     if not window_s > 0:
         raise ValueError(f"window_s must be > 0, not {window_s!r}")
-    resolved, policy = _resolve(store, policy)
+    resolved, policy = _resolve(store, policy, connector)
     flush_metrics()
     end = _clock.wall() if now is None else now
     records = resolved.read_calls(since=end - window_s, until=end + 1e-6, connector=connector)
@@ -505,7 +519,7 @@ def health_report(
     now: float | None = None,
 ) -> HealthReport:
     """The health verdict for ``connector`` with the reasons behind it (rule in the module doc)."""
-    resolved, policy = _resolve(store, policy)
+    resolved, policy = _resolve(store, policy, connector)
     view = policy.for_connector(connector)
     health = view.health
     window = health.window_s if window_s is None else window_s

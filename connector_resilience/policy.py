@@ -464,6 +464,9 @@ class _InitSource(PydanticBaseSettingsSource):
             value = given.model_dump(exclude_unset=True) if isinstance(given, BaseModel) else given
             if key in _GROUPS and isinstance(value, Mapping):
                 value = _normalise_group(key, value, where="Policy()")
+            if key == "connectors" and isinstance(value, Mapping):
+                # Lower-case names so they merge with the environment's overrides.
+                value = {str(name).lower(): table for name, table in value.items()}
             out[key] = value
         return _by_alias(out)
 
@@ -556,7 +559,11 @@ class Policy(BaseSettings):
         for name, table in value.items():
             if not isinstance(table, Mapping):
                 raise ValueError(f"connectors.{name} must be a mapping of settings")
-            out[str(name).lower()] = _nest(table, where=f"connectors.{name}")
+            nested = _nest(table, where=f"connectors.{name}")
+            secret = nested.get("oauth", {}).get("encryption_key")
+            if isinstance(secret, str):
+                nested["oauth"]["encryption_key"] = SecretStr(secret)
+            out[str(name).lower()] = nested
         return out
 
     @model_validator(mode="after")

@@ -16,6 +16,7 @@ import datetime as _dt
 import email.utils
 import math
 import random
+import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -32,6 +33,7 @@ __all__ = [
     "NEVER_RETRY",
     "JitterKind",
     "compute_backoff_ms",
+    "exception_predicate",
     "parse_retry_after",
     "retry_after_from",
     "wait_backoff",
@@ -48,6 +50,9 @@ NEVER_RETRY: tuple[type[BaseException], ...] = (
     GeneratorExit,
     CircuitOpenError,
 )
+
+_JITTER_KINDS = frozenset(("proportional", "full", "equal", "decorrelated", "none"))
+_DELTA_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 
 # 2**1024 overflows a float; any attempt past this is capped anyway.
 _MAX_EXPONENT = 1000
@@ -101,12 +106,7 @@ def compute_backoff_ms(
         cap_ms = settings.cap_ms if cap_ms is None else cap_ms
         jitter_pct = settings.jitter_pct if jitter_pct is None else jitter_pct
         jitter = settings.jitter if jitter is None else jitter
-    if base_ms < 0:
-        raise ValueError(f"base_ms must be >= 0, got {base_ms}")
-    if cap_ms < base_ms:
-        raise ValueError(f"cap_ms ({cap_ms}) must be >= base_ms ({base_ms})")
-    if not 0 <= jitter_pct <= 1:
-        raise ValueError(f"jitter_pct must be within 0..1, got {jitter_pct}")
+    _check_schedule(base_ms, cap_ms, jitter_pct)
     rand = rng or random
     exponential = base_ms * 2.0 ** min(attempt, _MAX_EXPONENT) if base_ms else 0.0
     if math.isinf(exponential):
@@ -130,6 +130,16 @@ def compute_backoff_ms(
     return max(0.0, min(delay, cap_ms))
 
 
+def _check_schedule(base_ms: float, cap_ms: float, jitter_pct: float) -> None:
+    """Refuse a schedule that cannot mean anything (NaN compares false, so test it first)."""
+    if not (math.isfinite(base_ms) and base_ms >= 0):
+        raise ValueError(f"base_ms must be a finite number >= 0, got {base_ms}")
+    if math.isnan(cap_ms) or cap_ms < base_ms:
+        raise ValueError(f"cap_ms ({cap_ms}) must be >= base_ms ({base_ms})")
+    if not 0 <= jitter_pct <= 1:
+        raise ValueError(f"jitter_pct must be within 0..1, got {jitter_pct}")
+
+
 def parse_retry_after(value: str | float | None, *, now: float | None = None) -> float | None:
     """Seconds to wait from a ``Retry-After`` value (delta-seconds or an HTTP-date).
 
@@ -148,15 +158,10 @@ def parse_retry_after(value: str | float | None, *, now: float | None = None) ->
     text = value.strip()
     if not text:
         return None
-    if text.isascii() and text.isdigit():  # delta-seconds is ASCII digits only
-        return float(text)
-    try:
-        # Not HTTP's delta-seconds, but servers and exceptions do send "1.5".
+    if _DELTA_SECONDS.fullmatch(text):
+        # HTTP's delta-seconds is ASCII digits; servers and exceptions also send "1.5".
         seconds = float(text)
-    except ValueError:
-        pass
-    else:
-        return seconds if seconds >= 0 and math.isfinite(seconds) else None
+        return seconds if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError):
@@ -223,8 +228,10 @@ class wait_backoff(wait_base):  # noqa: N801 - tenacity's naming for wait strate
         self.jitter: JitterKind = settings.jitter if jitter is None else jitter
         self.honour_retry_after = honour_retry_after
         self.rng = rng
-        # Validate once, up front, with the same rules as compute_backoff_ms.
-        self.delay_ms(0)
+        # Validate up front with compute_backoff_ms's rules, without drawing from rng.
+        _check_schedule(self.base_ms, self.cap_ms, self.jitter_pct)
+        if self.jitter not in _JITTER_KINDS:
+            raise ValueError(f"unknown jitter kind {self.jitter!r}; known: {sorted(_JITTER_KINDS)}")
 
     def __repr__(self) -> str:
         return (
@@ -282,12 +289,20 @@ def exception_predicate(
                 raise TypeError(f"retry_on entries must be exception types, got {item!r}")
         types = retry_on
         return lambda exc: isinstance(exc, types) and not isinstance(exc, NEVER_RETRY)
-    inner = getattr(retry_on, "predicate", None)
+    if isinstance(retry_on, type):
+        raise TypeError(
+            f"retry_on must be exception types or a predicate, got the class {retry_on!r}"
+        )
     if isinstance(retry_on, tenacity.retry_base):
-        if not callable(inner):
+        inner = getattr(retry_on, "predicate", None)
+        # retry_if_result and retry_if_not_result judge results, not exceptions.
+        judges_results = isinstance(
+            retry_on, tenacity.retry_if_result | tenacity.retry_if_not_result
+        )
+        if not callable(inner) or judges_results:
             raise TypeError(
-                f"{retry_on!r} judges whole attempts, not exceptions; pass "
-                "retry_if_exception_type(...) or a predicate"
+                f"{retry_on!r} does not judge exceptions; pass retry_if_exception_type(...) "
+                "or a predicate (and retry_on_result= for results)"
             )
         predicate: Callable[[BaseException], Any] = inner
     elif callable(retry_on):

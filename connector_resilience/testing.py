@@ -25,6 +25,8 @@ import time
 from collections.abc import Awaitable, Iterator
 from typing import Any
 
+from pydantic import BaseModel
+
 from connector_resilience import _clock, _waits
 from connector_resilience.backends import close_all_stores
 from connector_resilience.policy import Policy, forget_current_policy
@@ -137,6 +139,7 @@ def memory_policy(**overrides: Any) -> Policy:
         >>> policy.store.url.startswith("memory://")
         True
     """
-    store = dict(overrides.pop("store", {}) or {})
+    given = overrides.pop("store", None) or {}
+    store = dict(given.model_dump(exclude_unset=True) if isinstance(given, BaseModel) else given)
     store.setdefault("url", f"memory://test-{next(_counter)}")
     return Policy(store=store, **overrides)

@@ -402,12 +402,6 @@ def test_verdicts_on_every_backend(
     assert health_status("api", policy=policy, now=T0 + 1) is expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG metrics.py:348-354,468: record_call/summarize/health_report resolve the store "
-    "from the base policy, while CircuitBreaker and @resilient use the connector's view, so a "
-    "per-connector CONNECTOR_STORE_URL (or *_PATH) makes health read the wrong store",
-)
 def test_health_reads_the_connectors_own_store(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONNECTOR__GH__CONNECTOR_STORE_URL", "memory://gh-own")
     with testing.FakeClock(start=T0):
@@ -417,10 +411,6 @@ def test_health_reads_the_connectors_own_store(monkeypatch: pytest.MonkeyPatch) 
         assert health_status("gh") is HealthStatus.DOWN
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG metrics.py:348-354: record_call ignores a per-connector store override",
-)
 def test_record_call_writes_to_the_connectors_own_store(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONNECTOR__GH__CONNECTOR_STORE_URL", "memory://gh-own")
     record_call("gh", "get", 1.0, "ok")

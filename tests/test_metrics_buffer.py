@@ -160,11 +160,6 @@ def test_exactly_max_pending_rows_are_all_kept(store: SwitchableStore) -> None:
     assert buffer_for(store, policy).dropped == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG metrics.py:273-282: once the buffer is full, every failed flush (every "
-    "record_call) logs its own 'dropped N oldest metric(s)' warning",
-)
 def test_drops_are_warned_once_per_burst(
     store: SwitchableStore, caplog: pytest.LogCaptureFixture
 ) -> None:

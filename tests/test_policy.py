@@ -673,11 +673,6 @@ def test_toml_and_env_overrides_of_one_connector_merge(
     assert (view.retry.max_attempts, view.circuit.cooldown_s) == (6, 3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG policy.py:550-560: keyword connectors keyed 'GitHub' replace, instead of "
-    "merging with, the 'github' overrides from env/.env/TOML (case-sensitive deep merge)",
-)
 def test_keyword_connector_in_other_case_merges_with_env_override(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -976,11 +971,6 @@ def test_per_connector_secret_is_a_secretstr_in_the_view(monkeypatch: pytest.Mon
     assert SECRET not in repr(view)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG policy.py:508: Policy.connectors keeps per-connector values raw, so "
-    "CONNECTOR__<NAME>__OAUTH_TOKEN_ENCRYPTION_KEY is printed by repr()/str() of the policy",
-)
 def test_per_connector_secret_not_in_policy_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONNECTOR__GH__OAUTH_TOKEN_ENCRYPTION_KEY", SECRET)
     policy = Policy()
