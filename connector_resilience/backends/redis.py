@@ -47,6 +47,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import LockError, RedisError
 from redis.retry import Retry
 
+from connector_resilience import _clock
 from connector_resilience.backends import CallRecord, CircuitRecord, StoreStats, redact_url
 from connector_resilience.backends._redis_clock import ServerClock
 from connector_resilience.backends._redis_watch import ANY_CONNECTOR, CircuitWatcher
@@ -511,10 +512,9 @@ class RedisStore:
         if not records:
             return
         groups = self._members_by_connector(records)
-        cutoff = self.now() - self.retention_s
         with self._failing_as_store_error("writing metrics"):
             pipe = self._client.pipeline(transaction=True)
-            self._queue_append(pipe, groups, cutoff)
+            self._queue_append(pipe, groups)
             pipe.execute()
 
     def _members_by_connector(self, records: Sequence[CallRecord]) -> dict[str, dict[str, float]]:
@@ -531,9 +531,12 @@ class RedisStore:
         self,
         pipe: redis.client.Pipeline | redis.asyncio.client.Pipeline,
         groups: Mapping[str, Mapping[str, float]],
-        cutoff: float,
     ) -> None:
         """The commands of one append, on a sync or asyncio pipeline."""
+        # Records are stamped by their writers' wall clocks, and retention is
+        # days, not milliseconds: this host's clock is good enough here, and
+        # reading it never waits on Redis (which an event loop must not).
+        cutoff = _clock.wall() - self.retention_s
         for connector, members in groups.items():
             key = self._keys.calls(connector)
             # Trim before adding, so a batch is never trimmed by its own write.
@@ -672,11 +675,10 @@ class RedisStore:
         if not records:
             return
         groups = self._members_by_connector(records)
-        cutoff = self.now() - self.retention_s
         client = (await self._async_client()).client
         with self._failing_as_store_error("writing metrics"):
             pipe = client.pipeline(transaction=True)
-            self._queue_append(pipe, groups, cutoff)
+            self._queue_append(pipe, groups)
             await pipe.execute()
 
     async def aload_token(self, connector: str) -> dict[str, Any] | None:
