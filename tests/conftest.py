@@ -13,9 +13,12 @@ from connector_resilience.backends import close_all_stores
 #: Environment variables a test must not inherit from the developer's shell.
 _OWN_PREFIXES = ("CONNECTOR_", "RETRY_", "CB_", "OAUTH", "CIRCUIT_")
 
-LOCAL_BACKENDS = ("memory", "jsonl", "sqlite")
+LOCAL_BACKENDS = ("memory", "jsonl", "sqlite", "redis")
 #: Backends that several processes can share.
-SHARED_BACKENDS = ("jsonl", "sqlite")
+SHARED_BACKENDS = ("jsonl", "sqlite", "redis")
+
+#: The ``redis_server`` and ``redis_server_factory`` fixtures.
+pytest_plugins = ["tests.redis_server"]
 
 
 @pytest.fixture(autouse=True)

@@ -460,12 +460,9 @@ def _open_redis(url: str) -> Store:
         raise ConfigurationError(
             "the redis:// store needs redis-py: pip install 'connector-resilience[redis]'"
         ) from None
-    from importlib import import_module
+    from connector_resilience.backends.redis import RedisStore
 
-    # Imported by name: the module exists only once the Redis backend is installed.
-    backend = import_module("connector_resilience.backends.redis")
-    factory: StoreFactory = backend.RedisStore.from_url
-    return factory(url)
+    return RedisStore.from_url(url)
 
 
 def filter_window(

@@ -1,0 +1,191 @@
+"""Push breaker changes to every process: one pub/sub subscription per store.
+
+The compare-and-set script publishes the connector's name on the store's
+channel in the same atomic step as the write. Each process keeps one
+subscriber thread per store and fans each message out to every callback.
+When the subscription drops (Redis restarted, network cut), or could not be
+made at first, the thread keeps trying; since messages published meanwhile are
+lost, once subscribed it tells every callback ``"*"``: "anything may have
+changed, read again".
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import redis
+
+__all__ = ["ANY_CONNECTOR", "CircuitWatcher"]
+
+logger = logging.getLogger("connector_resilience.store")
+
+#: Passed to callbacks after a resubscription: changes may have been missed.
+ANY_CONNECTOR = "*"
+
+#: How long ``get_message`` waits before checking whether to stop. Delivery
+#: does not wait for it: a message wakes the thread as soon as it arrives.
+_POLL_S = 0.2
+_BACKOFF_FIRST_S = 0.05
+_BACKOFF_MAX_S = 1.0
+#: How long ``add`` waits for the first subscription, so that a caller who
+#: reads state right after subscribing cannot miss a change in between.
+_FIRST_SUBSCRIBE_WAIT_S = 1.0
+
+
+class _Subscription:
+    """One callback; identity (not equality) tells two registrations apart."""
+
+    __slots__ = ("callback",)
+
+    def __init__(self, callback: Callable[[str], None]) -> None:
+        self.callback = callback
+
+
+class CircuitWatcher:
+    """A background subscriber that runs callbacks with the name of each changed circuit.
+
+    Args:
+        client: the store's redis-py client (the subscription takes one
+            connection from its pool).
+        channel: the channel the compare-and-set script publishes on.
+        describe: the (redacted) store URL, for log messages.
+    """
+
+    def __init__(self, client: redis.Redis, channel: str, *, describe: str) -> None:
+        self._client = client
+        self._channel = channel
+        self._describe = describe
+        self._lock = threading.Lock()
+        self._subscriptions: list[_Subscription] = []
+        self._thread: threading.Thread | None = None
+        self._stop: threading.Event | None = None
+        self._first_attempt: threading.Event | None = None
+        self._failures = 0
+
+    def add(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Run ``callback(connector)`` in the subscriber thread after each change.
+
+        Returns:
+            A function that removes this callback (idempotent); the thread stops
+            when the last callback is removed.
+        """
+        subscription = _Subscription(callback)
+        with self._lock:
+            self._subscriptions.append(subscription)
+            first_attempt = self._ensure_thread()
+        # Bounded: if Redis is down the first attempt fails fast and we go on.
+        first_attempt.wait(_FIRST_SUBSCRIBE_WAIT_S)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if subscription in self._subscriptions:
+                    self._subscriptions.remove(subscription)
+                if self._subscriptions:
+                    return
+                thread, stop = self._thread, self._stop
+                self._thread = self._stop = self._first_attempt = None
+            if stop is not None:
+                stop.set()
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(_POLL_S * 5)
+
+        return unsubscribe
+
+    def stop(self) -> None:
+        """Drop every callback and stop the thread."""
+        with self._lock:
+            self._subscriptions.clear()
+            thread, stop = self._thread, self._stop
+            self._thread = self._stop = self._first_attempt = None
+        if stop is not None:
+            stop.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(_POLL_S * 5)
+
+    def _ensure_thread(self) -> threading.Event:
+        """Start the subscriber unless it runs; the caller holds ``_lock``."""
+        thread, first_attempt = self._thread, self._first_attempt
+        if thread is not None and thread.is_alive() and first_attempt is not None:
+            return first_attempt
+        # A fresh event per thread: a stopping thread only ever sees its own.
+        stop, first_attempt = threading.Event(), threading.Event()
+        thread = threading.Thread(
+            target=self._run,
+            args=(stop, first_attempt),
+            name="connector-resilience-redis-watch",
+            daemon=True,
+        )
+        self._thread, self._stop, self._first_attempt = thread, stop, first_attempt
+        thread.start()
+        return first_attempt
+
+    def _run(self, stop: threading.Event, first_attempt: threading.Event) -> None:
+        pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
+        backoff = _BACKOFF_FIRST_S
+        # Anything published while not subscribed is lost to us.
+        may_have_missed = False
+        try:
+            while not stop.is_set():
+                try:
+                    if not pubsub.channels:
+                        pubsub.subscribe(self._channel)
+                    message = pubsub.get_message(timeout=_POLL_S)
+                except Exception as exc:
+                    first_attempt.set()
+                    may_have_missed = True
+                    self._fault(exc)
+                    # Drop the connection; the next turn subscribes on a new one.
+                    pubsub.reset()
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, _BACKOFF_MAX_S)
+                    continue
+                if message is None:
+                    continue
+                backoff = _BACKOFF_FIRST_S
+                if message.get("type") == "subscribe":
+                    first_attempt.set()
+                    self._subscribed(may_have_missed=may_have_missed)
+                    # Any later subscribe message means redis-py reconnected by itself.
+                    may_have_missed = True
+                elif message.get("type") == "message":
+                    data = message.get("data")
+                    if isinstance(data, str) and data:
+                        self._deliver(data)
+        finally:
+            pubsub.close()
+
+    def _subscribed(self, *, may_have_missed: bool) -> None:
+        if self._failures:
+            logger.warning(
+                "store %s: circuit change feed resubscribed after %d failure(s)",
+                self._describe,
+                self._failures,
+            )
+            self._failures = 0
+        if may_have_missed:
+            # Whatever was published while we were not subscribed is lost, so
+            # every circuit may be stale.
+            self._deliver(ANY_CONNECTOR)
+
+    def _deliver(self, connector: str) -> None:
+        with self._lock:
+            subscriptions = list(self._subscriptions)
+        for subscription in subscriptions:
+            try:
+                subscription.callback(connector)
+            except Exception:
+                logger.exception(
+                    "store %s: a circuit change callback failed for %r", self._describe, connector
+                )
+
+    def _fault(self, exc: BaseException) -> None:
+        self._failures += 1
+        if self._failures == 1:
+            logger.warning(
+                "store %s: circuit change feed lost (%s: %s); resubscribing in the background",
+                self._describe,
+                type(exc).__name__,
+                exc,
+            )
