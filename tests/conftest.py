@@ -12,6 +12,8 @@ from connector_resilience.backends import close_all_stores
 
 #: Environment variables a test must not inherit from the developer's shell.
 _OWN_PREFIXES = ("CONNECTOR_", "RETRY_", "CB_", "OAUTH", "CIRCUIT_")
+#: ... except the CI flag, which turns a missing redis-server or browser into a failure.
+_KEEP = frozenset({"CONNECTOR_RESILIENCE_CI"})
 
 LOCAL_BACKENDS = ("memory", "jsonl", "sqlite", "redis")
 #: Backends that several processes can share.
@@ -25,7 +27,7 @@ pytest_plugins = ["tests.redis_server"]
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Each test runs in its own folder, with none of our settings from the outer env."""
     for name in list(os.environ):
-        if name.startswith(_OWN_PREFIXES):
+        if name.startswith(_OWN_PREFIXES) and name not in _KEEP:
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     yield
@@ -64,3 +66,9 @@ def shared_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         server = request.getfixturevalue("redis_server")
         return f"{server.url}/0?prefix={tmp_path.name}"
     return url_for(backend, tmp_path)
+
+
+@pytest.fixture(params=[b for b in LOCAL_BACKENDS if b != "redis"])
+def fake_clock_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store whose breaker clock ``testing.FakeClock`` moves (Redis keeps its own time)."""
+    return url_for(request.param, tmp_path)

@@ -232,9 +232,10 @@ def test_open_circuit_without_calls_is_down(store_url: str) -> None:
         assert health_status("other", policy=policy) is HealthStatus.HEALTHY
 
 
-def test_half_open_circuit_is_down_and_a_closed_one_is_not(store_url: str) -> None:
+def test_half_open_circuit_is_down_and_a_closed_one_is_not(fake_clock_store_url: str) -> None:
     policy = Policy(
-        store={"url": store_url, "flush_interval_s": 3600}, circuit={"half_open_prob": 1}
+        store={"url": fake_clock_store_url, "flush_interval_s": 3600},
+        circuit={"half_open_prob": 1},
     )
     with testing.FakeClock(start=T0) as clock:
         breaker = CircuitBreaker("api", policy=policy)

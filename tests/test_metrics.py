@@ -23,6 +23,7 @@ from connector_resilience import summarize as public_summarize
 from connector_resilience.backends import CallRecord, Store, open_store
 from connector_resilience.backends.jsonl import JsonlStore
 from connector_resilience.backends.memory import MemoryStore
+from connector_resilience.backends.redis import RedisStore
 from connector_resilience.backends.sqlite import SqliteStore
 from connector_resilience.metrics import (
     health_status,
@@ -52,9 +53,13 @@ def fresh_reader(url: str) -> Iterator[Store]:
     if url.startswith("memory://"):
         yield open_store(url)
         return
-    store: Store = (
-        JsonlStore.from_url(url) if url.startswith("jsonl://") else SqliteStore.from_url(url)
-    )
+    store: Store
+    if url.startswith("jsonl://"):
+        store = JsonlStore.from_url(url)
+    elif url.startswith("sqlite://"):
+        store = SqliteStore.from_url(url)
+    else:
+        store = RedisStore.from_url(url)
     try:
         yield store
     finally:
