@@ -131,6 +131,7 @@ class OAuthServer:
         app = web.Application()
         app.router.add_post("/token", self._token)
         app.router.add_get("/resource", self._resource)
+        app.router.add_post("/moved", self._moved)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -379,6 +380,10 @@ class OAuthServer:
                 content_type="text/html",
             )
         return web.json_response(body, status=status, headers=headers)
+
+    async def _moved(self, request: web.Request) -> web.Response:
+        """A token endpoint that moved: a client must not follow with its credentials."""
+        raise web.HTTPTemporaryRedirect(location=self.token_url)
 
     async def _resource(self, request: web.Request) -> web.Response:
         header = request.headers.get("Authorization", "")

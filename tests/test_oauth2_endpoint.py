@@ -287,6 +287,14 @@ def test_descriptions_that_echo_secrets_are_masked(server: OAuthServer) -> None:
     assert info.value.description == "token *** is unknown"
 
 
+def test_redirects_are_not_followed(server: OAuthServer) -> None:
+    config = config_for(server, grant="client_credentials", token_url=f"{server.base_url}/moved")
+    with pytest.raises(TokenEndpointError) as info:
+        TokenManager("svc", config=config, store=open_store("memory://")).get_token()
+    assert (info.value.error, info.value.status, info.value.retryable) == ("http_307", 307, False)
+    assert server.count() == 0  # the credentials never reached the redirect's target
+
+
 def test_endpoint_errors_survive_pickling() -> None:
     error = InvalidGrantError("api", error="invalid_grant", status=400, attempts=1)
     copy = pickle.loads(pickle.dumps(error))

@@ -221,6 +221,14 @@ def test_required_without_token_fails_fast(monkeypatch: pytest.MonkeyPatch) -> N
         load_token("crm", store=open_store("memory://required"))
 
 
+def test_required_per_connector(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONNECTOR__CRM__OAUTH2_REQUIRED", "true")
+    store = open_store("memory://per-connector")
+    assert load_token("billing", store=store) is None
+    with pytest.raises(TokenRequiredError, match="'crm'"):
+        load_token("crm", store=store)
+
+
 def test_token_file_is_private(tmp_path: Path) -> None:
     store = open_store(f"jsonl://{tmp_path / 'state'}")
     save_token("api", {"access_token": "a"}, store=store)
