@@ -75,7 +75,8 @@ class OAuth2Config(BaseModel):
             ``"client_secret_post"`` (credentials in the form body) or ``"none"``
             (a public client: ``client_id`` in the body, no secret).
         scope: scope to request (client_credentials) or to narrow to (refresh).
-        extra_params: further form parameters (``audience``, ``resource``...).
+        extra_params: further form parameters (``audience``, ``resource``...);
+            kept out of ``repr`` and masked in error descriptions.
         timeout_s: socket timeout of one request.
         keep_fields: non-standard response fields to keep with the token.
         error_aliases: provider error codes to read as RFC 6749 ones
@@ -93,7 +94,8 @@ class OAuth2Config(BaseModel):
     grant: GrantType = "refresh_token"
     auth_method: AuthMethod = "client_secret_basic"
     scope: str | None = None
-    extra_params: dict[str, str] = Field(default_factory=dict)
+    # Hidden from repr: a provider may want a credential here (a client assertion).
+    extra_params: dict[str, str] = Field(default_factory=dict, repr=False)
     timeout_s: float = Field(10.0, gt=0)
     keep_fields: tuple[str, ...] = ()
     error_aliases: dict[str, str] = Field(default_factory=dict)
@@ -180,6 +182,7 @@ def fetch_token(
     if config.scope:
         params["scope"] = config.scope
     params.update(config.extra_params)
+    secrets.extend(config.extra_params.values())
     data = _post_with_retries(
         config, params, connector=connector, secrets=secrets, policy=policy, budget_s=budget_s
     )

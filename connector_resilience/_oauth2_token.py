@@ -302,13 +302,21 @@ def token_from_mapping(
     mapping: Mapping[str, Any],
     *,
     cipher: TokenCipher | None = None,
-    now: float | None = None,
+    received_at: float | None = None,
 ) -> OAuth2Token:
     """Parse a stored mapping (or one given to ``save_token``) into a token.
 
-    A mapping with ``expires_in`` and no ``expires_at`` expires ``expires_in``
-    seconds after ``now``. Keys the model does not know (an old framework's
-    ``connector``, a provider's extras) are dropped rather than failing the record.
+    Keys the model does not know (an old framework's ``connector``, a
+    provider's extras) are dropped rather than failing the record.
+
+    Args:
+        connector: named in errors.
+        mapping: the token mapping.
+        cipher: decrypts encrypted secrets.
+        received_at: when a fresh mapping was received: an ``expires_in``
+            without ``expires_at`` counts from it. ``None`` (a stored record,
+            received at an unknown time) ignores ``expires_in``: the expiry
+            is unknown rather than forever an hour away.
 
     Raises:
         ValueError: the mapping is not a token; the message names the bad
@@ -321,11 +329,10 @@ def token_from_mapping(
     encryption = data.pop("encryption", None)
     if encryption is not None:
         data = _decrypted(connector, data, encryption, cipher)
-    if "expires_at" not in data and "expires_in" in data:
+    if received_at is not None and "expires_at" not in data and "expires_in" in data:
         lifetime = _seconds(data.get("expires_in"))
-        received = _clock.wall() if now is None else now
-        data["expires_at"] = None if lifetime is None else received + lifetime
-        data.setdefault("obtained_at", received)
+        data["expires_at"] = None if lifetime is None else received_at + lifetime
+        data.setdefault("obtained_at", received_at)
     known = {k: v for k, v in data.items() if k in OAuth2Token.model_fields}
     try:
         return OAuth2Token.model_validate(known)

@@ -112,7 +112,7 @@ def save_token(
     parsed = (
         token
         if isinstance(token, OAuth2Token)
-        else token_from_mapping(connector, token, cipher=cipher)
+        else token_from_mapping(connector, token, cipher=cipher, received_at=_clock.wall())
     )
     (store or store_for_policy(settings)).save_token(
         connector, token_to_mapping(parsed, cipher=cipher)
@@ -219,7 +219,7 @@ def token_statuses(
             if isinstance(shape.get(field), str) and shape[field]:
                 shape[field] = "redacted"
         try:
-            token: OAuth2Token | None = token_from_mapping(connector, shape, now=at)
+            token: OAuth2Token | None = token_from_mapping(connector, shape)
         except ValueError:
             token = None
         expires_at = token.expires_at if token is not None else None

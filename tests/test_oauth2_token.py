@@ -203,6 +203,15 @@ def test_legacy_record_is_read(store_url: str) -> None:
     assert (token.access_token.get_secret_value(), token.expires_at) == ("old-at", NOW)
 
 
+def test_stored_expires_in_is_an_unknown_expiry(store_url: str) -> None:
+    """A stored relative lifetime has no start: it must not read as "an hour from now" forever."""
+    store = open_store(store_url)
+    store.save_token("legacy", {"access_token": "old-at", "expires_in": 3600})
+    token = load_token("legacy", store=store)
+    assert token is not None
+    assert token.expires_at is None
+
+
 def test_unparseable_record_is_absent_with_a_warning(
     store_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -412,5 +421,12 @@ def test_config_insists_on_https_and_secrets() -> None:
             client_secret="s",
             extra_params={"grant_type": "password"},
         )
-    config = OAuth2Config(token_url="https://a.example/t", client_id="c", client_secret="cs-hidden")
-    assert "cs-hidden" not in repr(config)
+    config = OAuth2Config(
+        token_url="https://a.example/t",
+        client_id="c",
+        client_secret="cs-hidden",
+        extra_params={"client_assertion": "jwt-hidden"},
+    )
+    for text in (repr(config), str(config)):
+        assert "cs-hidden" not in text
+        assert "jwt-hidden" not in text
