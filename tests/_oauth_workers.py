@@ -2,12 +2,39 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import connector_resilience
-from connector_resilience.backends import open_store
+from connector_resilience.backends import TokenStore, open_store
 from connector_resilience.oauth2 import OAuth2Config, TokenManager
+
+
+class _ReportingStore:
+    """A real store that reports on ``results`` each time this process asks for the token lock."""
+
+    def __init__(self, inner: TokenStore, results: Any, worker: int) -> None:
+        self.inner = inner
+        self.url = getattr(inner, "url", "")
+        self._results = results
+        self._worker = worker
+
+    def load_token(self, connector: str) -> dict[str, Any] | None:
+        return self.inner.load_token(connector)
+
+    def save_token(self, connector: str, token: Mapping[str, Any]) -> None:
+        self.inner.save_token(connector, token)
+
+    def list_tokens(self) -> dict[str, dict[str, Any]]:
+        return self.inner.list_tokens()
+
+    @contextlib.contextmanager
+    def token_lock(self, connector: str, *, timeout_s: float) -> Iterator[None]:
+        self._results.put((self._worker, -1, "lock", connector))
+        with self.inner.token_lock(connector, timeout_s=timeout_s):
+            yield
 
 
 def ask_for_tokens(
@@ -21,10 +48,13 @@ def ask_for_tokens(
 ) -> None:
     """Start ``threads`` threads that wait on ``start`` (a shared barrier), then get a token.
 
-    Each thread puts ``(worker, thread, "ok", token)`` or ``(worker, thread,
-    "error", "Type: message")`` on ``results``.
+    Puts on ``results``: ``(worker, -1, "lock", connector)`` whenever this
+    process asks for the store's token lock; per thread ``(worker, thread,
+    "ok", token)`` or ``(worker, thread, "error", "Type: message")``; and last
+    ``(worker, -1, "module", path)``, the connector_resilience it imported.
     """
-    manager = TokenManager("acme", config=OAuth2Config(**config), store=open_store(store_url))
+    store = _ReportingStore(open_store(store_url), results, worker)
+    manager = TokenManager("acme", config=OAuth2Config(**config), store=store)
 
     def run(index: int) -> None:
         try:

@@ -9,6 +9,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -129,7 +130,13 @@ async def test_fifty_tasks_share_one_refresh(server: OAuthServer) -> None:
     spy = SpyStore(open_store("memory://"))
     _seed_expired(server, spy)
     manager = TokenManager("api", config=config_for(server), store=spy)
-    tokens = await asyncio.gather(*(manager.aget_token() for _ in range(50)))
+    server.hold()
+    together = asyncio.gather(*(manager.aget_token() for _ in range(50)))
+    # All 50 tasks take their first step (join or lead the refresh) in the loop's
+    # next turn, before this await can return; the refresh is still held then.
+    assert await asyncio.to_thread(server.wait_for_arrivals, 1)
+    server.release()
+    tokens = await together
     assert len(set(tokens)) == 1
     assert server.access_token_valid(tokens[0])
     assert server.count(grant="refresh_token") == 1
@@ -390,7 +397,7 @@ def test_four_processes_of_eight_threads_refresh_exactly_once(
         "token_url": server.token_url,
         "client_id": CLIENT_ID,
         "client_secret": CLIENT_SECRET,
-        "timeout_s": 10.0,
+        "timeout_s": 30.0,
     }
     ctx = multiprocessing.get_context("spawn")
     processes, threads = 4, 8
@@ -404,10 +411,22 @@ def test_four_processes_of_eight_threads_refresh_exactly_once(
         )
         for w in range(processes)
     ]
+    # The endpoint holds the refresh until every process has asked for the
+    # store's lock: the processes really contend, whatever the timing.
+    server.hold()
     for worker in workers:
         worker.start()
+    lock_requests: Counter[int] = Counter()
+    answers: list[tuple[int, int, str, str]] = []
     # Read every result before joining: a child cannot exit with its queue unflushed.
-    answers = [results.get(timeout=90) for _ in range(processes * (threads + 1))]
+    while len(answers) < processes * (threads + 1):
+        item = results.get(timeout=90)
+        if item[2] == "lock":
+            lock_requests[item[0]] += 1
+            if len(lock_requests) == processes:
+                server.release()
+        else:
+            answers.append(item)
     for worker in workers:
         worker.join(30)
         assert worker.exitcode == 0
@@ -421,6 +440,8 @@ def test_four_processes_of_eight_threads_refresh_exactly_once(
     assert server.access_token_valid(token)
     assert server.count(grant="refresh_token") == 1
     assert server.count(outcome="invalid_grant") == 0
+    # One lock request per process: its eight threads shared one in-process flight.
+    assert lock_requests == dict.fromkeys(range(processes), 1)
     stored = load_token("acme", store=store)
     assert stored is not None
     assert stored.access_token.get_secret_value() == token
