@@ -8,13 +8,17 @@ is raised unchanged: these classes describe what the library itself decided.
 from __future__ import annotations
 
 import datetime as _dt
+from typing import Any
 
 __all__ = [
     "CircuitOpenError",
     "ConfigurationError",
+    "InvalidGrantError",
     "ResilienceError",
     "RetryBodyNotReplayableError",
     "StoreError",
+    "TokenDecryptionError",
+    "TokenEndpointError",
     "TokenError",
     "TokenRequiredError",
 ]
@@ -75,6 +79,83 @@ class TokenError(ResilienceError):
 
 class TokenRequiredError(TokenError):
     """OAUTH2_REQUIRED is on and the connector has no usable token."""
+
+
+class TokenEndpointError(TokenError):
+    """The token endpoint refused a grant (RFC 6749 section 5.2) or could not be reached.
+
+    The message and attributes never hold a secret: a description that echoes
+    one of the request's secrets has it replaced by ``***``.
+
+    Attributes:
+        connector: the connector whose token was requested.
+        error: the endpoint's ``error`` code (``invalid_client``, ``invalid_scope``...),
+            or ``http_<status>`` / ``network_error`` when there was no RFC 6749 body.
+        description: the endpoint's ``error_description``, shortened, or ``None``.
+        status: the HTTP status, or ``None`` for a network fault.
+        retryable: a 5xx, 429 or network fault: trying again later may work.
+        attempts: requests made before giving up (retries included).
+        retry_after: seconds the endpoint asked to wait (``Retry-After``), if any.
+    """
+
+    def __init__(
+        self,
+        connector: str,
+        *,
+        error: str,
+        description: str | None = None,
+        status: int | None = None,
+        retryable: bool = False,
+        attempts: int = 1,
+        retry_after: float | None = None,
+    ) -> None:
+        self.connector = connector
+        self.error = error
+        self.description = description
+        self.status = status
+        self.retryable = retryable
+        self.attempts = attempts
+        self.retry_after = retry_after
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        status = f"HTTP {self.status}, " if self.status is not None else ""
+        detail = f": {self.description}" if self.description else ""
+        tries = f" after {self.attempts} attempts" if self.attempts > 1 else ""
+        return (
+            f"token endpoint refused connector {self.connector!r} "
+            f"({status}{self.error}){detail}{tries}"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        fields = {
+            "error": self.error,
+            "description": self.description,
+            "status": self.status,
+            "retryable": self.retryable,
+            "attempts": self.attempts,
+            "retry_after": self.retry_after,
+        }
+        return (_rebuild_endpoint_error, (type(self), self.connector, fields))
+
+
+def _rebuild_endpoint_error(
+    cls: type[TokenEndpointError], connector: str, fields: dict[str, Any]
+) -> TokenEndpointError:
+    return cls(connector, **fields)
+
+
+class InvalidGrantError(TokenEndpointError):
+    """The refresh token (or other grant) is invalid, expired or revoked: re-authenticate.
+
+    Never retried: sending the same grant again cannot succeed, and with
+    rotating refresh tokens a replay can make the provider revoke the whole
+    token family.
+    """
+
+
+class TokenDecryptionError(TokenError):
+    """A stored token is encrypted and OAUTH_TOKEN_ENCRYPTION_KEY cannot decrypt it."""
 
 
 class RetryBodyNotReplayableError(ResilienceError):
