@@ -9,13 +9,17 @@ from __future__ import annotations
 import logging
 from importlib.metadata import PackageNotFoundError, version
 
+from connector_resilience._auth import current_token
 from connector_resilience.backends import open_store, register_backend
 from connector_resilience.circuit import CircuitBreaker, StateChange
 from connector_resilience.errors import (
     CircuitOpenError,
     ConfigurationError,
+    InvalidGrantError,
     ResilienceError,
     StoreError,
+    TokenDecryptionError,
+    TokenEndpointError,
     TokenError,
     TokenRequiredError,
 )
@@ -27,6 +31,7 @@ from connector_resilience.metrics import (
     record_call,
     summarize,
 )
+from connector_resilience.oauth2 import OAuth2Config, OAuth2Token, TokenManager
 from connector_resilience.policy import Policy
 from connector_resilience.resilient import RetryEvent, resilient
 from connector_resilience.retry import compute_backoff_ms, wait_backoff
@@ -44,16 +49,23 @@ __all__ = [
     "CircuitOpenError",
     "ConfigurationError",
     "HealthStatus",
+    "InvalidGrantError",
+    "OAuth2Config",
+    "OAuth2Token",
     "Policy",
     "ResilienceError",
     "RetryEvent",
     "StateChange",
     "StoreError",
     "Summary",
+    "TokenDecryptionError",
+    "TokenEndpointError",
     "TokenError",
+    "TokenManager",
     "TokenRequiredError",
     "__version__",
     "compute_backoff_ms",
+    "current_token",
     "flush_metrics",
     "health_status",
     "open_store",

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 import tenacity
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from connector_resilience import _clock
+from connector_resilience import _clock, _waits
 from connector_resilience._oauth2_token import OAuth2Token
 from connector_resilience.errors import InvalidGrantError, TokenEndpointError, TokenError
 from connector_resilience.retry import parse_retry_after, wait_backoff
@@ -255,6 +255,8 @@ def _post_with_retries(
             lambda exc: isinstance(exc, TokenEndpointError) and exc.retryable
         ),
         before_sleep=before_sleep,
+        # Through _waits, so testing.no_waits() and FakeClock cover token refreshes too.
+        sleep=lambda seconds: _waits.sleep(seconds),  # noqa: PLW0108 - read at call time
         reraise=True,
     )
     try:

@@ -287,7 +287,10 @@ class TokenManager:
         timeout = self.policy.oauth.lock_timeout_s
         with contextlib.ExitStack() as held:
             try:
-                held.enter_context(self.store.token_lock(self.connector, timeout_s=timeout))
+                held.enter_context(
+                    # The refresh is cut off before the lease ends (_REFRESH_BUDGET_SHARE).
+                    self.store.token_lock(self.connector, timeout_s=timeout, lease_s=timeout)
+                )
             except TimeoutError:
                 failure = TokenError(
                     f"another refresh of connector {self.connector!r} held the token lock "

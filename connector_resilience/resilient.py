@@ -28,6 +28,7 @@ from typing import Any, Final, ParamSpec, TypeVar, cast, overload
 import tenacity
 
 from connector_resilience import _clock, _waits
+from connector_resilience._auth import TokenSource, aauthenticated, authenticated
 from connector_resilience.backends import CallStatus, Store, open_store, store_for_policy
 from connector_resilience.circuit import CircuitBreaker, Outcome, StateChange, breaker_for
 from connector_resilience.errors import CircuitOpenError, ConfigurationError
@@ -155,6 +156,12 @@ class _Engine:
         self.ignore = options.ignore
         self.labels = dict(options.labels) if options.labels else None
         self.rows = buffer_for(store, view).rows if options.metrics else None
+        # OAUTH2_REQUIRED without tokens=: refuse to call out with no usable token.
+        self.gate: Callable[[], object] | None = None
+        if view.oauth.required and options.tokens is None:
+            from connector_resilience.oauth2 import TokenManager
+
+            self.gate = TokenManager(connector, policy=view, store=store).get_token
         self.breaker: CircuitBreaker | None = None
         if options.breaker and view.circuit.enabled:
             self.breaker = breaker_for(breaker_name or connector, policy=view, store=store)
@@ -449,6 +456,7 @@ class _Options:
     on_retry: Callable[[RetryEvent], object] | None
     on_state_change: Callable[[StateChange], object] | None
     on_reject: Callable[[CircuitOpenError], object] | None
+    tokens: TokenSource | None = None
 
 
 class _Engines:
@@ -555,6 +563,7 @@ def resilient(
     on_retry: Callable[[RetryEvent], object] | None = None,
     on_state_change: Callable[[StateChange], object] | None = None,
     on_reject: Callable[[CircuitOpenError], object] | None = None,
+    tokens: TokenSource | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -578,6 +587,7 @@ def resilient(
     on_retry: Callable[[RetryEvent], object] | None = None,
     on_state_change: Callable[[StateChange], object] | None = None,
     on_reject: Callable[[CircuitOpenError], object] | None = None,
+    tokens: TokenSource | None = None,
 ) -> Any:
     """Make a function's calls to a connector resilient and measured.
 
@@ -609,6 +619,9 @@ def resilient(
         on_retry: called with a :class:`RetryEvent` before each retry.
         on_state_change: called with a :class:`StateChange` when the breaker moves.
         on_reject: called with the :class:`CircuitOpenError` of a refused call.
+        tokens: an OAuth2 token manager: each attempt runs with a valid token
+            (read it with :func:`current_token`); a 401 (an exception or a result
+            with that status) refreshes it once and runs the attempt once more.
 
     Returns:
         A decorator, or the decorated function when used bare (``@resilient``).
@@ -645,11 +658,20 @@ def resilient(
         on_retry=on_retry,
         on_state_change=on_state_change,
         on_reject=on_reject,
+        tokens=tokens,
     )
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
         if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
             raise TypeError(f"@resilient cannot retry the generator {fn.__qualname__}()")
+        is_async = inspect.iscoroutinefunction(fn)
+        call: Callable[..., Any] = fn
+        if tokens is not None:
+            call = (
+                aauthenticated(cast(Callable[..., Awaitable[Any]], fn), tokens)
+                if is_async
+                else authenticated(fn, tokens)
+            )
         engines = _Engines(
             connector=connector,
             operation=operation or str(getattr(fn, "__name__", type(fn).__name__)),
@@ -657,9 +679,9 @@ def resilient(
             store=store,
             options=options,
         )
-        if inspect.iscoroutinefunction(fn):
-            return cast(Callable[P, R], _async_wrapper(fn, engines))
-        return _sync_wrapper(fn, engines)
+        if is_async:
+            return cast(Callable[P, R], _async_wrapper(call, engines))
+        return cast(Callable[P, R], _sync_wrapper(call, engines))
 
     return decorate
 
@@ -670,6 +692,8 @@ def _sync_wrapper(fn: Callable[P, R], engines: _Engines) -> Callable[P, R]:
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         engine = engines(args)
+        if engine.gate is not None:
+            engine.gate()
         breaker = engine.breaker
         probe = None
         if breaker is not None and (now := _clock.monotonic()) >= breaker._fast_until:
@@ -706,6 +730,8 @@ def _async_wrapper(fn: Callable[P, Awaitable[R]], engines: _Engines) -> Callable
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         engine = engines(args)
+        if engine.gate is not None:
+            await asyncio.to_thread(engine.gate)  # a store read, maybe over the network
         breaker = engine.breaker
         probe = None
         if breaker is not None and (now := _clock.monotonic()) >= breaker._fast_until:

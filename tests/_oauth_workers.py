@@ -31,9 +31,11 @@ class _ReportingStore:
         return self.inner.list_tokens()
 
     @contextlib.contextmanager
-    def token_lock(self, connector: str, *, timeout_s: float) -> Iterator[None]:
+    def token_lock(
+        self, connector: str, *, timeout_s: float, lease_s: float | None = None
+    ) -> Iterator[None]:
         self._results.put((self._worker, -1, "lock", connector))
-        with self.inner.token_lock(connector, timeout_s=timeout_s):
+        with self.inner.token_lock(connector, timeout_s=timeout_s, lease_s=lease_s):
             yield
 
 

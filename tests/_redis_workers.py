@@ -38,7 +38,7 @@ def cas_on_command(url: str) -> None:
 def hold_token_lock(url: str, lease_s: float) -> None:
     """Take the lock and never release it: the test kills this process."""
     store = open_store(url)
-    with store.token_lock("api", timeout_s=lease_s):
+    with store.token_lock("api", timeout_s=lease_s, lease_s=lease_s):
         print("held", flush=True)
         while True:
             time.sleep(1)  # killed by the test; never returns

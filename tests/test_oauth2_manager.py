@@ -66,10 +66,12 @@ class SpyStore:
         return self.inner.list_tokens()
 
     @contextlib.contextmanager
-    def token_lock(self, connector: str, *, timeout_s: float) -> Iterator[None]:
+    def token_lock(
+        self, connector: str, *, timeout_s: float, lease_s: float | None = None
+    ) -> Iterator[None]:
         with self._count:
             self.locks += 1
-        with self.inner.token_lock(connector, timeout_s=timeout_s):
+        with self.inner.token_lock(connector, timeout_s=timeout_s, lease_s=lease_s):
             yield
 
 

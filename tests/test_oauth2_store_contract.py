@@ -17,14 +17,6 @@ def test_token_lock_excludes_a_holder_that_outlives_its_own_timeout(
     store_url: str, request: pytest.FixtureRequest
 ) -> None:
     """``timeout_s`` bounds the wait for the lock, not how long it may be held."""
-    if store_url.startswith("sqlite"):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="SqliteStore.token_lock uses the wait timeout as the lease length: "
-                "a holder that outlives its own timeout_s loses the lock to the next waiter",
-            )
-        )
     store = open_store(store_url)
     held = threading.Event()
     release = threading.Event()
@@ -48,14 +40,6 @@ def test_token_lock_excludes_a_holder_that_outlives_its_own_timeout(
 
 def test_loaded_token_is_a_deep_copy(store_url: str, request: pytest.FixtureRequest) -> None:
     """A caller changing a nested value of a loaded token must not change the store."""
-    if store_url.startswith("jsonl"):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="JsonlStore.load_token/list_tokens return shallow copies of the "
-                "cached mappings: nested values are shared with the store's cache",
-            )
-        )
     store = open_store(store_url)
     store.save_token("api", {"access_token": "a", "extra": {"instance_url": "https://x"}})
     loaded = store.load_token("api")

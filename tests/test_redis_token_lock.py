@@ -70,7 +70,7 @@ def test_only_the_owner_releases(redis_url: str, caplog: pytest.LogCaptureFixtur
 
     def first() -> None:
         # A refresh that outlives its 0.2 s lease.
-        with store.token_lock("api", timeout_s=0.2):
+        with store.token_lock("api", timeout_s=0.2, lease_s=0.2):
             first_in.set()
             first_may_leave.wait(10)
 

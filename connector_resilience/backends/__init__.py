@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from connector_resilience.policy import Policy
 
 __all__ = [
+    "DEFAULT_LOCK_LEASE_S",
     "CallRecord",
     "CircuitRecord",
     "CircuitStore",
@@ -258,8 +259,18 @@ class TokenStore(Protocol):
         """Every connector's latest token mapping."""
         ...
 
-    def token_lock(self, connector: str, *, timeout_s: float) -> AbstractContextManager[None]:
+    def token_lock(
+        self, connector: str, *, timeout_s: float, lease_s: float | None = None
+    ) -> AbstractContextManager[None]:
         """A lock held across every process sharing the store, for single-flight refresh.
+
+        Args:
+            connector: whose token.
+            timeout_s: how long to wait for the lock.
+            lease_s: how long a holder keeps it at most, so that a holder that died
+                cannot block the others for ever (``DEFAULT_LOCK_LEASE_S`` if
+                ``None``). Stores whose lock dies with its holder's process
+                (a file lock) may ignore it.
 
         Raises:
             TimeoutError: the lock was not acquired within ``timeout_s``.
@@ -300,6 +311,10 @@ class Store(CircuitStore, TokenStore, MetricsStore, Protocol):
         """Release files, connections and background work."""
         ...
 
+
+#: How long a token lock is held at most when the caller does not say: longer
+#: than any refresh with its retries, short enough that a dead holder is not fatal.
+DEFAULT_LOCK_LEASE_S = 60.0
 
 StoreFactory = Callable[[str], Store]
 

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -285,7 +286,7 @@ class JsonlStore:
     def load_token(self, connector: str) -> dict[str, Any] | None:
         """The latest token mapping (a copy)."""
         token = _guard(lambda: self._tokens.refresh().get(connector), self._tokens_file)
-        return dict(token) if token is not None else None
+        return copy.deepcopy(token) if token is not None else None
 
     def save_token(self, connector: str, token: Mapping[str, Any]) -> None:
         """Append the token and fsync before returning."""
@@ -296,11 +297,17 @@ class JsonlStore:
     def list_tokens(self) -> dict[str, dict[str, Any]]:
         """Every connector's latest token mapping."""
         tokens = _guard(self._tokens.refresh, self._tokens_file)
-        return {name: dict(value) for name, value in tokens.items()}
+        return copy.deepcopy(dict(tokens))
 
     @contextlib.contextmanager
-    def token_lock(self, connector: str, *, timeout_s: float) -> Iterator[None]:
-        """A lock file beside the token file, one per connector."""
+    def token_lock(
+        self, connector: str, *, timeout_s: float, lease_s: float | None = None
+    ) -> Iterator[None]:
+        """A lock file beside the token file, one per connector.
+
+        ``lease_s`` does not apply: the operating system frees the lock when its
+        holder's process ends, however it ends.
+        """
         path = self._tokens_file.path
         ensure_private_dir(path.parent)
         lock = FileLock(

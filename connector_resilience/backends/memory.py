@@ -89,8 +89,13 @@ class MemoryStore:
             return copy.deepcopy(self._tokens)
 
     @contextlib.contextmanager
-    def token_lock(self, connector: str, *, timeout_s: float) -> Iterator[None]:
-        """A per-connector lock (this process is the only one sharing the store)."""
+    def token_lock(
+        self, connector: str, *, timeout_s: float, lease_s: float | None = None
+    ) -> Iterator[None]:
+        """A per-connector lock (this process is the only one sharing the store).
+
+        ``lease_s`` does not apply: the lock cannot outlive its holder's process.
+        """
         with self._lock:
             lock = self._token_locks.setdefault(connector, threading.Lock())
         if not lock.acquire(timeout=timeout_s):

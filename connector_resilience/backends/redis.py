@@ -48,7 +48,13 @@ from redis.exceptions import LockError, RedisError
 from redis.retry import Retry
 
 from connector_resilience import _clock
-from connector_resilience.backends import CallRecord, CircuitRecord, StoreStats, redact_url
+from connector_resilience.backends import (
+    DEFAULT_LOCK_LEASE_S,
+    CallRecord,
+    CircuitRecord,
+    StoreStats,
+    redact_url,
+)
 from connector_resilience.backends._redis_clock import ServerClock
 from connector_resilience.backends._redis_watch import ANY_CONNECTOR, CircuitWatcher
 from connector_resilience.errors import ConfigurationError, StoreError
@@ -448,12 +454,14 @@ class RedisStore:
         return out
 
     @contextlib.contextmanager
-    def token_lock(self, connector: str, *, timeout_s: float) -> Iterator[None]:
+    def token_lock(
+        self, connector: str, *, timeout_s: float, lease_s: float | None = None
+    ) -> Iterator[None]:
         """A lock shared by every host, for single-flight token refresh.
 
-        ``timeout_s`` is both how long to wait for the lock and its lease: a
-        holder that dies (or runs past it) loses the lock when the lease ends,
-        by Redis's clock. Only the holder's own token releases it.
+        ``timeout_s`` is how long to wait for the lock; ``lease_s`` how long a
+        holder keeps it at most: a holder that dies loses the lock when the
+        lease ends, by Redis's clock. Only the holder's own token releases it.
 
         Raises:
             TimeoutError: not acquired within ``timeout_s``.
@@ -461,7 +469,7 @@ class RedisStore:
         """
         lock = self._client.lock(
             self._keys.token_lock(connector),
-            timeout=max(timeout_s, _MIN_LEASE_S),
+            timeout=max(DEFAULT_LOCK_LEASE_S if lease_s is None else lease_s, _MIN_LEASE_S),
             sleep=_LOCK_POLL_S,
             blocking_timeout=timeout_s,
         )
@@ -696,7 +704,9 @@ class RedisStore:
             await client.hset(self._keys.tokens, connector, data)
 
     @contextlib.asynccontextmanager
-    async def atoken_lock(self, connector: str, *, timeout_s: float) -> AsyncIterator[None]:
+    async def atoken_lock(
+        self, connector: str, *, timeout_s: float, lease_s: float | None = None
+    ) -> AsyncIterator[None]:
         """:meth:`token_lock` for coroutines: waiting for it never blocks the event loop.
 
         Raises:
@@ -705,7 +715,7 @@ class RedisStore:
         """
         lock = (await self._async_client()).client.lock(
             self._keys.token_lock(connector),
-            timeout=max(timeout_s, _MIN_LEASE_S),
+            timeout=max(DEFAULT_LOCK_LEASE_S if lease_s is None else lease_s, _MIN_LEASE_S),
             sleep=_LOCK_POLL_S,
             blocking_timeout=timeout_s,
         )

@@ -21,7 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from connector_resilience import _clock
-from connector_resilience.backends import CallRecord, CircuitRecord, StoreStats
+from connector_resilience.backends import (
+    DEFAULT_LOCK_LEASE_S,
+    CallRecord,
+    CircuitRecord,
+    StoreStats,
+)
 from connector_resilience.backends._files import PRIVATE_FILE_MODE, ensure_private_dir
 from connector_resilience.errors import StoreError
 
@@ -271,8 +276,11 @@ class SqliteStore:
         return token
 
     @contextlib.contextmanager
-    def token_lock(self, connector: str, *, timeout_s: float) -> Iterator[None]:
-        """A lease row: held until released, or until it expires if its holder died."""
+    def token_lock(
+        self, connector: str, *, timeout_s: float, lease_s: float | None = None
+    ) -> Iterator[None]:
+        """A lease row: held until released, or until the lease ends if its holder died."""
+        lease = DEFAULT_LOCK_LEASE_S if lease_s is None else lease_s
         name = f"token:{connector}"
         owner = uuid.uuid4().hex
         deadline = time.monotonic() + timeout_s
@@ -284,7 +292,7 @@ class SqliteStore:
                     "INSERT INTO locks (name, owner, expires_at) VALUES (?, ?, ?) "
                     "ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, "
                     "expires_at = excluded.expires_at WHERE locks.expires_at < ?",
-                    (name, owner, now + timeout_s, now),
+                    (name, owner, now + lease, now),
                 )
                 acquired = cursor.rowcount == 1
             if acquired:
