@@ -48,10 +48,13 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = ROOT / "tests" / "artifacts"
 DEADLINE_S = 30.0
+# Read at import: conftest clears every CONNECTOR_* variable before each test runs.
+IN_CI = os.environ.get("CONNECTOR_RESILIENCE_CI") == "1"
+UPDATE_DOCS = os.environ.get("CONNECTOR_RESILIENCE_UPDATE_DOCS") == "1"
 
 
 def _unavailable(reason: str) -> None:
-    if os.environ.get("CONNECTOR_RESILIENCE_CI"):
+    if IN_CI:
         pytest.fail(f"CI must run the dashboard test in a browser: {reason}")
     pytest.skip(reason)
 
@@ -249,7 +252,7 @@ def test_dashboard_in_a_browser_lists_verdicts_draws_charts_and_goes_live(
         backend = shared_store_url.partition(":")[0]
         shot = page.screenshot(path=str(ARTIFACTS / f"dashboard-{backend}.png"), full_page=True)
         assert len(shot) > 10_000
-        if backend == "jsonl" and os.environ.get("CONNECTOR_RESILIENCE_UPDATE_DOCS"):
+        if backend == "jsonl" and UPDATE_DOCS:
             (ROOT / "docs" / "images").mkdir(parents=True, exist_ok=True)
             (ROOT / "docs" / "images" / "dashboard.png").write_bytes(shot)
 
