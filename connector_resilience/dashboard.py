@@ -119,6 +119,7 @@ class DashboardState:
         buckets: time buckets of the charts.
         view: the latest view (``None`` before the first read).
         error: why the last read failed, if it did.
+        read_at: when the last successful read finished.
         states: per connector, ``(time, state)`` at each change seen.
     """
 
@@ -128,12 +129,14 @@ class DashboardState:
     refresh_s: float = 2.0
     stale_after_s: float = 60.0
     buckets: int = 60
-    view: StoreView | None = None
-    error: str | None = None
-    read_at: float | None = None
-    states: dict[str, collections.deque[tuple[float, str]]] = field(default_factory=dict)
-    _payload: dict[str, Any] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    view: StoreView | None = field(default=None, init=False)
+    error: str | None = field(default=None, init=False)
+    read_at: float | None = field(default=None, init=False)
+    states: dict[str, collections.deque[tuple[float, str]]] = field(
+        default_factory=dict, init=False
+    )
+    _payload: dict[str, Any] = field(default_factory=dict, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def refresh(self) -> None:
         """Read the store now (blocking); on failure keep the last view and note why.
@@ -147,9 +150,12 @@ class DashboardState:
             self.error = f"cannot read the store: {exc}"
             logger.warning("dashboard: %s", self.error)
             return
+        # Only this (refresh) thread touches the breaker history, so the payload
+        # is built outside the lock; requests wait for nothing but the swap.
+        self._note_states(view)
+        payload = self._build_payload(view)
         with self._lock:
-            self._note_states(view)
-            self._payload = self._build_payload(view)
+            self._payload = payload
             self.view, self.error, self.read_at = view, None, time.time()
 
     def _note_states(self, view: StoreView) -> None:

@@ -26,12 +26,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from connector_resilience import CircuitOpenError, Policy, resilient, testing
-from connector_resilience.backends import close_all_stores
+from connector_resilience.backends import CallRecord, close_all_stores, open_store
+from connector_resilience.dashboard import DashboardState, time_series
 from connector_resilience.metrics import flush_metrics
 from tests._ops import ROOT, Connectors, cli_env, policy_for
 
@@ -304,3 +306,35 @@ def test_page_assets_ship_inside_the_package() -> None:
     ):
         assert "http://" not in text.replace("http://www.w3.org/2000/svg", "")
         assert "https://" not in text
+
+
+def test_an_unreadable_store_makes_healthz_503_and_keeps_the_last_view(tmp_path: Path) -> None:
+    url = f"jsonl://{tmp_path / 'state'}"
+    Connectors(url).run(billing=3, search=0, inventory=0)
+    store = open_store(url)
+    state = DashboardState(store=store, policy=policy_for(url), window_s=600)
+    state.refresh()
+    assert state.health() == (200, state.health()[1])
+    metrics = tmp_path / "state" / "metrics.jsonl"
+    metrics.rename(tmp_path / "aside.jsonl")
+    metrics.mkdir()  # a folder where the file should be: reads now fail
+    state.refresh()
+    code, body = state.health()
+    assert code == 503
+    assert "cannot read the store" in body["error"]
+    overview = state.overview()
+    assert overview["error"] == body["error"]
+    assert [c["connector"] for c in overview["connectors"]] == ["billing"]  # the last good view
+
+
+def test_time_series_leaves_gaps_where_there_were_no_calls() -> None:
+    records = [
+        CallRecord(ts=1.0, connector="a", operation="op", duration_ms=10.0, status="ok"),
+        CallRecord(ts=2.0, connector="a", operation="op", duration_ms=30.0, status="error"),
+        CallRecord(ts=9.5, connector="a", operation="op", duration_ms=5.0, status="ok"),
+    ]
+    points = time_series(records, start=0.0, end=10.0, buckets=5)
+    assert [p["attempts"] for p in points] == [1, 1, 0, 0, 1]
+    assert points[1]["error_rate"] == 1.0
+    assert points[2]["p95_ms"] is None  # a gap, not a zero
+    assert points[4]["t"] == 10.0
