@@ -1,0 +1,305 @@
+"""What every CLI command shares: exit codes, opening the store, tables, progress."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import threading
+import time
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TextIO
+
+from connector_resilience.backends import Store, open_store, redact_url, store_for_policy
+from connector_resilience.metrics import HealthStatus
+from connector_resilience.overview import describe_store
+from connector_resilience.policy import Policy, current_policy
+
+__all__ = [
+    "EXIT_DEGRADED",
+    "EXIT_DOWN",
+    "EXIT_ERROR",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "CliError",
+    "Context",
+    "Progress",
+    "exit_code_for",
+    "format_age",
+    "format_ms",
+    "format_rate",
+    "format_time",
+    "open_context",
+    "print_json",
+    "scrub",
+    "table",
+]
+
+EXIT_OK = 0
+EXIT_DEGRADED = 1
+EXIT_DOWN = 2
+#: The command could not do its job: unreadable or unreachable store, unknown
+#: scheme or connector, invalid settings. Distinct from every verdict.
+EXIT_ERROR = 3
+#: The command line itself was wrong (argparse's own errors).
+EXIT_USAGE = 4
+
+_EXIT_FOR_STATUS = {
+    HealthStatus.HEALTHY: EXIT_OK,
+    HealthStatus.DEGRADED: EXIT_DEGRADED,
+    HealthStatus.DOWN: EXIT_DOWN,
+}
+
+
+def exit_code_for(status: HealthStatus) -> int:
+    """0 healthy, 1 degraded, 2 down."""
+    return _EXIT_FOR_STATUS[status]
+
+
+class CliError(Exception):
+    """A failure to report on stderr, without a traceback, with an exit code."""
+
+    def __init__(self, message: str, *, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def scrub(message: str, url: str | None) -> str:
+    """``message`` with ``url`` (and its password, if any) redacted."""
+    if not url:
+        return message
+    redacted = redact_url(url)
+    message = message.replace(url, redacted)
+    netloc = url.partition("://")[2].partition("/")[0]
+    if "@" in netloc:
+        credentials = netloc.rpartition("@")[0]
+        secret = credentials.partition(":")[2] or credentials
+        if secret:
+            message = message.replace(secret, "***")
+    return message
+
+
+class Context:
+    """The store, policy and window a command works on.
+
+    Attributes:
+        store: the open store.
+        policy: settings (health thresholds, retention, breaker settings).
+        window_s: the window of history to look at.
+        url: the store URL as given (``None`` for the default JSONL files).
+        json: whether to print JSON instead of tables.
+    """
+
+    def __init__(
+        self, *, store: Store, policy: Policy, window_s: float, url: str | None, json: bool
+    ) -> None:
+        self.store = store
+        self.policy = policy
+        self.window_s = window_s
+        self.url = url
+        self.json = json
+
+    @property
+    def store_name(self) -> str:
+        """The store's printable name."""
+        return describe_store(self.store)
+
+    def known_connector(self, connector: str) -> None:
+        """Raise :class:`CliError` unless the store knows ``connector``."""
+        known = self.store.connectors()
+        if connector not in known:
+            listed = ", ".join(known) if known else "none"
+            raise CliError(
+                f"unknown connector {connector!r} in store {self.store_name} "
+                f"(known connectors: {listed})"
+            )
+
+
+def open_context(args: argparse.Namespace) -> Context:
+    """The store (``--store`` or the policy's) and window (``--window`` or the policy's)."""
+    policy = current_policy()
+    url: str | None = getattr(args, "store", None) or policy.store.url
+    store = open_store(url) if url else store_for_policy(policy)
+    if url:
+        _must_exist(store)
+    window = getattr(args, "window", None)
+    window_s = float(window) if window is not None else policy.health.window_s
+    return Context(
+        store=store,
+        policy=policy,
+        window_s=window_s,
+        url=url,
+        json=bool(getattr(args, "json", False)),
+    )
+
+
+def _must_exist(store: Store) -> None:
+    """Refuse a file store named by URL that is not there (a typo would read as empty)."""
+    from connector_resilience.backends.jsonl import JsonlStore
+    from connector_resilience.backends.sqlite import SqliteStore
+
+    if isinstance(store, SqliteStore) and not store.path.is_file():
+        raise CliError(f"no SQLite store at {store.path}: the file does not exist")
+    if isinstance(store, JsonlStore):
+        folder = Path(store.paths["metrics"]).parent
+        if not folder.is_dir():
+            raise CliError(f"no JSONL store at {folder}: the folder does not exist")
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type: a number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0: {text!r}")
+    return value
+
+
+# Output -----------------------------------------------------------------------
+
+
+def print_json(data: Any, *, out: TextIO) -> None:
+    """Indented, key-ordered JSON and a newline."""
+    out.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], *, right: Collection[str] = ()
+) -> str:
+    """Rows under headers, columns padded; columns whose header is in ``right`` right-aligned.
+
+    Args:
+        headers: column titles.
+        rows: cells, already formatted.
+        right: titles of the columns to right-align (numbers).
+    """
+    aligned_right = set(right)
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [
+            cell.rjust(widths[i]) if headers[i] in aligned_right else cell.ljust(widths[i])
+            for i, cell in enumerate(cells)
+        ]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([line(headers), *(line(r) for r in rows)]) + "\n"
+
+
+def format_ms(value: float) -> str:
+    """Milliseconds, with precision where it matters."""
+    if value >= 100:
+        return f"{value:.0f}ms"
+    if value >= 10:
+        return f"{value:.1f}ms"
+    return f"{value:.2f}ms"
+
+
+def format_rate(value: float) -> str:
+    """A ratio as a percentage."""
+    return f"{value:.1%}"
+
+
+def format_age(seconds: float) -> str:
+    """``42s``, ``5m``, ``3h``, ``2d``."""
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def format_time(ts: float | None, *, now: float) -> str:
+    """An ISO-8601 UTC time with how long ago (or from now) it is, or ``-``."""
+    if ts is None:
+        return "-"
+    stamp = dt.datetime.fromtimestamp(ts, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if ts > now + 0.5:
+        return f"{stamp} (in {format_age(ts - now)})"
+    return f"{stamp} ({format_age(now - ts)} ago)"
+
+
+# Progress ---------------------------------------------------------------------
+
+
+class Progress:
+    """Progress lines on stderr for a long operation.
+
+    Quiet for the first ``after_s`` seconds, so short runs and scripts see
+    nothing; then a line at most every ``every_s`` seconds (rewritten in place
+    on a terminal). :meth:`done` ends the line with a summary if anything showed.
+
+    Args:
+        what: what is running, e.g. "exporting".
+        mode: ``"auto"`` (after ``after_s``), ``"always"`` or ``"never"``.
+        out: where to write (stderr).
+        after_s: seconds of silence before the first line in ``"auto"`` mode.
+        every_s: least seconds between two lines.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        *,
+        mode: str = "auto",
+        out: TextIO | None = None,
+        after_s: float = 1.0,
+        every_s: float = 1.0,
+    ) -> None:
+        self.what = what
+        self.out = out if out is not None else sys.stderr
+        self.enabled = mode != "never"
+        self._started = time.monotonic()
+        self._next = self._started + (0.0 if mode == "always" else after_s)
+        self._every_s = every_s
+        self._shown = False
+        self._tty = bool(getattr(self.out, "isatty", lambda: False)())
+        self._lock = threading.Lock()
+
+    def update(self, detail: str, *, force: bool = False) -> None:
+        """Show ``detail`` if it is time to."""
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if not force and now < self._next:
+                return
+            self._next = now + self._every_s
+            text = f"{self.what}: {detail} ({now - self._started:.1f}s)"
+            self.out.write(f"\r{text}\x1b[K" if self._tty else text + "\n")
+            self.out.flush()
+            self._shown = True
+
+    def done(self, detail: str) -> None:
+        """End with ``detail`` (written only if progress was shown)."""
+        if self._shown:
+            self.update(f"{detail}, done", force=True)
+            if self._tty:
+                self.out.write("\n")
+                self.out.flush()
+
+    @contextmanager
+    def heartbeat(self, detail: str) -> Iterator[None]:
+        """Show ``detail`` with the time elapsed while a single long call runs."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(0.1):
+                self.update(detail)
+
+        thread = threading.Thread(target=beat, name="connector-resilience-progress", daemon=True)
+        self.update(detail)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
