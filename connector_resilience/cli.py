@@ -1,7 +1,7 @@
 """The ``connector-resilience`` command: argument parsing and dispatch only.
 
 Each command's logic lives in its own module (``_cli_health``, ``_cli_circuits``,
-``_cli_maintenance``, ``dashboard``); this one maps the command line to them
+``_cli_tokens``, ``_cli_maintenance``, ``dashboard``); this one maps the command line to them
 and turns the errors an operator can cause into a message and an exit code.
 """
 
@@ -140,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     circuit.add_argument("connector", metavar="CONNECTOR")
     circuit.add_argument("--reason", help="why (shown by `circuits` and in rejections)")
 
+    command(
+        "tokens",
+        "every connector's OAuth2 token: expiry, whether a refresh is due; never a secret",
+        _tokens,
+    )
+
     compact = command(
         "compact", "drop metrics older than the retention and superseded state", _compact
     )
@@ -209,6 +215,12 @@ def _circuit(args: argparse.Namespace, out: TextIO) -> int:
     from connector_resilience._cli_circuits import run_circuit
 
     return run_circuit(args, out=out)
+
+
+def _tokens(args: argparse.Namespace, out: TextIO) -> int:
+    from connector_resilience._cli_tokens import run_tokens
+
+    return run_tokens(args, out=out)
 
 
 def _compact(args: argparse.Namespace, out: TextIO) -> int:

@@ -310,8 +310,14 @@ def run_dashboard(
 
     Returns:
         The exit code, 0.
+
+    Raises:
+        StoreError: the store cannot be read.
     """
     out = out if out is not None else sys.stdout
+    # Fail now, with a clear error, if the store cannot be read: a page that only
+    # ever says "error" is a worse way to find out.
+    store.connectors()
     state = DashboardState(
         store=store,
         policy=policy,

@@ -38,6 +38,7 @@ __all__ = [
     "close_all_stores",
     "known_schemes",
     "open_store",
+    "redact_url",
     "register_backend",
     "scheme_of",
     "store_for_policy",
@@ -57,7 +58,8 @@ class CallRecord:
         duration_ms: how long the attempt took.
         status: ``"ok"``, ``"error"`` or ``"rejected"`` (refused by the breaker).
         error: the exception's type name for an error, else ``None``.
-        attempt: 1 for the first attempt of a call, 2 for its first retry, ...
+        attempt: 1 for the first attempt of a call, 2 for its first retry, ...;
+            0 for a call the breaker refused (it made no attempt).
         final: True on the last attempt of a logical call, so that summing
             final records counts calls and summing all records counts attempts.
         labels: low-cardinality extras such as HTTP method, host and status code.
