@@ -104,3 +104,9 @@ def try_probe(url: str, connector: str, start: Any, results: Any) -> None:
         results.put("rejected")
         return
     results.put("probe" if probe else "closed")
+
+
+def open_breaker_and_report(url: str, connector: str, failures: int, done: Any) -> None:
+    """Open the breaker, then put the wall-clock time it was opened on ``done``."""
+    open_breaker(url, connector, failures)
+    done.put(time.time())

@@ -1,0 +1,93 @@
+"""The breaker through Redis: pushed to every process, and no round trip on the hot path."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+
+import pytest
+import redis
+
+from connector_resilience import CircuitOpenError, Policy, resilient
+from connector_resilience.circuit import CircuitBreaker, StateChange
+from connector_resilience.metrics import flush_metrics
+from tests import _workers
+
+
+def _commands_processed(url: str) -> int:
+    client = redis.Redis.from_url(url.split("?", maxsplit=1)[0])
+    try:
+        return int(client.info("stats")["total_commands_processed"])
+    finally:
+        client.close()
+
+
+def test_a_change_made_elsewhere_is_seen_within_100_ms(redis_url: str) -> None:
+    policy = Policy(store={"url": redis_url}, circuit={"failures_to_open": 3})
+    watcher = CircuitBreaker("pushed", policy=policy)
+    seen = threading.Event()
+    seen_at: list[float] = []
+
+    def on_change(change: StateChange) -> None:
+        if change.new == "open":
+            seen_at.append(time.time())
+            seen.set()
+
+    watcher.add_listener(on_change)
+    ctx = multiprocessing.get_context("spawn")
+    done = ctx.Queue()
+    opener = ctx.Process(
+        target=_workers.open_breaker_and_report, args=(redis_url, "pushed", 3, done)
+    )
+    opener.start()
+    opened_at = done.get(timeout=60)
+    opener.join(30)
+    assert opener.exitcode == 0
+    assert seen.wait(5), "the change never reached this process"
+    assert seen_at[0] - opened_at < 0.1
+    # Seen without this process making a call or polling the store.
+    with pytest.raises(CircuitOpenError):
+        watcher.acquire()
+
+
+def test_steady_state_calls_make_no_round_trip(redis_url: str) -> None:
+    policy = Policy(store={"url": redis_url, "flush_interval_s": 3600})
+
+    @resilient("hot", policy=policy)
+    def call() -> int:
+        return 1
+
+    call()  # warm up: subscribe, read the breaker once
+    flush_metrics()
+    before = _commands_processed(redis_url)
+    for _ in range(2000):
+        call()
+    during = _commands_processed(redis_url) - before
+    flush_metrics()
+    after = _commands_processed(redis_url) - before
+    # This process's background clock sync may add a TIME; otherwise 2,000 calls
+    # sent nothing, and the flush is one pipeline of a few commands (add, index,
+    # trim) for all 2,000 records, not a command per record.
+    assert during <= 2
+    assert after - during <= 12
+
+
+def test_rejections_make_no_round_trip(redis_url: str) -> None:
+    policy = Policy(
+        store={"url": redis_url, "flush_interval_s": 3600},
+        circuit={"failures_to_open": 1},
+        retry={"max_attempts": 1},
+    )
+
+    @resilient("down", policy=policy)
+    def call() -> int:
+        raise ConnectionError("down")
+
+    with pytest.raises(ConnectionError):
+        call()
+    before = _commands_processed(redis_url)
+    for _ in range(2000):
+        with pytest.raises(CircuitOpenError):
+            call()
+    assert _commands_processed(redis_url) - before <= 2
