@@ -171,9 +171,8 @@ def run_demo(*, seconds: float = 30.0, out: TextIO, rate_per_s: float = 20.0) ->
     counts = {"ok": 0, "failed": 0, "rejected": 0}
     with FlakyService(phases_for(seconds)) as service:
         client = InventoryClient(service.url)
-        out.write(
-            f"flaky inventory service on {service.url} for {seconds:g}s; store: {store.url}\n"
-        )
+        where = "the default JSONL files" if hasattr(store, "paths") else redact_url(store.url)
+        out.write(f"flaky inventory service on {service.url} for {seconds:g}s; state in {where}\n")
         started = time.monotonic()
         next_report = started + 1.0
         item = 0
@@ -220,4 +219,5 @@ def run_demo(*, seconds: float = 30.0, out: TextIO, rate_per_s: float = 20.0) ->
             out.write(f"  {kind:<9} {path}\n")
     else:
         out.write(f"state is in {redact_url(store.url)}\n")
+    out.write("see it again with: connector-resilience health\n")
     return 0
