@@ -25,6 +25,7 @@ import doctest
 import importlib
 import inspect
 import io
+import logging
 import os
 import pkgutil
 import re
@@ -150,6 +151,8 @@ def test_page_code_runs(page: Path) -> None:
     module.__file__ = str(page)
     sys.modules[name] = module  # dataclasses and pydantic look their module up
     testing.reset()
+    root = logging.getLogger()
+    saved_logging = (root.level, list(root.handlers))  # a page may call basicConfig
     try:
         with testing.no_waits():
             printed = ""
@@ -172,6 +175,8 @@ def test_page_code_runs(page: Path) -> None:
             _run_page_tests(module)
     finally:
         sys.modules.pop(name, None)
+        root.setLevel(saved_logging[0])
+        root.handlers[:] = saved_logging[1]
         testing.reset()
 
 
