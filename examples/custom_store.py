@@ -77,7 +77,11 @@ class DictStore:
             return copy.deepcopy(self._tokens)
 
     @contextlib.contextmanager
-    def token_lock(self, connector: str, *, timeout_s: float) -> Iterator[None]:
+    def token_lock(
+        self, connector: str, *, timeout_s: float, lease_s: float | None = None
+    ) -> Iterator[None]:
+        # lease_s bounds how long a holder that died could block the others; a
+        # lock that dies with its process, like this one, may ignore it.
         with self._lock:
             lock = self._token_locks.setdefault(connector, threading.Lock())
         if not lock.acquire(timeout=timeout_s):

@@ -10,6 +10,8 @@
   block prints must match it (``...`` matches anything, whitespace is
   normalised, as in doctests), unless ``<!-- output not checked -->`` stands
   between the two.
+* A block may ``await`` at top level, as in ``python -m asyncio``; it then runs
+  in an event loop of its own (``asyncio.run``).
 * Functions named ``test_*`` that a page defines are then called, as pytest
   would: they may take ``monkeypatch`` and ``tmp_path``; ``async`` ones run
   under ``asyncio.run``.
@@ -19,6 +21,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import doctest
@@ -162,9 +165,17 @@ def test_page_code_runs(page: Path) -> None:
                 elif block.run:
                     # Pad so that a traceback's line numbers are the page's own.
                     source = "\n" * (block.line - 1) + block.text
-                    code = compile(source, str(page.relative_to(ROOT)), "exec")
+                    code = compile(
+                        source,
+                        str(page.relative_to(ROOT)),
+                        "exec",
+                        flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT,
+                    )
                     with contextlib.redirect_stdout(io.StringIO()) as out:
-                        exec(code, module.__dict__)  # running the docs is the point
+                        # A block with a top-level ``await`` evaluates to a coroutine.
+                        awaitable = eval(code, module.__dict__)  # running the docs is the point
+                        if inspect.iscoroutine(awaitable):
+                            asyncio.run(awaitable)
                     printed = out.getvalue()
                     sys.stdout.write(printed)
                 elif block.output_of_previous:
