@@ -40,7 +40,9 @@ def reset() -> None:
     """Forget every cached policy, shared breaker, metrics buffer and open store.
 
     Buffered metrics are written first. Use it between tests that change the
-    environment or reuse connector names.
+    environment or reuse connector names. A function decorated without
+    ``policy=`` keeps the policy, store and breaker it resolved at its first
+    call for a connector; ``reset()`` does not reach those.
     """
     from connector_resilience.circuit import forget_breakers
     from connector_resilience.metrics import stop_buffers
