@@ -268,7 +268,7 @@ class CircuitBreaker:
 
     def reset(self) -> None:
         """Clear any override and close the breaker."""
-        self._drive(self._override_steps(None, None))
+        self._drive(self._override_steps(None, "reset by an operator"))
 
     def add_listener(self, listener: Callable[[StateChange], object]) -> None:
         """Call ``listener`` on every state change this process makes or sees."""
@@ -420,7 +420,7 @@ class CircuitBreaker:
         if failed:
             failures = record.failures + 1
             if failures >= cfg.failures_to_open:
-                reason = f"{failures} consecutive failures"
+                reason = f"{failures} consecutive failure{'' if failures == 1 else 's'}"
                 return _opened(record, now, cfg, reason), reason
             return dataclasses.replace(record, version=record.version + 1, failures=failures), None
         if record.failures:

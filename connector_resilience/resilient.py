@@ -21,6 +21,7 @@ import inspect
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, ParamSpec, TypeVar, cast, overload
@@ -479,6 +480,13 @@ class _Engines:
         self.fixed: _Engine | None = None
         self.by_name: dict[str, _Engine] = {}
         self._lock = threading.Lock()
+        _all_engines.add(self)
+
+    def forget(self) -> None:
+        """Resolve policy, store and breaker again at the next call."""
+        with self._lock:
+            self.fixed = None
+            self.by_name = {}
 
     def __call__(self, args: tuple[Any, ...]) -> _Engine:
         fixed = self.fixed
@@ -511,6 +519,15 @@ class _Engines:
             store=self.store,
             options=self.options,
         )
+
+
+_all_engines: weakref.WeakSet[_Engines] = weakref.WeakSet()
+
+
+def forget_engines() -> None:
+    """Make every decorated function resolve its policy, store and breaker again."""
+    for engines in list(_all_engines):
+        engines.forget()
 
 
 def _build_engine(

@@ -40,14 +40,15 @@ def reset() -> None:
     """Forget every cached policy, shared breaker, metrics buffer and open store.
 
     Buffered metrics are written first. Use it between tests that change the
-    environment or reuse connector names. A function decorated without
-    ``policy=`` keeps the policy, store and breaker it resolved at its first
-    call for a connector; ``reset()`` does not reach those.
+    environment or reuse connector names: decorated functions resolve their
+    policy, store and breaker again at their next call.
     """
     from connector_resilience.circuit import forget_breakers
     from connector_resilience.metrics import stop_buffers
+    from connector_resilience.resilient import forget_engines
 
     stop_buffers()
+    forget_engines()
     forget_breakers()
     close_all_stores()
     forget_current_policy()

@@ -35,7 +35,9 @@ def store_url(tmp_path: Path) -> str:
     return f"dict://{tmp_path.name}"
 
 
-@pytest.fixture
-def shared_store_url() -> str:
-    """``dict://`` lives in one process, so the cross-process tests do not apply."""
-    pytest.skip("dict:// is a one-process store")
+# dict:// lives in one process: the cross-process tests do not apply to it, so
+# they are not collected here (a shared backend keeps them and overrides
+# ``shared_store_url`` as well).
+del test_metrics_from_four_processes_are_exact  # noqa: F821
+del test_circuit_compare_and_set_across_processes  # noqa: F821
+del test_sigkill_mid_write_loses_nothing_acknowledged  # noqa: F821

@@ -497,3 +497,18 @@ def test_bad_options_are_refused_at_decoration() -> None:
         resilient("api", deadline_s=0)
     with pytest.raises(TypeError, match="retry_on"):
         resilient("api", retry_on=(ValueError, "oops"))  # type: ignore[arg-type]
+
+
+def test_reset_makes_decorated_functions_read_the_environment_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    @resilient("moving")
+    def call() -> str:
+        return "ok"
+
+    monkeypatch.setenv("CONNECTOR_STORE_URL", "memory://first")
+    call()
+    testing.reset()
+    monkeypatch.setenv("CONNECTOR_STORE_URL", "memory://second")
+    call()
+    assert summarize("moving", store="memory://second").total_calls == 1

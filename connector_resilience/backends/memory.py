@@ -9,7 +9,6 @@ import bisect
 import contextlib
 import copy
 import threading
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -146,7 +145,7 @@ class MemoryStore:
 
     def compact(self, *, metrics_retention_s: float) -> dict[str, int]:
         """Drop metrics older than the retention."""
-        cutoff = time.time() - metrics_retention_s
+        cutoff = _clock.wall() - metrics_retention_s
         with self._lock:
             index = bisect.bisect_left(self._ts, cutoff)
             del self._ts[:index]
