@@ -45,7 +45,7 @@ from connector_resilience.backends import (
     open_store,
     store_for_policy,
 )
-from connector_resilience.errors import CircuitOpenError
+from connector_resilience.errors import CircuitOpenError, _FastCircuitOpenError
 from connector_resilience.policy import CircuitPolicy, Policy, current_policy
 
 __all__ = ["CircuitBreaker", "Outcome", "StateChange", "breaker_for"]
@@ -166,6 +166,7 @@ class CircuitBreaker:
         # Hot-path flags, recomputed whenever the cached record changes.
         self._fast_until = 0.0  # monotonic time until which a call is admitted without a look
         self._reject_until = 0.0  # monotonic time until which a call is refused without a look
+        self._rejection_args: tuple[str, float | None, str] = (connector, None, "")
         self._success_trivial = False  # a success changes nothing that must be written
         self._window: collections.deque[tuple[float, bool, bool]] = collections.deque(
             maxlen=self.config.window_size if self.config.model == "count" else None
@@ -238,9 +239,8 @@ class CircuitBreaker:
 
     def rejection(self) -> CircuitOpenError:
         """The error that refuses a call under the cached record."""
-        record = self._record
-        retry_at = None if record.override == "forced_open" else record.reopen_at
-        return CircuitOpenError(self.connector, retry_at=retry_at, reason=record.reason or "")
+        error: CircuitOpenError = _FastCircuitOpenError(*self._rejection_args)
+        return error
 
     def record_success(self, *, duration_ms: float | None = None) -> None:
         """Report that the last allowed call succeeded."""
@@ -574,7 +574,12 @@ class CircuitBreaker:
         )
         self._fast_until = self._stale_at if open_for_calls else 0.0
         # Until when a call is refused without a look: the cooldown's end, or
-        # the cache going stale, whichever comes first.
+        # the cache going stale, whichever comes first; and what it is told.
+        self._rejection_args = (
+            self.connector,
+            None if record.override == "forced_open" else record.reopen_at,
+            record.reason or "",
+        )
         self._reject_until = 0.0
         if record.override == "forced_open":
             self._reject_until = self._stale_at

@@ -32,7 +32,7 @@ from connector_resilience import _clock, _waits
 from connector_resilience._auth import TokenSource, aauthenticated, authenticated
 from connector_resilience.backends import CallStatus, Store, open_store, store_for_policy
 from connector_resilience.circuit import CircuitBreaker, Outcome, StateChange, breaker_for
-from connector_resilience.errors import CircuitOpenError, ConfigurationError
+from connector_resilience.errors import CircuitOpenError, ConfigurationError, _FastCircuitOpenError
 from connector_resilience.metrics import buffer_for
 from connector_resilience.policy import Policy, current_policy
 from connector_resilience.retry import exception_predicate, wait_backoff
@@ -218,7 +218,22 @@ class _Engine:
         return breaker is not None and (probe is not None or not breaker._success_trivial)
 
     def rejected(self, exc: CircuitOpenError, labels: Mapping[str, str] | None = None) -> None:
-        self.row(0.0, "rejected", "CircuitOpenError", 0, True, labels=labels or self.labels)
+        # The hot path of an open circuit: one tuple, no further calls.
+        rows = self.rows
+        if rows is not None:
+            rows.append(
+                (
+                    _clock.wall(),
+                    self.connector,
+                    self.operation,
+                    0.0,
+                    "rejected",
+                    "CircuitOpenError",
+                    0,
+                    True,
+                    labels or self.labels,
+                )
+            )
         hook = self.options.on_reject
         if hook is not None:
             _safely(hook, exc, "on_reject")
@@ -708,14 +723,14 @@ def _sync_wrapper(fn: Callable[P, R], engines: _Engines) -> Callable[P, R]:
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        engine = engines(args)
+        engine = engines.fixed or engines(args)
         if engine.gate is not None:
             engine.gate()
         breaker = engine.breaker
         probe = None
         if breaker is not None and (now := _clock.monotonic()) >= breaker._fast_until:
             if now < breaker._reject_until:
-                rejection = breaker.rejection()
+                rejection = _FastCircuitOpenError(*breaker._rejection_args)
                 engine.rejected(rejection)
                 raise rejection
             try:
@@ -746,14 +761,14 @@ def _async_wrapper(fn: Callable[P, Awaitable[R]], engines: _Engines) -> Callable
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        engine = engines(args)
+        engine = engines.fixed or engines(args)
         if engine.gate is not None:
             await asyncio.to_thread(engine.gate)  # a store read, maybe over the network
         breaker = engine.breaker
         probe = None
         if breaker is not None and (now := _clock.monotonic()) >= breaker._fast_until:
             if now < breaker._reject_until:
-                rejection = breaker.rejection()
+                rejection = _FastCircuitOpenError(*breaker._rejection_args)
                 engine.rejected(rejection)
                 raise rejection
             try:
