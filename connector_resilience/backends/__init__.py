@@ -15,6 +15,7 @@ store object, so ``memory://`` is shared process-wide.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_LOCK_LEASE_S",
+    "PARSE_ERRORS",
     "CallRecord",
     "CircuitRecord",
     "CircuitStore",
@@ -44,6 +46,19 @@ __all__ = [
 ]
 
 CallStatus = Literal["ok", "error", "rejected"]
+
+#: What parsing one stored record can raise. A bad record is skipped and
+#: counted, never raised to the reader: a line nested too deep raises
+#: RecursionError, a number too big for a float OverflowError.
+PARSE_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    OverflowError,
+    RecursionError,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +121,8 @@ class CallRecord:
         attempt = data.get("attempt", 1)
         if not isinstance(ts, int | float) or not isinstance(duration, int | float):
             raise TypeError("ts and duration_ms must be numbers")
+        if not (math.isfinite(ts) and math.isfinite(duration)):
+            raise ValueError("ts and duration_ms must be finite")
         if not isinstance(attempt, int) or isinstance(attempt, bool):
             raise TypeError("attempt must be an integer")
         connector, operation = data["connector"], data["operation"]

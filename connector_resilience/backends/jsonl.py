@@ -32,7 +32,7 @@ from typing import IO, Any, TypeVar
 from filelock import FileLock, Timeout
 
 from connector_resilience import _clock
-from connector_resilience.backends import CallRecord, CircuitRecord, StoreStats
+from connector_resilience.backends import PARSE_ERRORS, CallRecord, CircuitRecord, StoreStats
 from connector_resilience.backends._files import (
     PRIVATE_FILE_MODE,
     atomic_write_lines,
@@ -167,7 +167,7 @@ class _LastWins:
                     if not isinstance(key, str):
                         raise TypeError("key must be a string")
                     self.values[key] = self._parse(data)
-                except (ValueError, TypeError, KeyError, IndexError):
+                except PARSE_ERRORS:
                     bad += 1
             self._offset += end
             if bad:
@@ -362,7 +362,7 @@ class JsonlStore:
                 continue
             try:
                 record = CallRecord.from_json(json.loads(line))
-            except (ValueError, TypeError, KeyError, AttributeError):
+            except PARSE_ERRORS:
                 bad += 1
                 continue
             if record.ts < since:
@@ -443,7 +443,7 @@ def _retained(path: Path, cutoff: float, tally: dict[str, int]) -> Iterator[byte
         for line in handle:
             try:
                 record = CallRecord.from_json(json.loads(line))
-            except (ValueError, TypeError, KeyError, AttributeError):
+            except PARSE_ERRORS:
                 tally["metrics_dropped"] += 1
                 continue
             if record.ts < cutoff:
