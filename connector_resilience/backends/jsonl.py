@@ -97,9 +97,17 @@ class _LockedFile:
         try:
             size = os.fstat(fd).st_size
             prefix = self._terminator(fd, size) if size else b""
-            write_all(fd, prefix + b"".join(lines))
-            if self.durable:
-                os.fsync(fd)
+            try:
+                write_all(fd, prefix + b"".join(lines))
+                if self.durable:
+                    os.fsync(fd)
+            except BaseException:
+                # All or nothing: a write cut short (disk full, file size limit) must
+                # not leave some of the lines behind, or the caller's retry of the
+                # batch writes them twice. We hold the lock: nobody wrote after us.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                raise
         finally:
             os.close(fd)
 
