@@ -436,17 +436,33 @@ def close_all_stores() -> None:
 
 
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, safe for logs and errors."""
+    """``url`` with any password replaced by ``***``, safe for logs and errors.
+
+    Both places a URL can carry one are covered: the userinfo
+    (``redis://:secret@host``) and query options (``?password=secret``,
+    ``?ssl_password=secret``), which redis-py reads as connection settings.
+    """
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url
+    rest, question, query = rest.partition("?")
     netloc, slash, path = rest.partition("/")
     if "@" in netloc:
         creds, _, host = netloc.rpartition("@")
         user, colon, _password = creds.partition(":")
         # redis://secret@host: a lone userinfo is the password in redis URLs.
         netloc = f"{user}:***@{host}" if colon else f"***@{host}"
-    return f"{scheme}{sep}{netloc}{slash}{path}"
+    redacted = f"{scheme}{sep}{netloc}{slash}{path}"
+    if question:
+        redacted += "?" + "&".join(_redact_option(option) for option in query.split("&"))
+    return redacted
+
+
+def _redact_option(option: str) -> str:
+    name, equals, _value = option.partition("=")
+    if equals and "password" in name.lower():
+        return f"{name}=***"
+    return option
 
 
 _builtins_done = False
