@@ -195,7 +195,12 @@ class ResilienceMiddleware:
     async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         """Send ``request`` through ``handler`` with retries, the breaker, metrics and auth."""
         host = request.url.host or ""
-        engine = self._engine(request.method, host if self.breaker_per_host else None)
+        key = (request.method, host if self.breaker_per_host else None)
+        # Building an engine opens the store and reads the breaker (network I/O
+        # for Redis): the first request of a kind does it in a worker thread.
+        engine = self._engines.get(key)
+        if engine is None:
+            engine = await asyncio.to_thread(self._engine, *key)
         labels = {"method": request.method, "host": host}
         probe = None
         if engine.breaker is not None:

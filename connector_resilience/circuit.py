@@ -26,6 +26,7 @@ probe's success closes the breaker; its failure re-opens it.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import logging
@@ -482,7 +483,9 @@ class CircuitBreaker:
                         result: Any = store.get_circuit(self.connector) or CircuitRecord()
                     else:
                         result = store.compare_and_set_circuit(self.connector, step[1], step[2])
-                    self._faults.ok()
+                        # Only a write ends a burst of failed updates: a store that
+                        # reads but cannot write must not log "works again" per call.
+                        self._faults.ok()
                 except Exception as exc:
                     result = self._fault(exc)
                 step = steps.send(result)
@@ -497,18 +500,24 @@ class CircuitBreaker:
             step = next(steps)
             while True:
                 try:
+                    # A store without asyncio twins (files, SQLite) is called in a
+                    # worker thread: a lock held elsewhere must not freeze the loop.
                     if step[0] is _LOAD:
                         found = (
                             await aget(self.connector)
                             if aget
-                            else store.get_circuit(self.connector)
+                            else await asyncio.to_thread(store.get_circuit, self.connector)
                         )
                         result: Any = found or CircuitRecord()
-                    elif acas:
-                        result = await acas(self.connector, step[1], step[2])
                     else:
-                        result = store.compare_and_set_circuit(self.connector, step[1], step[2])
-                    self._faults.ok()
+                        result = (
+                            await acas(self.connector, step[1], step[2])
+                            if acas
+                            else await asyncio.to_thread(
+                                store.compare_and_set_circuit, self.connector, step[1], step[2]
+                            )
+                        )
+                        self._faults.ok()  # only a write ends a burst (see _drive)
                 except Exception as exc:
                     result = self._fault(exc)
                 step = steps.send(result)

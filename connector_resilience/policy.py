@@ -272,6 +272,13 @@ class StorePolicy(BaseModel):
         ge=1,
     )
 
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # A store URL may carry a password (redis://:secret@host): never show it.
+        from connector_resilience.backends import redact_url
+
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name == "url" and isinstance(value, str) else value
+
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, url: str | None) -> str | None:
@@ -607,8 +614,13 @@ class Policy(BaseSettings):
 
     def iter_settings(self) -> Iterator[tuple[str, Any]]:
         """Yield ``(environment variable, current value)`` for every setting (secrets masked)."""
+        from connector_resilience.backends import redact_url
+
         for env, (group, name) in _ENV_NAMES.items():
-            yield env, getattr(getattr(self, group), name)
+            value = getattr(getattr(self, group), name)
+            if env == "CONNECTOR_STORE_URL" and isinstance(value, str):
+                value = redact_url(value)  # a password in the URL is a secret too
+            yield env, value
 
 
 def _describe_override_error(connector: str, group: str, exc: ValidationError) -> str:

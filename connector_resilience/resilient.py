@@ -503,6 +503,13 @@ class _Engines:
             self.fixed = None
             self.by_name = {}
 
+    def built(self, args: tuple[Any, ...]) -> _Engine | None:
+        """The engine for a call if it is built already (a lookup, no I/O), else ``None``."""
+        if self.fixed is not None or self.connector is not None:
+            return self.fixed
+        name = getattr(args[0], "connector_name", None) if args else None
+        return self.by_name.get(name) if isinstance(name, str) else None
+
     def __call__(self, args: tuple[Any, ...]) -> _Engine:
         fixed = self.fixed
         if fixed is not None:
@@ -761,7 +768,11 @@ def _async_wrapper(fn: Callable[P, Awaitable[R]], engines: _Engines) -> Callable
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        engine = engines.fixed or engines(args)
+        # Building an engine opens the store and reads the breaker (network I/O
+        # for Redis): the first call of a connector does it in a worker thread.
+        engine = engines.fixed or engines.built(args)
+        if engine is None:
+            engine = await asyncio.to_thread(engines, args)
         if engine.gate is not None:
             await asyncio.to_thread(engine.gate)  # a store read, maybe over the network
         breaker = engine.breaker

@@ -323,6 +323,9 @@ def test_store_fault_falls_back_to_local_state_and_logs_once(
     probe = breaker.acquire()
     breaker.report(probe, "success")
     assert breaker.state == "closed"
+    # Recovery is told by the first update that works (a read alone does not prove it).
+    _fail(breaker, 1)
+    assert breaker.state == "closed"
     assert any("works again" in r.getMessage() for r in caplog.records)
 
 

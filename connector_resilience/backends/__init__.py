@@ -15,6 +15,7 @@ store object, so ``memory://`` is shared process-wide.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_LOCK_LEASE_S",
+    "PARSE_ERRORS",
     "CallRecord",
     "CircuitRecord",
     "CircuitStore",
@@ -45,6 +47,19 @@ __all__ = [
 ]
 
 CallStatus = Literal["ok", "error", "rejected"]
+
+#: What parsing one stored record can raise. A bad record is skipped and
+#: counted, never raised to the reader: a line nested too deep raises
+#: RecursionError, a number too big for a float OverflowError.
+PARSE_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    OverflowError,
+    RecursionError,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +123,8 @@ class CallRecord:
         attempt = data.get("attempt", 1)
         if not isinstance(ts, int | float) or not isinstance(duration, int | float):
             raise TypeError("ts and duration_ms must be numbers")
+        if not (math.isfinite(ts) and math.isfinite(duration)):
+            raise ValueError("ts and duration_ms must be finite")
         if not isinstance(attempt, int) or isinstance(attempt, bool):
             raise TypeError("attempt must be an integer")
         connector, operation = data["connector"], data["operation"]
@@ -421,17 +438,33 @@ def close_all_stores() -> None:
 
 
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, safe for logs and errors."""
+    """``url`` with any password replaced by ``***``, safe for logs and errors.
+
+    Both places a URL can carry one are covered: the userinfo
+    (``redis://:secret@host``) and query options (``?password=secret``,
+    ``?ssl_password=secret``), which redis-py reads as connection settings.
+    """
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url
+    rest, question, query = rest.partition("?")
     netloc, slash, path = rest.partition("/")
     if "@" in netloc:
         creds, _, host = netloc.rpartition("@")
         user, colon, _password = creds.partition(":")
         # redis://secret@host: a lone userinfo is the password in redis URLs.
         netloc = f"{user}:***@{host}" if colon else f"***@{host}"
-    return f"{scheme}{sep}{netloc}{slash}{path}"
+    redacted = f"{scheme}{sep}{netloc}{slash}{path}"
+    if question:
+        redacted += "?" + "&".join(_redact_option(option) for option in query.split("&"))
+    return redacted
+
+
+def _redact_option(option: str) -> str:
+    name, equals, _value = option.partition("=")
+    if equals and "password" in name.lower():
+        return f"{name}=***"
+    return option
 
 
 _builtins_done = False

@@ -32,7 +32,7 @@ from typing import IO, Any, TypeVar
 from filelock import FileLock, Timeout
 
 from connector_resilience import _clock
-from connector_resilience.backends import CallRecord, CircuitRecord, StoreStats
+from connector_resilience.backends import PARSE_ERRORS, CallRecord, CircuitRecord, StoreStats
 from connector_resilience.backends._files import (
     PRIVATE_FILE_MODE,
     atomic_write_lines,
@@ -97,9 +97,17 @@ class _LockedFile:
         try:
             size = os.fstat(fd).st_size
             prefix = self._terminator(fd, size) if size else b""
-            write_all(fd, prefix + b"".join(lines))
-            if self.durable:
-                os.fsync(fd)
+            try:
+                write_all(fd, prefix + b"".join(lines))
+                if self.durable:
+                    os.fsync(fd)
+            except BaseException:
+                # All or nothing: a write cut short (disk full, file size limit) must
+                # not leave some of the lines behind, or the caller's retry of the
+                # batch writes them twice. We hold the lock: nobody wrote after us.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                raise
         finally:
             os.close(fd)
 
@@ -167,7 +175,7 @@ class _LastWins:
                     if not isinstance(key, str):
                         raise TypeError("key must be a string")
                     self.values[key] = self._parse(data)
-                except (ValueError, TypeError, KeyError, IndexError):
+                except PARSE_ERRORS:
                     bad += 1
             self._offset += end
             if bad:
@@ -362,7 +370,7 @@ class JsonlStore:
                 continue
             try:
                 record = CallRecord.from_json(json.loads(line))
-            except (ValueError, TypeError, KeyError, AttributeError):
+            except PARSE_ERRORS:
                 bad += 1
                 continue
             if record.ts < since:
@@ -443,7 +451,7 @@ def _retained(path: Path, cutoff: float, tally: dict[str, int]) -> Iterator[byte
         for line in handle:
             try:
                 record = CallRecord.from_json(json.loads(line))
-            except (ValueError, TypeError, KeyError, AttributeError):
+            except PARSE_ERRORS:
                 tally["metrics_dropped"] += 1
                 continue
             if record.ts < cutoff:

@@ -50,6 +50,7 @@ from redis.retry import Retry
 from connector_resilience import _clock
 from connector_resilience.backends import (
     DEFAULT_LOCK_LEASE_S,
+    PARSE_ERRORS,
     CallRecord,
     CircuitRecord,
     StoreStats,
@@ -422,7 +423,7 @@ class RedisStore:
             return None
         try:
             return CircuitRecord.from_json(json.loads(raw))
-        except (ValueError, TypeError, KeyError, IndexError):
+        except PARSE_ERRORS:
             self.stats.skipped_lines += 1
             logger.warning("unreadable circuit record for %r in %s; ignored", connector, self.url)
             return None
@@ -505,7 +506,7 @@ class RedisStore:
             return None
         try:
             token = json.loads(raw)
-        except ValueError:
+        except PARSE_ERRORS:
             token = None
         if not isinstance(token, dict):
             self.stats.skipped_lines += 1
@@ -583,7 +584,7 @@ class RedisStore:
         for member in members:
             try:
                 out.append(CallRecord.from_json(json.loads(member)))
-            except (ValueError, TypeError, KeyError):
+            except PARSE_ERRORS:
                 bad += 1
         if bad:
             self.stats.skipped_lines += bad

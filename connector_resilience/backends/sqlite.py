@@ -23,6 +23,7 @@ from typing import Any
 from connector_resilience import _clock
 from connector_resilience.backends import (
     DEFAULT_LOCK_LEASE_S,
+    PARSE_ERRORS,
     CallRecord,
     CircuitRecord,
     StoreStats,
@@ -232,7 +233,7 @@ class SqliteStore:
     def _parse_circuit(self, connector: str, data: Any) -> CircuitRecord | None:
         try:
             return CircuitRecord.from_json(json.loads(data))
-        except (ValueError, TypeError, KeyError, IndexError):
+        except PARSE_ERRORS:
             self.stats.skipped_lines += 1
             logger.warning("unreadable circuit record for %r in %s; ignored", connector, self.path)
             return None
@@ -267,7 +268,7 @@ class SqliteStore:
     def _parse_token(self, connector: str, data: Any) -> dict[str, Any] | None:
         try:
             token = json.loads(data)
-        except (ValueError, TypeError):
+        except PARSE_ERRORS:
             token = None
         if not isinstance(token, dict):
             self.stats.skipped_lines += 1
@@ -366,7 +367,7 @@ class SqliteStore:
                         }
                     )
                 )
-            except (ValueError, TypeError, KeyError):
+            except PARSE_ERRORS:
                 bad += 1
         if bad:
             self.stats.skipped_lines += bad
