@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import itertools
 import logging
 import random
 import threading
@@ -173,6 +174,14 @@ class CircuitBreaker:
             maxlen=self.config.window_size if self.config.model == "count" else None
         )
         self._window_lock = threading.Lock()
+        # Store operations are numbered as they are issued; a result is adopted
+        # only if nothing issued later was adopted first (see _accept_load).
+        self._epochs = itertools.count(1)
+        self._record_epoch = 0
+        self._adopt_lock = threading.Lock()
+        # The store's version when this process last went on alone (writes
+        # failing), or None while the store holds what this process decided.
+        self._ahead_of: int | None = None
         self._listeners: list[Callable[[StateChange], object]] = []
         self._pending_probe: str | None = None
         self._faults = FaultLog("updating circuit state", self.store.url)
@@ -299,11 +308,9 @@ class CircuitBreaker:
     # Decisions: generators that yield store operations -------------------
 
     def _refresh_steps(self) -> _Steps:
-        record = yield (_LOAD,)
-        if record is not _STORE_DOWN:
-            self._adopt(record)
-        else:
-            self._set_fast_flags()
+        record = yield (_LOAD,)  # the driver adopts what it read
+        if record is _STORE_DOWN:
+            self._set_fast_flags()  # try again after the sync interval, not per call
 
     def _admit_steps(self) -> _Steps:
         record = self._record
@@ -337,16 +344,15 @@ class CircuitBreaker:
                 probes=(*live, (probe, now + self.config.probe_lease_s)),
                 changed_at=now,
             )
-            written = yield (_CAS, record.version, new)
-            if written is _STORE_DOWN or written:
+            written = yield (_CAS, record.version, new, "cooldown over: probing")
+            if written is _STORE_DOWN:
                 # With the store down, the probe runs on local state alone.
-                self._adopt(new, reason="cooldown over: probing")
+                self._go_local(new, record.version, "cooldown over: probing")
+            if written:  # (the driver adopted it)
                 return probe
             record = yield (_LOAD,)
             if record is _STORE_DOWN:
                 record = self._record
-            else:
-                self._adopt(record)
         raise CircuitOpenError(
             self.connector, retry_at=self.store.now(), reason="half-open: probe slots contended"
         )
@@ -379,14 +385,15 @@ class CircuitBreaker:
             )
             if new is None:
                 return
-            written = yield (_CAS, record.version, new)
-            if written is _STORE_DOWN or written:
-                self._adopt(new, reason=reason)
+            written = yield (_CAS, record.version, new, reason)
+            if written is _STORE_DOWN:
+                self._go_local(new, record.version, reason)
+                return
+            if written:  # (the driver adopted it)
                 return
             record = yield (_LOAD,)
             if record is _STORE_DOWN:
                 return
-            self._adopt(record)
 
     def _after_outcome(
         self,
@@ -459,11 +466,10 @@ class CircuitBreaker:
             now = self.store.now()
             base = _closed(record, now)
             new = dataclasses.replace(base, override=override, reason=reason)
-            written = yield (_CAS, record.version, new)
+            written = yield (_CAS, record.version, new, reason)
             if written is _STORE_DOWN:
                 raise self._last_fault or RuntimeError("store unavailable")
-            if written:
-                self._adopt(new, reason=reason)
+            if written:  # (the driver adopted it)
                 return
         raise RuntimeError(
             f"could not change the breaker of {self.connector!r}: too much contention"
@@ -478,17 +484,15 @@ class CircuitBreaker:
         try:
             step = next(steps)
             while True:
+                epoch = next(self._epochs)
                 try:
                     if step[0] is _LOAD:
                         result: Any = store.get_circuit(self.connector) or CircuitRecord()
                     else:
                         result = store.compare_and_set_circuit(self.connector, step[1], step[2])
-                        # Only a write ends a burst of failed updates: a store that
-                        # reads but cannot write must not log "works again" per call.
-                        self._faults.ok()
                 except Exception as exc:
                     result = self._fault(exc)
-                step = steps.send(result)
+                step = steps.send(self._settle(step, result, epoch))
         except StopIteration as stop:
             return stop.value
 
@@ -499,6 +503,7 @@ class CircuitBreaker:
         try:
             step = next(steps)
             while True:
+                epoch = next(self._epochs)
                 try:
                     # A store without asyncio twins (files, SQLite) is called in a
                     # worker thread: a lock held elsewhere must not freeze the loop.
@@ -517,12 +522,56 @@ class CircuitBreaker:
                                 store.compare_and_set_circuit, self.connector, step[1], step[2]
                             )
                         )
-                        self._faults.ok()  # only a write ends a burst (see _drive)
                 except Exception as exc:
                     result = self._fault(exc)
-                step = steps.send(result)
+                step = steps.send(self._settle(step, result, epoch))
         except StopIteration as stop:
             return stop.value
+
+    def _settle(self, step: _Step, result: Any, epoch: int) -> Any:
+        """Take in a store operation's result; what the decision generator is sent."""
+        if result is _STORE_DOWN:
+            return result
+        if step[0] is _LOAD:
+            return self._accept_load(result, epoch)
+        # Only a write ends a burst of failed updates: a store that reads but
+        # cannot write must not log "works again" on every call.
+        self._faults.ok()
+        if result:
+            self._ahead_of = None
+            self._adopt(step[2], reason=step[3], epoch=epoch)
+        return result
+
+    def _accept_load(self, loaded: CircuitRecord, epoch: int) -> CircuitRecord:
+        """Adopt a record read from the store, unless something newer was adopted already.
+
+        Two cases keep this process's record instead:
+
+        * the read was issued before the last record this process adopted (a
+          slow read overtaken by a write or a later read): it is older news;
+        * this process went on alone while the store refused writes, and the
+          store has not moved since: its stale record must not undo what this
+          process decided. The local record is rebased on the store's version,
+          so the next write carries it to the store.
+        """
+        with self._adopt_lock:
+            if epoch < self._record_epoch:
+                return self._record
+            ahead = self._ahead_of
+            if ahead is not None and loaded.version <= ahead:
+                self._record_epoch = epoch
+                self._record = dataclasses.replace(self._record, version=loaded.version)
+                return self._record
+            self._ahead_of = None
+        self._adopt(loaded, epoch=epoch)
+        return self._record
+
+    def _go_local(self, record: CircuitRecord, store_version: int, reason: str | None) -> None:
+        """The store refused a write: go on with ``record`` here alone, for now."""
+        with self._adopt_lock:
+            if self._ahead_of is None:
+                self._ahead_of = store_version
+        self._adopt(record, reason=reason, epoch=next(self._epochs))
 
     def _fault(self, exc: Exception) -> object:
         self._last_fault = exc
@@ -543,34 +592,40 @@ class CircuitBreaker:
             self._stale_at = 0.0
             self._drive(self._refresh_steps())
 
-    def _adopt(self, record: CircuitRecord, *, reason: str | None = None) -> None:
-        previous = self._seen_state
-        self._record = record
-        now = self.store.now()
-        state = effective_state(record, now)
-        self._seen_state = state
-        self._set_fast_flags()
-        if state != previous:
-            if state == "closed" or (state == "open" and previous == "closed"):
-                with self._window_lock:
-                    self._window.clear()
-            if reason is None and state == "half_open" and record.state == "open":
-                reason = "cooldown over: probing"
-            change = StateChange(self.connector, previous, state, reason or record.reason, now)
-            level = logging.WARNING if state == "open" else logging.INFO
-            logger.log(
-                level,
-                "circuit %r: %s -> %s (%s)",
-                self.connector,
-                previous,
-                state,
-                change.reason or "seen in the store",
-            )
-            for listener in list(self._listeners):
-                try:
-                    listener(change)
-                except Exception:
-                    logger.exception("on_state_change listener for %r failed", self.connector)
+    def _adopt(self, record: CircuitRecord, *, epoch: int, reason: str | None = None) -> None:
+        """Make ``record`` this process's view, unless a newer one was adopted meanwhile."""
+        with self._adopt_lock:
+            if epoch < self._record_epoch:
+                return
+            self._record_epoch = epoch
+            previous = self._seen_state
+            self._record = record
+            now = self.store.now()
+            state = effective_state(record, now)
+            self._seen_state = state
+            self._set_fast_flags()
+        if state == previous:
+            return
+        if state == "closed" or (state == "open" and previous == "closed"):
+            with self._window_lock:
+                self._window.clear()
+        if reason is None and state == "half_open" and record.state == "open":
+            reason = "cooldown over: probing"
+        change = StateChange(self.connector, previous, state, reason or record.reason, now)
+        level = logging.WARNING if state == "open" else logging.INFO
+        logger.log(
+            level,
+            "circuit %r: %s -> %s (%s)",
+            self.connector,
+            previous,
+            state,
+            change.reason or "seen in the store",
+        )
+        for listener in list(self._listeners):
+            try:
+                listener(change)
+            except Exception:
+                logger.exception("on_state_change listener for %r failed", self.connector)
 
     def _set_fast_flags(self) -> None:
         record = self._record

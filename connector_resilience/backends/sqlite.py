@@ -37,6 +37,9 @@ logger = logging.getLogger("connector_resilience.store")
 
 SCHEMA_VERSION = 1
 _BUSY_TIMEOUT_MS = 10_000
+#: Breaker reads and writes happen in the caller's thread: a locked database
+#: must not stall a call long before the breaker falls back to local state.
+_STATE_BUSY_MS = 1_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS metrics (
@@ -104,11 +107,14 @@ class SqliteStore:
 
     # Connections --------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
-        """This thread's connection, reopened after a fork."""
+    def _connect(self, busy_ms: int = _BUSY_TIMEOUT_MS) -> sqlite3.Connection:
+        """This thread's connection (reopened after a fork), waiting ``busy_ms`` on a lock."""
         pid = os.getpid()
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None and getattr(self._local, "pid", None) == pid:
+            if self._local.busy_ms != busy_ms:
+                conn.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
+                self._local.busy_ms = busy_ms
             return conn
         if self._initialised_pid != pid:
             with self._init_lock:
@@ -116,8 +122,8 @@ class SqliteStore:
                     self._initialise()
                     self._initialised_pid = pid
         conn = self._open_connection()
-        self._local.conn, self._local.pid = conn, pid
-        return conn
+        self._local.conn, self._local.pid, self._local.busy_ms = conn, pid, _BUSY_TIMEOUT_MS
+        return self._connect(busy_ms)
 
     def _open_connection(self) -> sqlite3.Connection:
         try:
@@ -164,9 +170,9 @@ class SqliteStore:
             conn.close()
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, busy_ms: int = _BUSY_TIMEOUT_MS) -> Iterator[sqlite3.Connection]:
         """``BEGIN IMMEDIATE`` ... ``COMMIT``: the write lock is taken up front."""
-        conn = self._connect()
+        conn = self._connect(busy_ms)
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -184,9 +190,11 @@ class SqliteStore:
                 conn.execute("ROLLBACK")
             raise StoreError(f"cannot write to {self.path}: {exc}") from exc
 
-    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    def _query(
+        self, sql: str, params: Sequence[Any] = (), *, busy_ms: int = _BUSY_TIMEOUT_MS
+    ) -> list[Any]:
         try:
-            return self._connect().execute(sql, params).fetchall()
+            return self._connect(busy_ms).execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read {self.path}: {exc}") from exc
 
@@ -198,7 +206,9 @@ class SqliteStore:
 
     def get_circuit(self, connector: str) -> CircuitRecord | None:
         """The connector's record, or ``None``."""
-        rows = self._query("SELECT data FROM circuits WHERE connector = ?", (connector,))
+        rows = self._query(
+            "SELECT data FROM circuits WHERE connector = ?", (connector,), busy_ms=_STATE_BUSY_MS
+        )
         return self._parse_circuit(connector, rows[0][0]) if rows else None
 
     def compare_and_set_circuit(
@@ -208,7 +218,7 @@ class SqliteStore:
         if record.version != expected_version + 1:
             raise ValueError("record.version must be expected_version + 1")
         data = json.dumps(record.to_json(), separators=(",", ":"))
-        with self._transaction() as conn:
+        with self._transaction(_STATE_BUSY_MS) as conn:
             if expected_version == 0:
                 cursor = conn.execute(
                     "INSERT OR IGNORE INTO circuits (connector, version, data) VALUES (?, ?, ?)",

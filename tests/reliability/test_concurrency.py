@@ -90,15 +90,6 @@ class _GatedStore(MemoryStore):
         return record
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG connector_resilience/circuit.py:546 (_adopt) takes any record a refresh read, "
-        "even one older than the record it holds: a read that started before another thread "
-        "opened the breaker lands after it and rolls it back to 'closed' (StateChange "
-        "open -> closed with no probe), letting calls through until the next failed write"
-    ),
-)
 def test_a_slow_stale_read_never_rolls_the_breaker_back() -> None:
     store = _GatedStore()
     policy = Policy(

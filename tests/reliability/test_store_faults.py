@@ -38,14 +38,6 @@ PHASE_1 = 20
 PHASE_2 = 38
 
 
-BREAKER_FORGETS = (
-    "BUG connector_resilience/circuit.py:301 (_refresh_steps) adopts whatever the store "
-    "reads: when writes fail but reads work (read-only folder, full disk), the next refresh "
-    "replaces the locally opened breaker with the stale stored 'closed' record, so the "
-    "breaker never opens and calls keep hitting the failing dependency"
-)
-
-
 class BoomError(Exception):
     """The dependency failed."""
 
@@ -120,11 +112,8 @@ def test_calls_go_on_and_buffered_metrics_arrive_exactly_once(fault_run: dict[An
 
 
 def test_breaker_runs_on_local_state_while_the_store_refuses_writes(
-    fault_run: dict[Any, Any], request: pytest.FixtureRequest
+    fault_run: dict[Any, Any],
 ) -> None:
-    if (fault_run["backend"], fault_run["mode"]) != ("jsonl", "fsize"):
-        # (JSONL under the size limit still writes its small circuit file: no fault there.)
-        request.applymarker(pytest.mark.xfail(strict=True, reason=BREAKER_FORGETS))
     during = fault_run[2]
     # Three failures open the breaker even though the store took none of the writes,
     # and it stays open: the store's stale "closed" record must not win it back.
@@ -188,14 +177,6 @@ def test_locked_sqlite_successful_calls_go_on_and_metrics_arrive_once(tmp_path: 
     assert len(summary) == PHASE_1 + PHASE_2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG connector_resilience/backends/sqlite.py:39: _BUSY_TIMEOUT_MS = 10_000 applies to "
-        "breaker writes made in the caller's thread, so with the database locked every failing "
-        "call (its breaker report is a write) stalls 10 s instead of falling back to local state"
-    ),
-)
 def test_locked_sqlite_a_failing_call_is_not_stalled_by_the_lock(tmp_path: Path) -> None:
     policy, path = _locked_sqlite(tmp_path)
 
