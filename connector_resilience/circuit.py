@@ -266,6 +266,8 @@ class CircuitBreaker:
         self, probe: str | None, outcome: Outcome, *, duration_ms: float | None = None
     ) -> None:
         """Report a call's outcome: ``"success"``, ``"failure"`` or ``"ignore"`` (neither)."""
+        if probe is None and outcome == "success" and self._success_trivial:
+            return  # nothing to count or write: the common case after a retried call
         self._drive(self._report_steps(probe, outcome, duration_ms))
 
     def force_open(self, *, reason: str = "forced open by an operator") -> None:
@@ -303,6 +305,8 @@ class CircuitBreaker:
         self, probe: str | None, outcome: Outcome, *, duration_ms: float | None = None
     ) -> None:
         """:meth:`report` without blocking the event loop on network I/O."""
+        if probe is None and outcome == "success" and self._success_trivial:
+            return
         await self._adrive(self._report_steps(probe, outcome, duration_ms))
 
     # Decisions: generators that yield store operations -------------------

@@ -262,9 +262,10 @@ class MetricsBuffer:
             self._retry = []
             rows = self.rows
             pop = rows.popleft
+            make = CallRecord._make
             try:
                 while True:
-                    batch.append(CallRecord(*pop()))
+                    batch.append(make(pop()))
             except IndexError:
                 pass
             if not batch:

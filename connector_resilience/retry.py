@@ -107,7 +107,21 @@ def compute_backoff_ms(
         jitter_pct = settings.jitter_pct if jitter_pct is None else jitter_pct
         jitter = settings.jitter if jitter is None else jitter
     _check_schedule(base_ms, cap_ms, jitter_pct)
-    rand = rng or random
+    if jitter not in _JITTER_KINDS:
+        raise ValueError(f"unknown jitter kind {jitter!r}")
+    return _schedule(attempt, base_ms, cap_ms, jitter_pct, jitter, previous_ms, rng or random)
+
+
+def _schedule(  # noqa: PLR0917 - positional on purpose: a retry's hot path
+    attempt: int,
+    base_ms: float,
+    cap_ms: float,
+    jitter_pct: float,
+    jitter: str,
+    previous_ms: float | None,
+    rand: random.Random | Any,
+) -> float:
+    """The schedule itself, for arguments already checked (a retry's hot path)."""
     exponential = base_ms * 2.0 ** min(attempt, _MAX_EXPONENT) if base_ms else 0.0
     if math.isinf(exponential):
         exponential = cap_ms
@@ -123,10 +137,8 @@ def compute_backoff_ms(
     elif jitter == "decorrelated":
         previous = base_ms if previous_ms is None else max(previous_ms, base_ms)
         delay = rand.uniform(base_ms, previous * 3)
-    elif jitter == "none":
+    else:  # "none"
         delay = exponential
-    else:
-        raise ValueError(f"unknown jitter kind {jitter!r}")
     return max(0.0, min(delay, cap_ms))
 
 
@@ -247,14 +259,17 @@ class wait_backoff(wait_base):  # noqa: N801 - tenacity's naming for wait strate
             server = retry_after_from(outcome)
             if server is not None:
                 return min(server * 1000.0, self.cap_ms)
-        return compute_backoff_ms(
+        if attempt < 0:
+            raise ValueError(f"attempt must be >= 0, got {attempt}")
+        # Checked once, when built: the schedule alone on each retry.
+        return _schedule(
             attempt,
-            base_ms=self.base_ms,
-            cap_ms=self.cap_ms,
-            jitter_pct=self.jitter_pct,
-            jitter=self.jitter,
-            previous_ms=previous_ms,
-            rng=self.rng,
+            self.base_ms,
+            self.cap_ms,
+            self.jitter_pct,
+            self.jitter,
+            previous_ms,
+            self.rng or random,
         )
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:

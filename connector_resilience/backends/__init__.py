@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 from connector_resilience.errors import ConfigurationError
 
@@ -62,9 +62,11 @@ PARSE_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class CallRecord:
+class CallRecord(NamedTuple):
     """One attempt of a call to a connector, or one call refused by an open circuit.
+
+    A named tuple: decorated calls buffer plain tuples of these fields, and
+    the background writer turns them into records at C speed.
 
     Attributes:
         ts: wall-clock end of the attempt, seconds since the epoch.
