@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any, Protocol
@@ -53,6 +54,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
         "pip install 'connector-resilience[aiohttp]'"
     ) from exc
 
+from connector_resilience import _clock
 from connector_resilience.errors import CircuitOpenError
 from connector_resilience.resilient import (
     CallSpec,
@@ -188,6 +190,8 @@ class ResilienceMiddleware:
             on_reject=on_reject,
         )
         self._engines: dict[tuple[str, str | None], _Engine] = {}
+        self._statuses = statuses
+        self._label_cache: dict[tuple[str, str, int | None], dict[str, str]] = {}
 
     def __repr__(self) -> str:
         return f"ResilienceMiddleware({self.connector!r})"
@@ -201,29 +205,60 @@ class ResilienceMiddleware:
         engine = self._engines.get(key)
         if engine is None:
             engine = await asyncio.to_thread(self._engine, *key)
-        labels = {"method": request.method, "host": host}
+        method = request.method
+        labels = self._labels(method, host, None)
+        breaker = engine.breaker
         probe = None
-        if engine.breaker is not None:
+        if breaker is not None and _clock.monotonic() >= breaker._fast_until:
             try:
-                probe = await engine.breaker.aacquire()
+                probe = await breaker.aacquire()
             except CircuitOpenError as exc:
                 engine.rejected(exc, labels)
                 raise
+        retryable = self._retryable(request)  # before sending: it may add an idempotency key
+        # The first attempt runs inline, as @resilient's does: the retry plan is
+        # only built once an attempt fails or answers with a retryable status.
+        start = time.perf_counter()
+        try:
+            response = await self._send(request, handler)
+        except BaseException as exc:
+            first: tuple[bool, Any, float, float] = (False, exc, start, time.perf_counter())
+        else:
+            end = time.perf_counter()
+            status = response.status
+            if status < 500 and status not in self._statuses:
+                if engine.succeeded(start, end, probe, self._labels(method, host, status)):
+                    assert breaker is not None
+                    await breaker.areport(probe, "success", duration_ms=(end - start) * 1000.0)
+                return response
+            first = (True, response, start, end)
         spec = CallSpec(
-            max_attempts=None if self._retryable(request) else 1,
+            max_attempts=None if retryable else 1,
             deadline_s=_min_or_none(self.deadline_s, _session_total_timeout(request)),
             labels=labels,
             can_retry=lambda: _replay_refusal(request),
         )
-        response: ClientResponse = await _run_async(
-            engine.plan(probe, None, spec),
+        retried: ClientResponse = await _run_async(
+            engine.plan(probe, first, spec),
             self._send,
             (request, handler),
             {},
             engine,
             discard=_release,
         )
-        return response
+        return retried
+
+    def _labels(self, method: str, host: str, status: int | None) -> dict[str, str]:
+        """Metric labels, made once per (method, host, status): a request's hot path."""
+        key = (method, host, status)
+        labels = self._label_cache.get(key)
+        if labels is None:
+            labels = {"method": method, "host": host}
+            if status is not None:
+                labels["status_code"] = str(status)
+            if len(self._label_cache) < 10_000:  # hosts and statuses are few; be safe anyway
+                self._label_cache[key] = labels
+        return labels
 
     def _engine(self, method: str, host: str | None) -> _Engine:
         key = (method, host)

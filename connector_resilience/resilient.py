@@ -196,7 +196,13 @@ class _Engine:
                 )
             )
 
-    def succeeded(self, start: float, end: float, probe: str | None) -> bool:
+    def succeeded(
+        self,
+        start: float,
+        end: float,
+        probe: str | None,
+        labels: Mapping[str, str] | None = None,
+    ) -> bool:
         """Record a first-attempt success; True if the breaker must hear of it."""
         duration_ms = (end - start) * 1000.0
         rows = self.rows
@@ -211,7 +217,7 @@ class _Engine:
                     None,
                     1,
                     True,
-                    self.labels,
+                    labels or self.labels,
                 )
             )
         breaker = self.breaker

@@ -196,9 +196,11 @@ def retry_after_from(outcome: object) -> float | None:
         return parse_retry_after(direct)
     for holder in (outcome, getattr(outcome, "response", None)):
         headers = getattr(holder, "headers", None)
+        if headers is None:
+            continue  # most exceptions: skip the (slow) ABC check below
         if isinstance(headers, Mapping) or hasattr(headers, "get"):
             try:
-                value = headers.get("Retry-After")  # type: ignore[union-attr]
+                value = headers.get("Retry-After")
             except (AttributeError, TypeError):
                 value = None
             if isinstance(value, str):

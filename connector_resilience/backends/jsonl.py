@@ -478,7 +478,11 @@ def _parse_token(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _dumps(data: Mapping[str, Any]) -> bytes:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    return _ENCODER.encode(data).encode() + b"\n"
+
+
+# One encoder for every line: json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 _CONNECTOR_RE = re.compile(rb'"connector":("(?:[^"\\]|\\.)*")')
