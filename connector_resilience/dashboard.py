@@ -84,7 +84,7 @@ def time_series(
     for record in records:
         index = min(buckets - 1, max(0, int((record.ts - start) / width)))
         if record.status == "rejected":
-            rejected[index] += 1
+            rejected[index] += record.calls
             continue
         durations[index].append(record.duration_ms)
         errors[index] += record.status == "error"

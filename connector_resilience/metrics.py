@@ -29,6 +29,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from connector_resilience import _clock
 from connector_resilience._faults import FaultLog
@@ -177,7 +178,7 @@ def summarize_records(
         if last is None or r.ts > last:
             last = r.ts
         if r.status == "rejected":
-            rejected += 1
+            rejected += r.calls
             continue
         attempts += 1
         durations.append(r.duration_ms)
@@ -228,6 +229,10 @@ class MetricsBuffer:
     def __init__(self, store: Store, *, flush_interval_s: float, max_pending: int) -> None:
         self.store = store
         self.rows: collections.deque[MetricRow] = collections.deque()
+        # (connector, operation, labels) per refused call; counted at flush.
+        self.rejections: collections.deque[tuple[str, str, Mapping[str, str] | None]] = (
+            collections.deque()
+        )
         self.flush_interval_s = flush_interval_s
         self.max_pending = max_pending
         self.dropped = 0
@@ -262,12 +267,12 @@ class MetricsBuffer:
             self._retry = []
             rows = self.rows
             pop = rows.popleft
-            make = CallRecord._make
             try:
                 while True:
-                    batch.append(make(pop()))
+                    batch.append(CallRecord(*pop()))
             except IndexError:
                 pass
+            batch.extend(self._count_rejections())
             if not batch:
                 return True
             try:
@@ -299,6 +304,29 @@ class MetricsBuffer:
             self.written += len(batch)
             _notify(batch)
             return True
+
+    def _count_rejections(self) -> list[CallRecord]:
+        """One ``rejected`` record per (connector, operation, labels), with its count."""
+        counts: dict[tuple[str, str, int], list[Any]] = {}
+        pop = self.rejections.popleft
+        try:
+            while True:
+                connector, operation, labels = pop()
+                key = (connector, operation, id(labels))
+                entry = counts.get(key)
+                if entry is None:
+                    counts[key] = [connector, operation, labels, 1]
+                else:
+                    entry[3] += 1
+        except IndexError:
+            pass
+        if not counts:
+            return []
+        now = _clock.wall()
+        return [
+            CallRecord(now, c, o, 0.0, "rejected", "CircuitOpenError", 0, True, labels, n)
+            for c, o, labels, n in counts.values()
+        ]
 
     def stop(self) -> None:
         """Stop the background writer after a last flush."""
@@ -381,6 +409,7 @@ def _restart_after_fork() -> None:
     # parent, which still writes it, so the child drops its copy.
     for buffer in _buffers.values():
         buffer.rows.clear()
+        buffer.rejections.clear()
         buffer._retry = []
         buffer._flush_lock = threading.Lock()
         buffer._wake = threading.Event()

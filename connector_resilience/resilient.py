@@ -156,7 +156,9 @@ class _Engine:
         )
         self.ignore = options.ignore
         self.labels = dict(options.labels) if options.labels else None
-        self.rows = buffer_for(store, view).rows if options.metrics else None
+        buffer = buffer_for(store, view) if options.metrics else None
+        self.rows = buffer.rows if buffer is not None else None
+        self.rejections = buffer.rejections if buffer is not None else None
         # OAUTH2_REQUIRED without tokens=: refuse to call out with no usable token.
         self.gate: Callable[[], object] | None = None
         if view.oauth.required and options.tokens is None:
@@ -224,22 +226,10 @@ class _Engine:
         return breaker is not None and (probe is not None or not breaker._success_trivial)
 
     def rejected(self, exc: CircuitOpenError, labels: Mapping[str, str] | None = None) -> None:
-        # The hot path of an open circuit: one tuple, no further calls.
-        rows = self.rows
-        if rows is not None:
-            rows.append(
-                (
-                    _clock.wall(),
-                    self.connector,
-                    self.operation,
-                    0.0,
-                    "rejected",
-                    "CircuitOpenError",
-                    0,
-                    True,
-                    labels or self.labels,
-                )
-            )
+        # The hot path of an open circuit: one append; the buffer counts them and
+        # writes one record per (operation, labels) per flush.
+        if self.rejections is not None:
+            self.rejections.append((self.connector, self.operation, labels or self.labels))
         hook = self.options.on_reject
         if hook is not None:
             _safely(hook, exc, "on_reject")

@@ -512,3 +512,18 @@ def test_reset_makes_decorated_functions_read_the_environment_again(
     monkeypatch.setenv("CONNECTOR_STORE_URL", "memory://second")
     call()
     assert summarize("moving", store="memory://second").total_calls == 1
+
+
+def test_rejections_are_counted_exactly_in_few_records(waits: list[float]) -> None:
+    policy = _policy(retry={"max_attempts": 1}, circuit={"failures_to_open": 1})
+    flaky = Flaky(100)
+    fetch = resilient("api", policy=policy)(flaky)
+    with pytest.raises(ConnectionError):
+        fetch()
+    for _ in range(500):
+        with pytest.raises(CircuitOpenError):
+            fetch()
+    assert summarize("api", policy=policy).rejected == 500
+    rejected = [r for r in _records(policy) if r.status == "rejected"]
+    assert sum(r.calls for r in rejected) == 500
+    assert len(rejected) <= 2  # one per flush, not one per call

@@ -351,3 +351,22 @@ def test_sigkill_mid_write_loses_nothing_acknowledged(shared_store_url: str) -> 
     # Token state is one complete write, at least as new as the last acknowledged one.
     assert token["access_token"] == f"token-{token['run']}-{token['seq']}"
     assert (token["run"], token["seq"]) >= max(saved)
+
+
+def test_a_rejected_record_may_stand_for_many_calls(store_url: str) -> None:
+    store = open_store(store_url)
+    now = time.time()
+    store.append_calls(
+        [
+            _record(
+                now,
+                status="rejected",
+                error="CircuitOpenError",
+                attempt=0,
+                duration_ms=0.0,
+                calls=25,
+            )
+        ]
+    )
+    (record,) = store.read_calls(since=now - 1)
+    assert (record.status, record.calls) == ("rejected", 25)

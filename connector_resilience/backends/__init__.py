@@ -80,6 +80,8 @@ class CallRecord(NamedTuple):
         final: True on the last attempt of a logical call, so that summing
             final records counts calls and summing all records counts attempts.
         labels: low-cardinality extras such as HTTP method, host and status code.
+        calls: how many calls the record stands for: 1, except for ``rejected``
+            records, which count the rejections of one flush interval at once.
     """
 
     ts: float
@@ -91,6 +93,7 @@ class CallRecord(NamedTuple):
     attempt: int = 1
     final: bool = True
     labels: Mapping[str, str] | None = None
+    calls: int = 1
 
     def to_json(self) -> dict[str, Any]:
         """The record as a JSON-ready mapping (the JSONL line format)."""
@@ -106,6 +109,8 @@ class CallRecord(NamedTuple):
         }
         if self.labels:
             out["labels"] = dict(self.labels)
+        if self.calls != 1:
+            out["calls"] = self.calls
         return out
 
     @classmethod
@@ -132,6 +137,11 @@ class CallRecord(NamedTuple):
         connector, operation = data["connector"], data["operation"]
         if not isinstance(connector, str) or not isinstance(operation, str):
             raise TypeError("connector and operation must be strings")
+        calls = data.get("calls", 1)
+        if not isinstance(calls, int) or isinstance(calls, bool) or calls < 1:
+            raise ValueError("calls must be an integer >= 1")
+        if calls != 1 and status != "rejected":
+            raise ValueError("only rejected records stand for more than one call")
         return cls(
             ts=float(ts),
             connector=connector,
@@ -142,6 +152,7 @@ class CallRecord(NamedTuple):
             attempt=attempt,
             final=bool(data.get("final", True)),
             labels=labels,
+            calls=calls,
         )
 
 

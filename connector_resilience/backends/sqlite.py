@@ -35,7 +35,7 @@ __all__ = ["SCHEMA_VERSION", "SqliteStore"]
 
 logger = logging.getLogger("connector_resilience.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _BUSY_TIMEOUT_MS = 10_000
 #: Breaker reads and writes happen in the caller's thread: a locked database
 #: must not stall a call long before the breaker falls back to local state.
@@ -51,7 +51,8 @@ CREATE TABLE IF NOT EXISTS metrics (
     error TEXT,
     attempt INTEGER NOT NULL DEFAULT 1,
     final INTEGER NOT NULL DEFAULT 1,
-    labels TEXT
+    labels TEXT,
+    calls INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS metrics_ts ON metrics (ts);
 CREATE INDEX IF NOT EXISTS metrics_connector_ts ON metrics (connector, ts);
@@ -72,7 +73,35 @@ CREATE TABLE IF NOT EXISTS locks (
 );
 """
 
-_COLUMNS = "ts, connector, operation, duration_ms, status, error, attempt, final, labels"
+_COLUMNS = "ts, connector, operation, duration_ms, status, error, attempt, final, labels, calls"
+
+#: What each older schema version needs to become the current one.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # 1 -> 2: a rejected record may stand for several rejections.
+    1: ("ALTER TABLE metrics ADD COLUMN calls INTEGER NOT NULL DEFAULT 1",),
+}
+
+
+def _switch_to_wal(conn: sqlite3.Connection) -> None:
+    """Put the database in WAL mode, waiting out others doing the same.
+
+    Switching the journal mode needs a moment alone with the database; SQLite
+    does not apply the busy timeout to it, so several processes opening a new
+    store at once would otherwise fail with "database is locked".
+    """
+    deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
+    delay = 0.005
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+        else:
+            return
 
 
 class SqliteStore:
@@ -155,13 +184,19 @@ class SqliteStore:
                     f"{self.path} has schema version {version}; this version of "
                     f"connector-resilience reads up to {SCHEMA_VERSION}: upgrade it"
                 )
-            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                conn.execute("PRAGMA journal_mode = WAL")
+            _switch_to_wal(conn)
             if version < SCHEMA_VERSION:
                 conn.execute("BEGIN IMMEDIATE")
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+                # Another process may have upgraded it while this one waited.
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                statements: list[str] = []
+                if version == 0:
+                    statements = [x for x in _SCHEMA.split(";") if x.strip()]
+                else:
+                    for step in range(version, SCHEMA_VERSION):
+                        statements.extend(_MIGRATIONS[step])
+                for statement in statements:
+                    conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -335,12 +370,13 @@ class SqliteStore:
                 r.attempt,
                 int(r.final),
                 json.dumps(dict(r.labels)) if r.labels else None,
+                r.calls,
             )
             for r in records
         ]
         with self._transaction() as conn:
             conn.executemany(
-                f"INSERT INTO metrics ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                f"INSERT INTO metrics ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
                 rows,
             )
 
@@ -374,6 +410,7 @@ class SqliteStore:
                             "attempt": row[6],
                             "final": bool(row[7]),
                             "labels": labels,
+                            "calls": row[9],
                         }
                     )
                 )

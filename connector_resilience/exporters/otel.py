@@ -119,7 +119,7 @@ class OpenTelemetryMetrics:
         for record in batch:
             base = {"connector": record.connector, "operation": record.operation}
             if record.status == "rejected":
-                self._rejected.add(1, base)
+                self._rejected.add(record.calls, base)
                 continue
             attributes: dict[str, str | int] = {**base, "outcome": outcome(record)}
             if record.status == "error":

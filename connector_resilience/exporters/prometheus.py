@@ -126,7 +126,7 @@ class PrometheusCollector:
                 self._connectors.add(record.connector)
                 operation_key = (record.connector, record.operation)
                 if record.status == "rejected":
-                    self._rejected[operation_key] += 1
+                    self._rejected[operation_key] += record.calls
                     continue
                 key = (
                     record.connector,

@@ -148,7 +148,7 @@ def store_fault(url: str, mode: str) -> None:
         slowest_call_s=slowest,
         outcomes=outcomes,
         breaker=breaker.state,
-        pending=len(buffer.rows) + len(buffer._retry),
+        pending=len(buffer.rows) + len(buffer.rejections) + sum(r.calls for r in buffer._retry),
         warnings=list(counter.messages),
     )
 
@@ -163,13 +163,14 @@ def store_fault(url: str, mode: str) -> None:
     records = open_store(url).read_calls(since=0, connector="faulty")
     by_status: dict[str, int] = {}
     for record in records:
-        by_status[record.status] = by_status.get(record.status, 0) + 1
+        # A rejected record stands for every rejection of its flush interval.
+        by_status[record.status] = by_status.get(record.status, 0) + record.calls
     stats = getattr(store, "stats", None)
     emit(
         phase=3,
         recovery_s=recovery_s,
         by_status=by_status,
-        total=len(records),
+        total=sum(record.calls for record in records),
         skipped=getattr(stats, "skipped_lines", 0),
         dropped=buffer.dropped,
         warnings=counter.messages,
