@@ -144,9 +144,12 @@ def test_appends_trim_calls_past_the_retention(redis_server: RedisServer, raw: r
     store = open_redis_store(f"{redis_server.url}/0?prefix=retention&retention_s=60")
     key = "retention:calls:api"
     now = time.time()
-    store.append_calls([_call(now - 120, operation="old"), _call(now - 10, operation="recent")])
-    # A batch is not trimmed by its own write; the next append trims it.
-    assert raw.zcard(key) == 2
+    store.append_calls([_call(now - 120, operation="old")])
+    # One member per batch; a batch is not trimmed by its own write...
+    assert raw.zcard(key) == 1
+    store.append_calls([_call(now - 10, operation="recent")])
+    # ...the next append drops every batch wholly past the retention.
+    assert raw.zcard(key) == 1
     store.append_calls([_call(now, operation="new")])
     assert raw.zcard(key) == 2
     assert [r.operation for r in store.read_calls(since=0)] == ["recent", "new"]
@@ -154,6 +157,20 @@ def test_appends_trim_calls_past_the_retention(redis_server: RedisServer, raw: r
     ttl = raw.ttl(key)
     assert isinstance(ttl, int)
     assert 0 < ttl <= 61
+
+
+def test_a_batch_partly_past_the_retention_is_filtered_then_compacted(
+    redis_server: RedisServer, raw: redis.Redis
+) -> None:
+    store = open_redis_store(f"{redis_server.url}/0?prefix=partly&retention_s=60")
+    now = time.time()
+    store.append_calls([_call(now - 120, operation="old"), _call(now - 10, operation="recent")])
+    # Stored together (one batch), but a read never returns what is past retention.
+    assert [r.operation for r in store.read_calls(since=0)] == ["recent"]
+    counts = store.compact(metrics_retention_s=60)
+    assert (counts["metrics_dropped"], counts["metrics_kept"]) == (1, 1)
+    assert raw.zcard("partly:calls:api") == 1
+    assert [r.operation for r in store.read_calls(since=0)] == ["recent"]
 
 
 def test_compact_trims_by_age_and_forgets_emptied_connectors(

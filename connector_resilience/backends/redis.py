@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import itertools
 import json
 import logging
@@ -124,8 +123,7 @@ os.register_at_fork(after_in_child=_new_record_token)
 
 
 #: The fields of a stored call, in order (the connector is the key's).
-_MEMBER_FIELDS: Final = (
-    "id",
+_ROW_FIELDS: Final = (
     "ts",
     "operation",
     "duration_ms",
@@ -137,6 +135,20 @@ _MEMBER_FIELDS: Final = (
     "calls",
 )
 _ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def _batch_member(rows: list[list[Any]]) -> dict[str, float]:
+    """``{member: score}`` for a batch of rows: an id (members are unique) and the rows."""
+    return {_ENCODER.encode([_next_record_id(), rows]): max(float(row[0]) for row in rows)}
+
+
+def _batch_rows(member: str | bytes) -> list[Any]:
+    """The rows of a batch member; ``ValueError`` if it is not one."""
+    value = json.loads(member)
+    if not (isinstance(value, list) and len(value) == 2 and isinstance(value[1], list)):
+        raise ValueError("not a batch of calls")
+    rows: list[Any] = value[1]
+    return rows
 
 
 def _next_record_id() -> str:
@@ -543,17 +555,18 @@ class RedisStore:
             pipe.execute()
 
     def _members_by_connector(self, records: Sequence[CallRecord]) -> dict[str, dict[str, float]]:
-        """``{connector: {member: ts}}``; each member carries an id so equal records stay apart.
+        """``{connector: {member: score}}``: one member per connector per batch.
 
-        A member is a compact JSON array (see ``_MEMBER_FIELDS``): encoding it is
-        most of what a metric costs to write, so no keys and no per-call encoder.
+        A member holds a batch's calls as compact JSON arrays (``_ROW_FIELDS``),
+        scored by its newest call. Encoding and sending one member per record
+        cost ~9 us a record; per batch it is ~1 us. The price: trimming on append
+        drops whole batches, so a read also filters by the retention (and
+        ``compact()`` rewrites a batch that is only partly past it).
         """
-        groups: dict[str, dict[str, float]] = {}
-        encode = _ENCODER.encode
+        rows: dict[str, list[list[Any]]] = {}
         for r in records:
-            member = encode(
+            rows.setdefault(r.connector, []).append(
                 [
-                    _next_record_id(),
                     r.ts,
                     r.operation,
                     r.duration_ms,
@@ -565,8 +578,7 @@ class RedisStore:
                     r.calls,
                 ]
             )
-            groups.setdefault(r.connector, {})[member] = r.ts
-        return groups
+        return {connector: _batch_member(batch) for connector, batch in rows.items()}
 
     def _queue_append(
         self,
@@ -595,36 +607,47 @@ class RedisStore:
         One round trip for one connector; two (list connectors, then read them
         all pipelined) for every connector.
         """
+        # Batches are scored by their newest call, so every batch holding a call
+        # at or after ``since`` has a score >= since; the rows are then filtered.
+        start = max(since, _clock.wall() - self.retention_s)
         with self._failing_as_store_error("reading metrics"):
             if connector is not None:
                 names = [connector]
             else:
                 names = sorted(map(_text, self._client.smembers(self._keys.call_connectors)))
             pipe = self._client.pipeline(transaction=False)
-            high = "+inf" if until is None else f"({until!r}"
             for name in names:
-                pipe.zrangebyscore(self._keys.calls(name), repr(float(since)), high)
+                pipe.zrangebyscore(self._keys.calls(name), repr(float(start)), "+inf")
             batches: list[list[str]] = pipe.execute()
-        parsed = [
-            self._parse_calls(name, batch) for name, batch in zip(names, batches, strict=True)
-        ]
-        if len(parsed) == 1:
-            return parsed[0]
-        return list(heapq.merge(*parsed, key=lambda r: r.ts))
+        out: list[CallRecord] = []
+        for name, members in zip(names, batches, strict=True):
+            out.extend(
+                record
+                for record in self._parse_calls(name, members)
+                if record.ts >= start and (until is None or record.ts < until)
+            )
+        out.sort(key=lambda r: r.ts)
+        return out
 
     def _parse_calls(self, connector: str, members: list[str]) -> list[CallRecord]:
+        """Every readable call in ``members``; unreadable ones are counted and skipped."""
         out: list[CallRecord] = []
         bad = 0
         for member in members:
             try:
-                values = json.loads(member)
-                if not isinstance(values, list) or len(values) != len(_MEMBER_FIELDS):
-                    raise ValueError("not a call record")
-                fields = dict(zip(_MEMBER_FIELDS, values, strict=True))
-                fields["connector"] = connector
-                out.append(CallRecord.from_json(fields))
+                rows = _batch_rows(member)
             except PARSE_ERRORS:
                 bad += 1
+                continue
+            for row in rows:
+                try:
+                    if not isinstance(row, list) or len(row) != len(_ROW_FIELDS):
+                        raise ValueError("not a call record")
+                    fields = dict(zip(_ROW_FIELDS, row, strict=True))
+                    fields["connector"] = connector
+                    out.append(CallRecord.from_json(fields))
+                except PARSE_ERRORS:
+                    bad += 1
         if bad:
             self.stats.skipped_lines += bad
             logger.warning("skipped %d unreadable metric record(s) in %s", bad, self.url)
@@ -649,21 +672,42 @@ class RedisStore:
         expired lock lease is removed by Redis itself.
         """
         cutoff = self.now() - metrics_retention_s
+        kept = dropped = 0
         with self._failing_as_store_error("compacting metrics"):
             names = sorted(map(_text, self._client.smembers(self._keys.call_connectors)))
-            pipe = self._client.pipeline(transaction=False)
             for name in names:
-                self._trim(
-                    keys=[self._keys.calls(name), self._keys.call_connectors],
-                    args=[repr(cutoff), name],
-                    client=pipe,
-                )
-            pipe.hlen(self._keys.circuits)
-            pipe.hlen(self._keys.tokens)
-            *trimmed, circuits, tokens = pipe.execute()
+                key = self._keys.calls(name)
+                remove: list[str] = []
+                rewrite: dict[str, float] = {}
+                members: list[Any] = self._client.zrangebyscore(key, "-inf", "+inf")
+                for raw in members:
+                    member = _text(raw)
+                    try:
+                        rows = [r for r in _batch_rows(member) if isinstance(r, list) and r]
+                    except PARSE_ERRORS:
+                        remove.append(member)  # unreadable: nothing in it can be kept
+                        continue
+                    recent = [r for r in rows if isinstance(r[0], int | float) and r[0] >= cutoff]
+                    kept += len(recent)
+                    dropped += len(rows) - len(recent)
+                    if len(recent) < len(rows):
+                        remove.append(member)
+                        if recent:
+                            rewrite.update(_batch_member(recent).items())
+                # Only members read above are touched: a concurrent append stays.
+                pipe = self._client.pipeline(transaction=True)
+                if remove:
+                    pipe.zrem(key, *remove)
+                if rewrite:
+                    pipe.zadd(key, rewrite)
+                pipe.execute()
+                # Forget the connector if its set is now empty (atomically, see _TRIM_LUA).
+                self._trim(keys=[key, self._keys.call_connectors], args=[repr(cutoff), name])
+            circuits = self._client.hlen(self._keys.circuits)
+            tokens = self._client.hlen(self._keys.tokens)
         return {
-            "metrics_kept": sum(int(kept) for _dropped, kept in trimmed),
-            "metrics_dropped": sum(int(dropped) for dropped, _kept in trimmed),
+            "metrics_kept": kept,
+            "metrics_dropped": dropped,
             "circuits": int(circuits),
             "tokens": int(tokens),
         }
