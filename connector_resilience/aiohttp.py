@@ -81,6 +81,8 @@ logger = logging.getLogger("connector_resilience.aiohttp")
 
 IDEMPOTENT_METHODS: frozenset[str] = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 DEFAULT_RETRY_STATUSES: frozenset[int] = frozenset({429, 502, 503, 504})
+#: Methods that are retried only when they carry an idempotency key.
+_KEYED_METHODS = frozenset({"POST", "PATCH"})
 
 #: Failures that are never worth repeating: the request itself is wrong, or
 #: the peer is not who it must be.
@@ -206,21 +208,24 @@ class ResilienceMiddleware:
         if engine is None:
             engine = await asyncio.to_thread(self._engine, *key)
         method = request.method
-        labels = self._labels(method, host, None)
         breaker = engine.breaker
         probe = None
         if breaker is not None and _clock.monotonic() >= breaker._fast_until:
             try:
                 probe = await breaker.aacquire()
             except CircuitOpenError as exc:
-                engine.rejected(exc, labels)
+                engine.rejected(exc, self._labels(method, host, None))
                 raise
-        retryable = self._retryable(request)  # before sending: it may add an idempotency key
+        if self.add_idempotency_key and method in _KEYED_METHODS:
+            # Before the first send, so that every attempt carries the same key.
+            request.headers.setdefault(self.idempotency_header, str(uuid.uuid4()))
         # The first attempt runs inline, as @resilient's does: the retry plan is
         # only built once an attempt fails or answers with a retryable status.
         start = time.perf_counter()
         try:
-            response = await self._send(request, handler)
+            response = await (
+                self._send(request, handler) if self.tokens is not None else handler(request)
+            )
         except BaseException as exc:
             first: tuple[bool, Any, float, float] = (False, exc, start, time.perf_counter())
         else:
@@ -233,9 +238,9 @@ class ResilienceMiddleware:
                 return response
             first = (True, response, start, end)
         spec = CallSpec(
-            max_attempts=None if retryable else 1,
+            max_attempts=None if self._retryable(request) else 1,
             deadline_s=_min_or_none(self.deadline_s, _session_total_timeout(request)),
-            labels=labels,
+            labels=self._labels(method, host, None),
             can_retry=lambda: _replay_refusal(request),
         )
         retried: ClientResponse = await _run_async(
@@ -279,14 +284,7 @@ class ResilienceMiddleware:
         method = request.method.upper()
         if method in self.retry_methods:
             return True
-        if method not in (hdrs.METH_POST, hdrs.METH_PATCH):
-            return False
-        if self.idempotency_header in request.headers:
-            return True
-        if self.add_idempotency_key:
-            request.headers[self.idempotency_header] = str(uuid.uuid4())
-            return True
-        return False
+        return method in _KEYED_METHODS and self.idempotency_header in request.headers
 
     async def _send(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         """One attempt: authenticate, send, and on a 401 refresh once and send once more."""
