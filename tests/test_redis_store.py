@@ -165,12 +165,16 @@ def test_a_batch_partly_past_the_retention_is_filtered_then_compacted(
     store = open_redis_store(f"{redis_server.url}/0?prefix=partly&retention_s=60")
     now = time.time()
     store.append_calls([_call(now - 120, operation="old"), _call(now - 10, operation="recent")])
-    # Stored together (one batch), but a read never returns what is past retention.
-    assert [r.operation for r in store.read_calls(since=0)] == ["recent"]
+    # Stored together (one batch): appends trim whole batches only...
+    store.append_calls([_call(now, operation="new")])
+    assert [r.operation for r in store.read_calls(since=0)] == ["old", "recent", "new"]
+    # ...a window read never reaches it...
+    assert [r.operation for r in store.read_calls(since=now - 60)] == ["recent", "new"]
+    # ...and compact() rewrites the batch without its expired call.
     counts = store.compact(metrics_retention_s=60)
-    assert (counts["metrics_dropped"], counts["metrics_kept"]) == (1, 1)
-    assert raw.zcard("partly:calls:api") == 1
-    assert [r.operation for r in store.read_calls(since=0)] == ["recent"]
+    assert (counts["metrics_dropped"], counts["metrics_kept"]) == (1, 2)
+    assert raw.zcard("partly:calls:api") == 2
+    assert [r.operation for r in store.read_calls(since=0)] == ["recent", "new"]
 
 
 def test_compact_trims_by_age_and_forgets_emptied_connectors(

@@ -560,8 +560,8 @@ class RedisStore:
         A member holds a batch's calls as compact JSON arrays (``_ROW_FIELDS``),
         scored by its newest call. Encoding and sending one member per record
         cost ~9 us a record; per batch it is ~1 us. The price: trimming on append
-        drops whole batches, so a read also filters by the retention (and
-        ``compact()`` rewrites a batch that is only partly past it).
+        drops whole batches only, so a batch partly past the retention keeps its
+        older calls until ``compact()`` rewrites it (as files keep them too).
         """
         rows: dict[str, list[list[Any]]] = {}
         for r in records:
@@ -609,7 +609,7 @@ class RedisStore:
         """
         # Batches are scored by their newest call, so every batch holding a call
         # at or after ``since`` has a score >= since; the rows are then filtered.
-        start = max(since, _clock.wall() - self.retention_s)
+        start = since
         with self._failing_as_store_error("reading metrics"):
             if connector is not None:
                 names = [connector]
