@@ -482,29 +482,19 @@ def record_call(
     if isinstance(error, BaseException):
         error = type(error).__name__
     resolved, policy = _resolve(store, policy, connector)
-    record = CallRecord(
-        ts=_clock.wall(),
-        connector=connector,
-        operation=operation,
-        duration_ms=float(duration_ms),
-        status="ok" if status == "ok" else "error",
-        error=error,
-        attempt=attempt,
-        final=final,
-        labels=dict(labels) if labels else None,
-    )
     buffer = buffer_for(resolved, policy)
+    # Through the buffer, so that a store fault keeps the record for a later write.
     buffer.rows.append(
         (
-            record.ts,
+            _clock.wall(),
             connector,
             operation,
-            record.duration_ms,
-            record.status,
+            float(duration_ms),
+            "ok" if status == "ok" else "error",
             error,
             attempt,
             final,
-            record.labels,
+            dict(labels) if labels else None,
         )
     )
     buffer.flush()
