@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 from importlib.metadata import PackageNotFoundError, version
 
-from connector_resilience._auth import current_token
 from connector_resilience.backends import open_store, register_backend
 from connector_resilience.circuit import CircuitBreaker, StateChange
 from connector_resilience.errors import (
@@ -31,7 +30,7 @@ from connector_resilience.metrics import (
     record_call,
     summarize,
 )
-from connector_resilience.oauth2 import OAuth2Config, OAuth2Token, TokenManager
+from connector_resilience.oauth2 import OAuth2Config, OAuth2Token, TokenManager, current_token
 from connector_resilience.policy import Policy
 from connector_resilience.resilient import RetryEvent, resilient
 from connector_resilience.retry import compute_backoff_ms, wait_backoff

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from connector_resilience.backends import redact_url
+from connector_resilience._store_urls import redact_url
 
 logger = logging.getLogger("connector_resilience.store")
 

@@ -55,15 +55,15 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
     ) from exc
 
 from connector_resilience import _clock
-from connector_resilience.errors import CircuitOpenError
-from connector_resilience.resilient import (
+from connector_resilience._engine import (
     CallSpec,
+    Engine,
+    EngineOptions,
     RetryEvent,
-    _build_engine,
-    _Engine,
-    _Options,
-    _run_async,
+    build_engine,
+    run_async,
 )
+from connector_resilience.errors import CircuitOpenError
 
 if TYPE_CHECKING:
     from connector_resilience.backends import Store
@@ -174,7 +174,7 @@ class ResilienceMiddleware:
         self._auth_origins = {o.rstrip("/") for o in auth_origins} if auth_origins else None
         self._policy = policy
         self._store = store
-        self._options = _Options(
+        self._options = EngineOptions(
             retry_on=is_transient_client_error,
             retry_on_result=lambda response: response.status in statuses,
             failure_result=lambda response: response.status >= 500 or response.status in statuses,
@@ -191,7 +191,7 @@ class ResilienceMiddleware:
             on_state_change=on_state_change,
             on_reject=on_reject,
         )
-        self._engines: dict[tuple[str, str | None], _Engine] = {}
+        self._engines: dict[tuple[str, str | None], Engine] = {}
         self._statuses = statuses
         self._label_cache: dict[tuple[str, str, int | None], dict[str, str]] = {}
 
@@ -210,7 +210,7 @@ class ResilienceMiddleware:
         method = request.method
         breaker = engine.breaker
         probe = None
-        if breaker is not None and _clock.monotonic() >= breaker._fast_until:
+        if breaker is not None and _clock.monotonic() >= breaker.admit_until:
             try:
                 probe = await breaker.aacquire()
             except CircuitOpenError as exc:
@@ -243,7 +243,7 @@ class ResilienceMiddleware:
             labels=self._labels(method, host, None),
             can_retry=lambda: _replay_refusal(request),
         )
-        retried: ClientResponse = await _run_async(
+        retried: ClientResponse = await run_async(
             engine.plan(probe, first, spec),
             self._send,
             (request, handler),
@@ -265,11 +265,11 @@ class ResilienceMiddleware:
                 self._label_cache[key] = labels
         return labels
 
-    def _engine(self, method: str, host: str | None) -> _Engine:
+    def _engine(self, method: str, host: str | None) -> Engine:
         key = (method, host)
         engine = self._engines.get(key)
         if engine is None:
-            engine = _build_engine(
+            engine = build_engine(
                 connector=self.connector,
                 operation=method,
                 policy=self._policy,

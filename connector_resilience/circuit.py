@@ -47,7 +47,7 @@ from connector_resilience.backends import (
     open_store,
     store_for_policy,
 )
-from connector_resilience.errors import CircuitOpenError, _FastCircuitOpenError
+from connector_resilience.errors import CircuitOpenError, fast_circuit_open_error
 from connector_resilience.policy import CircuitPolicy, Policy, current_policy
 
 __all__ = ["CircuitBreaker", "Outcome", "StateChange", "breaker_for"]
@@ -135,6 +135,20 @@ class CircuitBreaker:
         store: a store or store URL (the policy's store if ``None``).
         rng: random source for half-open admission.
 
+    Fast path: ``@resilient`` and the HTTP adapters read four attributes on
+    every call instead of calling :meth:`acquire` and :meth:`report`. The
+    breaker recomputes them whenever its cached record changes.
+
+    - ``admit_until``: monotonic time before which a call is admitted without
+      a look (closed, or disabled, and the cache is fresh).
+    - ``refuse_until``: monotonic time before which a call is refused without
+      a look (open with the cooldown running, or forced open).
+    - ``rejection_args``: what the :class:`CircuitOpenError` of a refused call
+      carries, for ``errors.fast_circuit_open_error(*rejection_args)``, which
+      :meth:`rejection` calls for you.
+    - ``success_is_trivial``: reporting a plain (non-probe) success would
+      change nothing, so it may be skipped.
+
     Example:
         >>> breaker = CircuitBreaker("billing", store="memory://doc")
         >>> breaker.allow()
@@ -165,11 +179,11 @@ class CircuitBreaker:
         self._random = (rng or random.Random()).random
         self._record = CircuitRecord()
         self._seen_state: CircuitState = "closed"
-        # Hot-path flags, recomputed whenever the cached record changes.
-        self._fast_until = 0.0  # monotonic time until which a call is admitted without a look
-        self._reject_until = 0.0  # monotonic time until which a call is refused without a look
-        self._rejection_args: tuple[str, float | None, str] = (connector, None, "")
-        self._success_trivial = False  # a success changes nothing that must be written
+        # The fast path (see the class docstring), recomputed whenever the cached record changes.
+        self.admit_until = 0.0
+        self.refuse_until = 0.0
+        self.rejection_args: tuple[str, float | None, str] = (connector, None, "")
+        self.success_is_trivial = False
         self._window: collections.deque[tuple[float, bool, bool]] = collections.deque(
             maxlen=self.config.window_size if self.config.model == "count" else None
         )
@@ -228,7 +242,7 @@ class CircuitBreaker:
             ``None`` for an ordinary admission, or a probe id (pass it to
             :meth:`report`) when the call is a half-open probe.
         """
-        if _clock.monotonic() < self._fast_until:
+        if _clock.monotonic() < self.admit_until:
             return None
         rejection = self.plain_rejection()
         if rejection is not None:
@@ -243,14 +257,13 @@ class CircuitBreaker:
         The common rejection, decided from the cache without the admission
         machinery, and returned rather than raised so the caller raises it once.
         """
-        if _clock.monotonic() < self._reject_until:
+        if _clock.monotonic() < self.refuse_until:
             return self.rejection()
         return None
 
     def rejection(self) -> CircuitOpenError:
         """The error that refuses a call under the cached record."""
-        error: CircuitOpenError = _FastCircuitOpenError(*self._rejection_args)
-        return error
+        return fast_circuit_open_error(*self.rejection_args)
 
     def record_success(self, *, duration_ms: float | None = None) -> None:
         """Report that the last allowed call succeeded."""
@@ -266,7 +279,7 @@ class CircuitBreaker:
         self, probe: str | None, outcome: Outcome, *, duration_ms: float | None = None
     ) -> None:
         """Report a call's outcome: ``"success"``, ``"failure"`` or ``"ignore"`` (neither)."""
-        if probe is None and outcome == "success" and self._success_trivial:
+        if probe is None and outcome == "success" and self.success_is_trivial:
             return  # nothing to count or write: the common case after a retried call
         self._drive(self._report_steps(probe, outcome, duration_ms))
 
@@ -291,7 +304,7 @@ class CircuitBreaker:
 
     async def aacquire(self) -> str | None:
         """:meth:`acquire` without blocking the event loop on network I/O."""
-        if _clock.monotonic() < self._fast_until:
+        if _clock.monotonic() < self.admit_until:
             return None
         if _clock.monotonic() >= self._stale_at:
             await self._adrive(self._refresh_steps())
@@ -305,7 +318,7 @@ class CircuitBreaker:
         self, probe: str | None, outcome: Outcome, *, duration_ms: float | None = None
     ) -> None:
         """:meth:`report` without blocking the event loop on network I/O."""
-        if probe is None and outcome == "success" and self._success_trivial:
+        if probe is None and outcome == "success" and self.success_is_trivial:
             return
         await self._adrive(self._report_steps(probe, outcome, duration_ms))
 
@@ -640,22 +653,22 @@ class CircuitBreaker:
         open_for_calls = record.override == "disabled" or (
             record.override is None and record.state == "closed"
         )
-        self._fast_until = self._stale_at if open_for_calls else 0.0
+        self.admit_until = self._stale_at if open_for_calls else 0.0
         # Until when a call is refused without a look: the cooldown's end, or
         # the cache going stale, whichever comes first; and what it is told.
-        self._rejection_args = (
+        self.rejection_args = (
             self.connector,
             None if record.override == "forced_open" else record.reopen_at,
             record.reason or "",
         )
-        self._reject_until = 0.0
+        self.refuse_until = 0.0
         if record.override == "forced_open":
-            self._reject_until = self._stale_at
+            self.refuse_until = self._stale_at
         elif record.override is None and record.state == "open" and record.reopen_at is not None:
             remaining = record.reopen_at - self.store.now()
             if remaining > 0:
-                self._reject_until = min(self._stale_at, now + remaining)
-        self._success_trivial = record.override == "disabled" or (
+                self.refuse_until = min(self._stale_at, now + remaining)
+        self.success_is_trivial = record.override == "disabled" or (
             open_for_calls
             and record.failures == 0
             and self.config.model == "consecutive"

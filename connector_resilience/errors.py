@@ -8,7 +8,7 @@ is raised unchanged: these classes describe what the library itself decided.
 from __future__ import annotations
 
 import datetime as _dt
-from typing import Any
+from typing import Any, Final
 
 __all__ = [
     "CircuitOpenError",
@@ -21,6 +21,7 @@ __all__ = [
     "TokenEndpointError",
     "TokenError",
     "TokenRequiredError",
+    "fast_circuit_open_error",
 ]
 
 
@@ -97,6 +98,12 @@ class _FastCircuitOpenError(CircuitOpenError):
 
 
 _FastCircuitOpenError.__name__ = _FastCircuitOpenError.__qualname__ = "CircuitOpenError"
+
+#: :class:`CircuitOpenError` built positionally at C speed:
+#: ``fast_circuit_open_error(connector, retry_at, reason)``. For breakers and
+#: the code on their hot path; what it builds is a CircuitOpenError in every
+#: way a caller can see.
+fast_circuit_open_error: Final[type[CircuitOpenError]] = _FastCircuitOpenError
 
 
 def _rebuild_circuit_open(connector: str, retry_at: float | None, reason: str) -> CircuitOpenError:

@@ -36,6 +36,8 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from connector_resilience._store_urls import known_schemes, redact_url, scheme_of
+
 __all__ = [
     "CircuitPolicy",
     "HealthPolicy",
@@ -274,8 +276,6 @@ class StorePolicy(BaseModel):
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         # A store URL may carry a password (redis://:secret@host): never show it.
-        from connector_resilience.backends import redact_url
-
         for name, value in super().__repr_args__():
             yield name, redact_url(value) if name == "url" and isinstance(value, str) else value
 
@@ -284,8 +284,6 @@ class StorePolicy(BaseModel):
     def _known_scheme(cls, url: str | None) -> str | None:
         if url is None or not url.strip():
             return None
-        from connector_resilience.backends import known_schemes, scheme_of
-
         scheme = scheme_of(url.strip())
         if scheme not in known_schemes():
             raise ValueError(
@@ -614,8 +612,6 @@ class Policy(BaseSettings):
 
     def iter_settings(self) -> Iterator[tuple[str, Any]]:
         """Yield ``(environment variable, current value)`` for every setting (secrets masked)."""
-        from connector_resilience.backends import redact_url
-
         for env, (group, name) in _ENV_NAMES.items():
             value = getattr(getattr(self, group), name)
             if env == "CONNECTOR_STORE_URL" and isinstance(value, str):

@@ -294,7 +294,7 @@ def test_healthz_and_metrics_follow_the_store(shared_store_url: str) -> None:
 
 def test_page_assets_ship_inside_the_package() -> None:
     # The wheel includes everything under the package folder: the page needs nothing else.
-    folder = ROOT / "connector_resilience" / "_dashboard"
+    folder = ROOT / "connector_resilience" / "dashboard" / "static"
     html = (folder / "index.html").read_text()
     for asset in ("/static/dashboard.js", "/static/dashboard.css"):
         assert asset in html

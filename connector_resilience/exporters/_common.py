@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Final
 
 from connector_resilience.backends import CallRecord, Store, open_store, store_for_policy
-from connector_resilience.errors import ConfigurationError
 from connector_resilience.policy import Policy, current_policy
 
 __all__ = [
@@ -13,7 +12,6 @@ __all__ = [
     "PREFIX",
     "http_method",
     "outcome",
-    "require",
     "resolve_store",
     "status_class",
     "status_code",
@@ -39,16 +37,6 @@ DURATION_BUCKETS_S: Final = (
     7.5,
     10.0,
 )
-
-
-def require(module: str, extra: str) -> None:
-    """Import ``module`` or raise ConfigurationError naming the pip extra that provides it."""
-    try:
-        __import__(module)
-    except ImportError:
-        raise ConfigurationError(
-            f"this exporter needs {module}: pip install 'connector-resilience[{extra}]'"
-        ) from None
 
 
 def outcome(record: CallRecord) -> str:

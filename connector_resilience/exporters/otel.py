@@ -23,6 +23,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from connector_resilience._extras import require
 from connector_resilience.backends import CallRecord, Store
 from connector_resilience.circuit import effective_state
 from connector_resilience.exporters._common import (
@@ -30,7 +31,6 @@ from connector_resilience.exporters._common import (
     PREFIX,
     http_method,
     outcome,
-    require,
     resolve_store,
     status_code,
 )

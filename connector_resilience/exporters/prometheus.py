@@ -34,6 +34,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from connector_resilience._extras import require
 from connector_resilience.backends import CallRecord, Store
 from connector_resilience.circuit import effective_state
 from connector_resilience.exporters._common import (
@@ -41,12 +42,11 @@ from connector_resilience.exporters._common import (
     PREFIX,
     http_method,
     outcome,
-    require,
     resolve_store,
     status_class,
 )
 from connector_resilience.metrics import HealthStatus, add_observer, remove_observer
-from connector_resilience.overview import StoreView, read_view
+from connector_resilience.metrics.overview import StoreView, read_view
 from connector_resilience.policy import Policy, current_policy
 
 __all__ = [

@@ -28,7 +28,7 @@ from connector_resilience import (
 )
 from connector_resilience.backends import CircuitRecord, open_store
 from connector_resilience.circuit import StateChange, breaker_for
-from connector_resilience.metrics import _buffers
+from connector_resilience.metrics._buffer import _buffers
 from tests.reliability._support import LoggingStore, drop_file_privileges, emit
 
 

@@ -32,12 +32,12 @@ from connector_resilience import (
     flush_metrics,
     resilient,
 )
-from connector_resilience._oauth2_token import cipher_for_policy
 from connector_resilience.aiohttp import ResilienceMiddleware
 from connector_resilience.backends import close_all_stores, open_store, redact_url
 from connector_resilience.circuit import breaker_for
 from connector_resilience.errors import ConfigurationError, StoreError
 from connector_resilience.oauth2 import save_token
+from connector_resilience.oauth2._token import cipher_for_policy
 from tests.oauth_server import CLIENT_SECRET, OAuthServer, config_for
 from tests.redis_server import RedisServer
 from tests.reliability._support import ROOT

@@ -27,7 +27,7 @@ import pytest
 from connector_resilience import CircuitOpenError, Policy, flush_metrics, resilient
 from connector_resilience.backends import open_store
 from connector_resilience.circuit import breaker_for
-from connector_resilience.metrics import _buffers
+from connector_resilience.metrics._buffer import _buffers
 from tests.redis_server import RedisServer
 from tests.reliability._support import ROOT, child, wait_until
 

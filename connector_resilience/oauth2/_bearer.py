@@ -1,7 +1,7 @@
 """Bearer tokens for ``@resilient(tokens=...)``: the token of the running call, and 401s.
 
 The decorated function reads its token with :func:`current_token`; an attempt
-that ends in HTTP 401 (an exception or a result, see ``oauth2.is_unauthorized``)
+that ends in HTTP 401 (an exception or a result, see :func:`is_unauthorized`)
 makes the manager refresh once and the function run once more, inside the same
 attempt, so a rotated token never costs a retry or a breaker failure.
 """
@@ -15,7 +15,13 @@ from typing import Any, Protocol
 
 from connector_resilience.errors import TokenError
 
-__all__ = ["TokenSource", "current_token"]
+__all__ = [
+    "TokenSource",
+    "aauthenticated",
+    "authenticated",
+    "current_token",
+    "is_unauthorized",
+]
 
 _token: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "connector_resilience_token", default=None
@@ -60,10 +66,21 @@ def current_token() -> str:
     return token
 
 
-def _unauthorized(outcome: object) -> bool:
-    from connector_resilience.oauth2 import is_unauthorized
+def is_unauthorized(obj: object) -> bool:
+    """Whether an exception or response says HTTP 401.
 
-    return is_unauthorized(outcome)
+    Looks at ``status`` and ``status_code`` on the object and on its
+    ``response`` (aiohttp's ``ClientResponseError``, urllib's ``HTTPError``,
+    requests' and httpx's errors and responses).
+    """
+    for holder in (obj, getattr(obj, "response", None)):
+        if holder is None:
+            continue
+        for name in ("status", "status_code"):
+            value = getattr(holder, name, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value == 401:
+                return True
+    return False
 
 
 def authenticated(fn: Callable[..., Any], tokens: TokenSource) -> Callable[..., Any]:
@@ -77,10 +94,10 @@ def authenticated(fn: Callable[..., Any], tokens: TokenSource) -> Callable[..., 
             try:
                 result = fn(*args, **kwargs)
             except BaseException as exc:
-                if last or not _unauthorized(exc):
+                if last or not is_unauthorized(exc):
                     raise
             else:
-                if last or not _unauthorized(result):
+                if last or not is_unauthorized(result):
                     return result
             finally:
                 _token.reset(reset)
@@ -103,10 +120,10 @@ def aauthenticated(
             try:
                 result = await fn(*args, **kwargs)
             except BaseException as exc:
-                if last or not _unauthorized(exc):
+                if last or not is_unauthorized(exc):
                     raise
             else:
-                if last or not _unauthorized(result):
+                if last or not is_unauthorized(result):
                     return result
             finally:
                 _token.reset(reset)

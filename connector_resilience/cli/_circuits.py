@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 from typing import Any, TextIO
 
-from connector_resilience._cli_common import Context, format_time, open_context, print_json, table
 from connector_resilience.circuit import CircuitBreaker, effective_state
-from connector_resilience.overview import circuit_since
+from connector_resilience.cli._common import Context, format_time, open_context, print_json, table
+from connector_resilience.metrics.overview import circuit_since
 
 __all__ = ["run_circuit", "run_circuits"]
 

@@ -1,8 +1,9 @@
-"""The ``connector-resilience`` command: argument parsing and dispatch only.
+"""The ``connector-resilience`` command line: argument parsing and dispatch only.
 
-Each command's logic lives in its own module (``_cli_health``, ``_cli_circuits``,
-``_cli_tokens``, ``_cli_maintenance``, ``dashboard``); this one maps the command line to them
-and turns the errors an operator can cause into a message and an exit code.
+Each command's logic lives in its own module (``_health``, ``_circuits``,
+``_tokens``, ``_maintenance``, ``_demo``, and the ``dashboard`` package); this one
+maps the command line to them and turns the errors an operator can cause into a
+message and an exit code.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import NoReturn, TextIO
 from pydantic import ValidationError
 
 from connector_resilience import __version__
-from connector_resilience._cli_common import (
+from connector_resilience.cli._common import (
     EXIT_DEGRADED,
     EXIT_DOWN,
     EXIT_ERROR,
@@ -194,49 +195,49 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _demo(args: argparse.Namespace, out: TextIO) -> int:
-    from connector_resilience.demo import run_demo
+    from connector_resilience.cli._demo import run_demo
 
     return run_demo(seconds=args.seconds, out=out)
 
 
 def _health(args: argparse.Namespace, out: TextIO) -> int:
-    from connector_resilience._cli_health import run_health
+    from connector_resilience.cli._health import run_health
 
     return run_health(args, out=out)
 
 
 def _circuits(args: argparse.Namespace, out: TextIO) -> int:
-    from connector_resilience._cli_circuits import run_circuits
+    from connector_resilience.cli._circuits import run_circuits
 
     return run_circuits(args, out=out)
 
 
 def _circuit(args: argparse.Namespace, out: TextIO) -> int:
-    from connector_resilience._cli_circuits import run_circuit
+    from connector_resilience.cli._circuits import run_circuit
 
     return run_circuit(args, out=out)
 
 
 def _tokens(args: argparse.Namespace, out: TextIO) -> int:
-    from connector_resilience._cli_tokens import run_tokens
+    from connector_resilience.cli._tokens import run_tokens
 
     return run_tokens(args, out=out)
 
 
 def _compact(args: argparse.Namespace, out: TextIO) -> int:
-    from connector_resilience._cli_maintenance import run_compact
+    from connector_resilience.cli._maintenance import run_compact
 
     return run_compact(args, out=out)
 
 
 def _export(args: argparse.Namespace, out: TextIO) -> int:
-    from connector_resilience._cli_maintenance import run_export
+    from connector_resilience.cli._maintenance import run_export
 
     return run_export(args, out=out)
 
 
 def _dashboard(args: argparse.Namespace, out: TextIO) -> int:
-    from connector_resilience._cli_common import open_context
+    from connector_resilience.cli._common import open_context
     from connector_resilience.dashboard import run_dashboard
 
     ctx = open_context(args)
@@ -285,7 +286,3 @@ def _where(loc: tuple[int | str, ...]) -> str:
 def _fail(message: str, url: str | None, code: int) -> int:
     sys.stderr.write(f"connector-resilience: error: {scrub(message, url)}\n")
     return code
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

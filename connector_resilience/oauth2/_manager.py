@@ -24,15 +24,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from connector_resilience import _clock
-from connector_resilience._oauth2_endpoint import OAuth2Config, fetch_token, safe_url
-from connector_resilience._oauth2_token import (
-    OAuth2Token,
-    TokenCipher,
-    cipher_for_policy,
-    load_stored_token,
-    needs_refresh,
-    token_to_mapping,
-)
 from connector_resilience.backends import redact_url, store_for_policy
 from connector_resilience.errors import (
     InvalidGrantError,
@@ -40,6 +31,15 @@ from connector_resilience.errors import (
     TokenEndpointError,
     TokenError,
     TokenRequiredError,
+)
+from connector_resilience.oauth2._endpoint import OAuth2Config, fetch_token, safe_url
+from connector_resilience.oauth2._token import (
+    OAuth2Token,
+    TokenCipher,
+    cipher_for_policy,
+    load_stored_token,
+    needs_refresh,
+    token_to_mapping,
 )
 from connector_resilience.policy import current_policy
 

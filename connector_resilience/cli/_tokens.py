@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from typing import TextIO
 
-from connector_resilience._cli_common import format_time, open_context, print_json, table
+from connector_resilience.cli._common import format_time, open_context, print_json, table
 from connector_resilience.oauth2 import token_statuses
 
 __all__ = ["run_tokens"]

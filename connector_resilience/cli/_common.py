@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from connector_resilience.backends import Store, open_store, redact_url, store_for_policy
 from connector_resilience.metrics import HealthStatus
-from connector_resilience.overview import describe_store
+from connector_resilience.metrics.overview import describe_store
 from connector_resilience.policy import Policy, current_policy
 
 __all__ = [

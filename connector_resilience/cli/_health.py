@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TextIO
 
-from connector_resilience._cli_common import (
+from connector_resilience.cli._common import (
     Context,
     exit_code_for,
     format_ms,
@@ -15,7 +15,7 @@ from connector_resilience._cli_common import (
     print_json,
     table,
 )
-from connector_resilience.overview import (
+from connector_resilience.metrics.overview import (
     ConnectorView,
     StoreView,
     error_types,

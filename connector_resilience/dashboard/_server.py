@@ -1,23 +1,4 @@
-"""``connector-resilience dashboard``: a live page, ``/healthz`` and ``/metrics`` from a store.
-
-An aiohttp.web application on 127.0.0.1. A background task reads the store
-every ``refresh_s`` seconds (one read for every connector, in a thread so the
-event loop keeps serving) and keeps the latest view; every request is answered
-from it, so many open pages cost the store nothing more. The page itself is
-static HTML, CSS and vanilla JS shipped inside the package (no CDN: it works
-offline) that polls ``/api/overview`` and draws its charts as inline SVG.
-
-Breaker state over time is what this dashboard saw at each refresh since it
-started (the store keeps only the current state), plus the current state back
-to when it began. Latency and error rate over time are computed from the
-window's call records, in ``buckets`` time buckets.
-
-Endpoints:
-    ``/``              the page
-    ``/api/overview``  everything the page shows, as JSON
-    ``/healthz``       JSON verdicts; 200 unless a connector is down (or the store is unreadable)
-    ``/metrics``       Prometheus text of the store view (needs the ``prometheus`` extra)
-"""
+"""The dashboard's aiohttp.web application, its background reader and the CLI runner."""
 
 from __future__ import annotations
 
@@ -36,10 +17,10 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import TYPE_CHECKING, Any, TextIO
 
+from connector_resilience._extras import require
 from connector_resilience.backends import CallRecord, Store
-from connector_resilience.exporters._common import require
 from connector_resilience.metrics import HealthStatus, percentile
-from connector_resilience.overview import StoreView, read_view
+from connector_resilience.metrics.overview import StoreView, read_view
 from connector_resilience.policy import Policy
 
 if TYPE_CHECKING:
@@ -227,7 +208,7 @@ def create_app(state: DashboardState) -> web.Application:
     from aiohttp import web
 
     static = {
-        name: (resources.files(__package__) / "_dashboard" / name).read_bytes() for name in _STATIC
+        name: (resources.files(__package__) / "static" / name).read_bytes() for name in _STATIC
     }
 
     async def page(request: web.Request) -> web.Response:
@@ -332,7 +313,7 @@ def run_dashboard(
 
 
 def _name(state: DashboardState) -> str:
-    from connector_resilience.overview import describe_store
+    from connector_resilience.metrics.overview import describe_store
 
     return describe_store(state.store)
 

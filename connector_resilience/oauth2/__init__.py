@@ -34,10 +34,24 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from connector_resilience import _clock
-from connector_resilience._oauth2_endpoint import AuthMethod, GrantType, OAuth2Config
-from connector_resilience._oauth2_manager import TokenManager, policy_for
-from connector_resilience._oauth2_presets import PRESETS, Preset
-from connector_resilience._oauth2_token import (
+from connector_resilience.backends import store_for_policy
+from connector_resilience.errors import (
+    InvalidGrantError,
+    TokenDecryptionError,
+    TokenEndpointError,
+    TokenRequiredError,
+)
+from connector_resilience.oauth2._bearer import (
+    TokenSource,
+    aauthenticated,
+    authenticated,
+    current_token,
+    is_unauthorized,
+)
+from connector_resilience.oauth2._endpoint import AuthMethod, GrantType, OAuth2Config
+from connector_resilience.oauth2._manager import TokenManager, policy_for
+from connector_resilience.oauth2._presets import PRESETS, Preset
+from connector_resilience.oauth2._token import (
     OAuth2Token,
     cipher_for_policy,
     is_encrypted,
@@ -45,13 +59,6 @@ from connector_resilience._oauth2_token import (
     needs_refresh,
     token_from_mapping,
     token_to_mapping,
-)
-from connector_resilience.backends import store_for_policy
-from connector_resilience.errors import (
-    InvalidGrantError,
-    TokenDecryptionError,
-    TokenEndpointError,
-    TokenRequiredError,
 )
 from connector_resilience.policy import current_policy
 
@@ -70,7 +77,11 @@ __all__ = [
     "TokenDecryptionError",
     "TokenEndpointError",
     "TokenManager",
+    "TokenSource",
     "TokenStatus",
+    "aauthenticated",
+    "authenticated",
+    "current_token",
     "is_unauthorized",
     "load_token",
     "needs_refresh",
@@ -159,23 +170,6 @@ def refresh_token(
         TokenRequiredError: OAUTH2_REQUIRED is on and there is nothing to refresh with.
     """
     return TokenManager(connector, config=config, store=store, policy=policy).refresh()
-
-
-def is_unauthorized(obj: object) -> bool:
-    """Whether an exception or response says HTTP 401.
-
-    Looks at ``status`` and ``status_code`` on the object and on its
-    ``response`` (aiohttp's ``ClientResponseError``, urllib's ``HTTPError``,
-    requests' and httpx's errors and responses).
-    """
-    for holder in (obj, getattr(obj, "response", None)):
-        if holder is None:
-            continue
-        for name in ("status", "status_code"):
-            value = getattr(holder, name, None)
-            if isinstance(value, int) and not isinstance(value, bool) and value == 401:
-                return True
-    return False
 
 
 # Status for operators ---------------------------------------------------------

@@ -20,8 +20,8 @@ from types import MappingProxyType
 
 from pydantic import SecretStr
 
-from connector_resilience._oauth2_endpoint import AuthMethod, GrantType, OAuth2Config
 from connector_resilience.errors import ConfigurationError
+from connector_resilience.oauth2._endpoint import AuthMethod, GrantType, OAuth2Config
 
 __all__ = ["PRESETS", "Preset"]
 

@@ -26,8 +26,8 @@ import tenacity
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from connector_resilience import _clock, _waits
-from connector_resilience._oauth2_token import OAuth2Token
 from connector_resilience.errors import InvalidGrantError, TokenEndpointError, TokenError
+from connector_resilience.oauth2._token import OAuth2Token
 from connector_resilience.retry import parse_retry_after, wait_backoff
 
 if TYPE_CHECKING:

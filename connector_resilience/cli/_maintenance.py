@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TextIO
 
-from connector_resilience._cli_common import (
+from connector_resilience.backends import CallRecord
+from connector_resilience.cli._common import (
     CliError,
     Context,
     Progress,
@@ -21,7 +22,6 @@ from connector_resilience._cli_common import (
     print_json,
     table,
 )
-from connector_resilience.backends import CallRecord
 
 __all__ = ["CSV_COLUMNS", "read_in_slices", "run_compact", "run_export"]
 

@@ -1,0 +1,494 @@
+"""The retry engine under ``@resilient`` and the HTTP adapters: one plan, two drivers.
+
+One core decides, thin drivers act. On the first failure, a generator
+(:meth:`Engine.plan`) decides attempt by attempt whether to sleep, call again,
+or give up, and yields what it needs done. The sync driver (:func:`run_sync`)
+and the async one (:func:`run_async`) only carry out those steps: call, sleep,
+report to the breaker. :func:`build_engine` resolves everything one decorated
+function or HTTP client needs for one connector, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Generator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+import tenacity
+
+from connector_resilience import _clock, _waits
+from connector_resilience.backends import CallStatus, Store, open_store, store_for_policy
+from connector_resilience.circuit import CircuitBreaker, Outcome, StateChange, breaker_for
+from connector_resilience.errors import CircuitOpenError
+from connector_resilience.metrics import buffer_for
+from connector_resilience.policy import Policy, current_policy
+from connector_resilience.retry import exception_predicate, wait_backoff
+
+if TYPE_CHECKING:
+    from connector_resilience.oauth2 import TokenSource
+
+__all__ = [
+    "CallSpec",
+    "Engine",
+    "EngineOptions",
+    "ExceptionMatcher",
+    "RetryEvent",
+    "build_engine",
+    "run_async",
+    "run_sync",
+]
+
+logger = logging.getLogger("connector_resilience")
+
+_CALL: Final = 0
+_SLEEP: Final = 1
+_REPORT: Final = 2
+
+#: Interruptions, not failures of the connector: never retried, never recorded,
+#: never counted by the breaker (a probe slot they held is given back).
+_INTERRUPTIONS: tuple[type[BaseException], ...] = (
+    asyncio.CancelledError,
+    KeyboardInterrupt,
+    SystemExit,
+    GeneratorExit,
+)
+
+ExceptionMatcher = (
+    type[BaseException]
+    | tuple[type[BaseException], ...]
+    | Callable[[BaseException], bool]
+    | tenacity.retry_base
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryEvent:
+    """An attempt failed and another one is coming.
+
+    Attributes:
+        connector: connector name.
+        operation: operation name.
+        attempt: the attempt that failed (1 for the first).
+        delay_s: the wait before the next attempt.
+        error: the exception, or ``None`` when a result asked for the retry.
+        result: the result that asked for the retry, else ``None``.
+    """
+
+    connector: str
+    operation: str
+    attempt: int
+    delay_s: float
+    error: BaseException | None
+    result: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallSpec:
+    """Per-call adjustments of an engine's rules (the HTTP middleware's needs).
+
+    Attributes:
+        max_attempts: attempts for this call (1: not retryable, e.g. a POST).
+        deadline_s: this call's own budget, on top of the policy's.
+        labels: extra metric labels for this call (method, host).
+        can_retry: returns why this call cannot be repeated (a consumed
+            request body), or ``None`` when it can.
+    """
+
+    max_attempts: int | None = None
+    deadline_s: float | None = None
+    labels: Mapping[str, str] | None = None
+    can_retry: Callable[[], str | None] | None = None
+
+
+_NO_SPEC = CallSpec()
+
+
+def _with_status(labels: Mapping[str, str] | None, value: Any) -> Mapping[str, str] | None:
+    """Labels plus the status code of an HTTP-like result."""
+    status = getattr(value, "status", None)
+    if not isinstance(status, int):
+        return labels
+    return {**(labels or {}), "status_code": str(status)}
+
+
+# One step of the retry plan, answered by a driver:
+#   (_CALL, superseded result or None) -> (ok, value or exception, start, end)
+#   (_SLEEP, seconds)                   -> None
+#   (_REPORT, probe, outcome, duration) -> None
+_Plan = Generator[tuple[Any, ...], Any, Any]
+
+
+class Engine:
+    """Everything one decorated function needs for one connector, resolved once."""
+
+    def __init__(
+        self,
+        *,
+        connector: str,
+        operation: str,
+        policy: Policy,
+        store: Store,
+        options: EngineOptions,
+        breaker_name: str | None = None,
+    ) -> None:
+        view = policy.for_connector(connector)
+        self.connector = connector
+        self.operation = operation
+        self.policy = view
+        self.store = store
+        self.options = options
+        self.max_attempts = (
+            options.max_attempts if options.max_attempts is not None else view.retry.max_attempts
+        )
+        deadline = options.deadline_s if options.deadline_s is not None else view.retry.deadline_s
+        self.deadline_s = deadline
+        self.wait = options.wait if options.wait is not None else wait_backoff(policy=view)
+        self.stop = options.stop
+        self.should_retry = exception_predicate(options.retry_on)
+        self.retry_result = options.retry_on_result
+        self.failure_result = options.failure_result
+        self.failure_on = (
+            exception_predicate(options.failure_on) if options.failure_on is not None else None
+        )
+        self.ignore = options.ignore
+        self.labels = dict(options.labels) if options.labels else None
+        buffer = buffer_for(store, view) if options.metrics else None
+        self.rows = buffer.rows if buffer is not None else None
+        self.rejections = buffer.rejections if buffer is not None else None
+        # OAUTH2_REQUIRED without tokens=: refuse to call out with no usable token.
+        self.gate: Callable[[], object] | None = None
+        if view.oauth.required and options.tokens is None:
+            from connector_resilience.oauth2 import TokenManager
+
+            self.gate = TokenManager(connector, policy=view, store=store).get_token
+        self.breaker: CircuitBreaker | None = None
+        if options.breaker and view.circuit.enabled:
+            self.breaker = breaker_for(breaker_name or connector, policy=view, store=store)
+            if options.on_state_change is not None:
+                self.breaker.add_listener(options.on_state_change)
+
+    # Bookkeeping ----------------------------------------------------------
+
+    def row(
+        self,
+        duration_ms: float,
+        status: CallStatus,
+        error: str | None,
+        attempt: int,
+        final: bool,
+        *,
+        labels: Mapping[str, str] | None = None,
+    ) -> None:
+        if self.rows is not None:
+            self.rows.append(
+                (
+                    _clock.wall(),
+                    self.connector,
+                    self.operation,
+                    duration_ms,
+                    status,
+                    error,
+                    attempt,
+                    final,
+                    labels,
+                )
+            )
+
+    def succeeded(
+        self,
+        start: float,
+        end: float,
+        probe: str | None,
+        labels: Mapping[str, str] | None = None,
+    ) -> bool:
+        """Record a first-attempt success; True if the breaker must hear of it."""
+        duration_ms = (end - start) * 1000.0
+        rows = self.rows
+        if rows is not None:
+            rows.append(
+                (
+                    _clock.wall(),
+                    self.connector,
+                    self.operation,
+                    duration_ms,
+                    "ok",
+                    None,
+                    1,
+                    True,
+                    labels or self.labels,
+                )
+            )
+        breaker = self.breaker
+        return breaker is not None and (probe is not None or not breaker.success_is_trivial)
+
+    def rejected(self, exc: CircuitOpenError, labels: Mapping[str, str] | None = None) -> None:
+        # The hot path of an open circuit: one append; the buffer counts them and
+        # writes one record per (operation, labels) per flush.
+        if self.rejections is not None:
+            self.rejections.append((self.connector, self.operation, labels or self.labels))
+        hook = self.options.on_reject
+        if hook is not None:
+            _safely(hook, exc, "on_reject")
+
+    def classify(self, exc: BaseException) -> Outcome:
+        """What a raised exception means to the breaker."""
+        if self.ignore and isinstance(exc, self.ignore):
+            return "ignore"
+        if self.failure_on is not None and not self.failure_on(exc):
+            return "success"
+        return "failure"
+
+    def delay_s(
+        self, attempt: int, previous_s: float | None, outcome: Any, elapsed_s: float
+    ) -> float:
+        wait = self.wait
+        if isinstance(wait, wait_backoff):
+            return (
+                wait.delay_ms(
+                    attempt - 1,
+                    previous_ms=None if previous_s is None else previous_s * 1000.0,
+                    outcome=outcome,
+                )
+                / 1000.0
+            )
+        return float(wait(_tenacity_state(attempt, outcome, previous_s, elapsed_s)))
+
+    # The plan ----------------------------------------------------------------
+
+    def plan(
+        self,
+        probe: str | None,
+        first: tuple[bool, Any, float, float] | None = None,
+        spec: CallSpec | None = None,
+    ) -> _Plan:
+        """Decide attempt by attempt; ``first`` is the first attempt's outcome if it ran."""
+        spec = spec or _NO_SPEC
+        max_attempts = spec.max_attempts if spec.max_attempts is not None else self.max_attempts
+        labels = self.labels if spec.labels is None else {**(self.labels or {}), **spec.labels}
+        if first is None:
+            first = yield (_CALL,)
+        ok, value, start, end = first
+        attempt = 1
+        began = _clock.monotonic() - (end - start)
+        deadlines = [d for d in (self.deadline_s, spec.deadline_s) if d is not None]
+        deadline = began + min(deadlines) if deadlines else None
+        previous: float | None = None
+        while True:
+            duration_ms = (end - start) * 1000.0
+            error_name: str | None
+            attempt_labels = _with_status(labels, value) if ok else labels
+            if ok:
+                retry = self.retry_result is not None and bool(self.retry_result(value))
+                failed = retry or (self.failure_result is not None and self.failure_result(value))
+                if not retry:
+                    status: CallStatus = "error" if failed else "ok"
+                    self.row(
+                        duration_ms,
+                        status,
+                        _result_name(value) if failed else None,
+                        attempt,
+                        True,
+                        labels=attempt_labels,
+                    )
+                    yield (_REPORT, probe, "failure" if failed else "success", duration_ms)
+                    return value
+                error_name = _result_name(value)
+                outcome: Outcome = "failure"
+            else:
+                if isinstance(value, _INTERRUPTIONS):
+                    yield (_REPORT, probe, "ignore", duration_ms)
+                    raise value
+                retry = self.should_retry(value)
+                outcome, error_name = self.classify(value), type(value).__name__
+            delay: float | None = None
+            if retry and attempt < max_attempts:
+                elapsed = _clock.monotonic() - began
+                delay = max(0.0, self.delay_s(attempt, previous, value, elapsed))
+                past_deadline = deadline is not None and _clock.monotonic() + delay > deadline
+                stopped = self.stop is not None and self.stop(
+                    _tenacity_state(attempt, value, previous, elapsed, ok=ok)
+                )
+                refusal = spec.can_retry() if spec.can_retry is not None else None
+                if refusal is not None:
+                    logger.warning(
+                        "%s.%s: not retried: %s", self.connector, self.operation, refusal
+                    )
+                if past_deadline or stopped or refusal is not None:
+                    delay = None
+            final = delay is None
+            self.row(duration_ms, "error", error_name, attempt, final, labels=attempt_labels)
+            if final:
+                yield (_REPORT, probe, outcome, duration_ms)
+                if ok:
+                    return value
+                raise value
+            assert delay is not None
+            self._announce_retry(attempt, delay, None if ok else value, value if ok else None)
+            if delay > 0:
+                yield (_SLEEP, delay)
+            attempt += 1
+            previous = delay
+            ok, value, start, end = yield (_CALL, value if ok else None)
+
+    def _announce_retry(
+        self, attempt: int, delay: float, error: BaseException | None, result: Any
+    ) -> None:
+        logger.info(
+            "%s.%s attempt %d failed (%s); retrying in %.3fs",
+            self.connector,
+            self.operation,
+            attempt,
+            type(error).__name__ if error is not None else "result",
+            delay,
+        )
+        hook = self.options.on_retry
+        if hook is not None:
+            _safely(
+                hook,
+                RetryEvent(self.connector, self.operation, attempt, delay, error, result),
+                "on_retry",
+            )
+
+
+def _result_name(value: Any) -> str:
+    status = getattr(value, "status", None)
+    if isinstance(status, int):
+        return f"HTTP {status}"
+    return "RetryableResult"
+
+
+def _safely(hook: Callable[[Any], object], event: Any, name: str) -> None:
+    try:
+        hook(event)
+    except Exception:
+        logger.exception("%s hook raised; ignored", name)
+
+
+_DUMMY_RETRYING = tenacity.Retrying()
+
+
+def _tenacity_state(
+    attempt: int, outcome: Any, previous_s: float | None, elapsed_s: float, *, ok: bool = False
+) -> tenacity.RetryCallState:
+    """A tenacity RetryCallState, so user-supplied tenacity wait/stop strategies work."""
+    state = tenacity.RetryCallState(_DUMMY_RETRYING, None, (), {})
+    state.attempt_number = attempt
+    if ok or not isinstance(outcome, BaseException):
+        state.set_result(outcome)
+    else:
+        state.set_exception((type(outcome), outcome, outcome.__traceback__))
+    state.upcoming_sleep = previous_s or 0.0
+    state.start_time = time.monotonic() - elapsed_s
+    state.outcome_timestamp = time.monotonic()
+    return state
+
+
+# Drivers ------------------------------------------------------------------------
+
+
+def run_sync(plan: _Plan, fn: Callable[..., Any], args: Any, kwargs: Any, engine: Engine) -> Any:
+    perf = time.perf_counter
+    answer: Any = None
+    try:
+        while True:
+            step = plan.send(answer)
+            kind = step[0]
+            if kind == _CALL:
+                start = perf()
+                try:
+                    answer = (True, fn(*args, **kwargs), start, perf())
+                except BaseException as exc:
+                    answer = (False, exc, start, perf())
+            elif kind == _SLEEP:
+                _waits.sleep(step[1])
+                answer = None
+            else:
+                if engine.breaker is not None:
+                    engine.breaker.report(step[1], step[2], duration_ms=step[3])
+                answer = None
+    except StopIteration as done:
+        return done.value
+
+
+async def run_async(
+    plan: _Plan,
+    fn: Callable[..., Awaitable[Any]],
+    args: Any,
+    kwargs: Any,
+    engine: Engine,
+    *,
+    discard: Callable[[Any], object] | None = None,
+) -> Any:
+    perf = time.perf_counter
+    answer: Any = None
+    try:
+        while True:
+            step = plan.send(answer)
+            kind = step[0]
+            if kind == _CALL:
+                if discard is not None and len(step) > 1 and step[1] is not None:
+                    discard(step[1])  # a result superseded by a retry (an HTTP response)
+                start = perf()
+                try:
+                    answer = (True, await fn(*args, **kwargs), start, perf())
+                except BaseException as exc:
+                    answer = (False, exc, start, perf())
+            elif kind == _SLEEP:
+                await _waits.asleep(step[1])
+                answer = None
+            else:
+                if engine.breaker is not None:
+                    await engine.breaker.areport(step[1], step[2], duration_ms=step[3])
+                answer = None
+    except StopIteration as done:
+        return done.value
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    """What ``@resilient`` or an HTTP adapter was configured with, before the policy applies."""
+
+    retry_on: ExceptionMatcher
+    retry_on_result: Callable[[Any], bool] | None
+    failure_result: Callable[[Any], bool] | None
+    failure_on: ExceptionMatcher | None
+    ignore: tuple[type[BaseException], ...]
+    max_attempts: int | None
+    deadline_s: float | None
+    wait: Callable[[tenacity.RetryCallState], float] | None
+    stop: Callable[[tenacity.RetryCallState], bool] | None
+    breaker: bool
+    metrics: bool
+    labels: Mapping[str, str] | None
+    on_retry: Callable[[RetryEvent], object] | None
+    on_state_change: Callable[[StateChange], object] | None
+    on_reject: Callable[[CircuitOpenError], object] | None
+    tokens: TokenSource | None = None
+
+
+def build_engine(
+    *,
+    connector: str,
+    operation: str,
+    policy: Policy | None,
+    store: Store | str | None,
+    options: EngineOptions,
+    breaker_name: str | None = None,
+) -> Engine:
+    """An engine with ``None`` policy and store resolved (environment, then policy's store)."""
+    policy = policy or current_policy()
+    if store is None:
+        store = store_for_policy(policy.for_connector(connector))
+    elif isinstance(store, str):
+        store = open_store(store)
+    return Engine(
+        connector=connector,
+        operation=operation,
+        policy=policy,
+        store=store,
+        options=options,
+        breaker_name=breaker_name,
+    )

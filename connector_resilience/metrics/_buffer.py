@@ -1,0 +1,229 @@
+"""The in-memory buffer of call metrics and the background thread that writes it to a store."""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from connector_resilience import _clock
+from connector_resilience._faults import FaultLog
+from connector_resilience.backends import CallRecord, CallStatus, Store
+from connector_resilience.policy import Policy
+
+logger = logging.getLogger("connector_resilience.metrics")
+
+
+# (ts, connector, operation, duration_ms, status, error, attempt, final, labels):
+# the fields of CallRecord, as a tuple because building it is the hot path.
+MetricRow = tuple[
+    float, str, str, float, CallStatus, "str | None", int, bool, "Mapping[str, str] | None"
+]
+
+
+class MetricsBuffer:
+    """Metrics waiting to be written to one store, by a background thread.
+
+    ``rows.append`` is the whole cost a call pays. Faults are logged once per
+    burst; while the store is unreachable up to ``max_pending`` rows are kept,
+    after which the oldest are dropped and counted in ``dropped``.
+    """
+
+    def __init__(self, store: Store, *, flush_interval_s: float, max_pending: int) -> None:
+        self.store = store
+        self.rows: collections.deque[MetricRow] = collections.deque()
+        # (connector, operation, labels) per refused call; counted at flush.
+        self.rejections: collections.deque[tuple[str, str, Mapping[str, str] | None]] = (
+            collections.deque()
+        )
+        self.flush_interval_s = flush_interval_s
+        self.max_pending = max_pending
+        self.dropped = 0
+        self.written = 0
+        self._dropping = False
+        self._retry: list[CallRecord] = []
+        self._flush_lock = threading.Lock()
+        self._faults = FaultLog("writing metrics", store.url)
+        self._wake = threading.Event()
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+
+    def start(self) -> None:
+        """Start the background writer (idempotent)."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="connector-resilience-metrics", daemon=True
+            )
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped:
+            self._wake.wait(self.flush_interval_s)
+            self._wake.clear()
+            self.flush()
+
+    def flush(self) -> bool:
+        """Write everything pending now; True if the store took it all."""
+        with self._flush_lock:
+            batch = self._retry
+            self._retry = []
+            rows = self.rows
+            pop = rows.popleft
+            try:
+                while True:
+                    batch.append(CallRecord(*pop()))
+            except IndexError:
+                pass
+            batch.extend(self._count_rejections())
+            if not batch:
+                return True
+            try:
+                self.store.append_calls(batch)
+            except Exception as exc:
+                self._faults.fault(exc)
+                excess = len(batch) - self.max_pending
+                if excess > 0:
+                    if not self._dropping:
+                        self._dropping = True
+                        logger.warning(
+                            "store %s unreachable: %d metric(s) buffered, dropping the oldest "
+                            "from now on (counted in MetricsBuffer.dropped)",
+                            self._faults.url,
+                            self.max_pending,
+                        )
+                    self.dropped += excess
+                    del batch[:excess]
+                self._retry = batch
+                return False
+            if self._dropping:
+                self._dropping = False
+                logger.warning(
+                    "store %s: %d metric(s) were dropped while it was unreachable",
+                    self._faults.url,
+                    self.dropped,
+                )
+            self._faults.ok()
+            self.written += len(batch)
+            _notify(batch)
+            return True
+
+    def _count_rejections(self) -> list[CallRecord]:
+        """One ``rejected`` record per (connector, operation, labels), with its count."""
+        counts: dict[tuple[str, str, int], list[Any]] = {}
+        pop = self.rejections.popleft
+        try:
+            while True:
+                connector, operation, labels = pop()
+                key = (connector, operation, id(labels))
+                entry = counts.get(key)
+                if entry is None:
+                    counts[key] = [connector, operation, labels, 1]
+                else:
+                    entry[3] += 1
+        except IndexError:
+            pass
+        if not counts:
+            return []
+        now = _clock.wall()
+        return [
+            CallRecord(now, c, o, 0.0, "rejected", "CircuitOpenError", 0, True, labels, n)
+            for c, o, labels, n in counts.values()
+        ]
+
+    def stop(self) -> None:
+        """Stop the background writer after a last flush."""
+        self._stopped = True
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        self.flush()
+
+
+_observers: list[Callable[[Sequence[CallRecord]], object]] = []
+
+
+def add_observer(observer: Callable[[Sequence[CallRecord]], object]) -> None:
+    """Call ``observer`` with every batch of records this process writes to a store.
+
+    Exporters (Prometheus, OpenTelemetry) use it to count what this process
+    did. It runs in the background writer thread, after the store took the
+    batch; an observer that raises is logged and kept.
+    """
+    if observer not in _observers:
+        _observers.append(observer)
+
+
+def remove_observer(observer: Callable[[Sequence[CallRecord]], object]) -> None:
+    """Stop calling ``observer``."""
+    if observer in _observers:
+        _observers.remove(observer)
+
+
+def _notify(batch: Sequence[CallRecord]) -> None:
+    for observer in _observers.copy():  # an observer may remove itself
+        try:
+            observer(batch)
+        except Exception:
+            logger.exception("metrics observer %r failed; it stays registered", observer)
+
+
+_buffers: dict[int, MetricsBuffer] = {}
+_buffers_lock = threading.Lock()
+
+
+def buffer_for(store: Store, policy: Policy) -> MetricsBuffer:
+    """The process's buffer in front of ``store`` (started on first use)."""
+    buffer = _buffers.get(id(store))
+    if buffer is None or buffer.store is not store:
+        with _buffers_lock:
+            buffer = _buffers.get(id(store))
+            if buffer is None or buffer.store is not store:
+                buffer = MetricsBuffer(
+                    store,
+                    flush_interval_s=policy.store.flush_interval_s,
+                    max_pending=policy.store.buffer_max,
+                )
+                buffer.start()
+                _buffers[id(store)] = buffer
+    return buffer
+
+
+def flush_metrics() -> bool:
+    """Write every buffered metric now; True if every store took them."""
+    took_all = True
+    for buffer in list(_buffers.values()):
+        took_all = buffer.flush() and took_all  # flush every buffer, even after a failure
+    return took_all
+
+
+def stop_buffers() -> None:
+    """Flush and stop every buffer (at exit, and between tests)."""
+    with _buffers_lock:
+        buffers = list(_buffers.values())
+        _buffers.clear()
+    for buffer in buffers:
+        buffer.stop()
+
+
+def _restart_after_fork() -> None:
+    # The writer threads did not survive the fork. Engines keep their buffers'
+    # deques, so each buffer restarts in place; what was pending belongs to the
+    # parent, which still writes it, so the child drops its copy.
+    for buffer in _buffers.values():
+        buffer.rows.clear()
+        buffer.rejections.clear()
+        buffer._retry = []
+        buffer._flush_lock = threading.Lock()
+        buffer._wake = threading.Event()
+        buffer._thread = None
+        buffer._pid = os.getpid()
+        buffer.start()
+
+
+os.register_at_fork(after_in_child=_restart_after_fork)
+atexit.register(stop_buffers)
