@@ -23,7 +23,7 @@ from connector_resilience import _clock, _waits
 from connector_resilience.backends import CallStatus, Store, open_store, store_for_policy
 from connector_resilience.circuit import CircuitBreaker, Outcome, StateChange, breaker_for
 from connector_resilience.errors import CircuitOpenError
-from connector_resilience.metrics import buffer_for
+from connector_resilience.metrics import Series, buffer_for
 from connector_resilience.policy import Policy, current_policy
 from connector_resilience.retry import exception_predicate, wait_backoff
 
@@ -104,6 +104,8 @@ class CallSpec:
 
 
 _NO_SPEC = CallSpec()
+#: An engine without metrics has no series (nor a ``record_success`` to use it).
+_NO_SERIES = Series("", "")
 
 
 def _with_status(labels: Mapping[str, str] | None, value: Any) -> Mapping[str, str] | None:
@@ -158,6 +160,10 @@ class Engine:
         buffer = buffer_for(store, view) if options.metrics else None
         self.rows = buffer.rows if buffer is not None else None
         self.rejections = buffer.rejections if buffer is not None else None
+        #: The hot path of a first-attempt success: append ``(start, end, series)``
+        #: (perf-counter times); the writer thread derives duration and time.
+        self.record_success = buffer.successes.append if buffer is not None else None
+        self.series = buffer.series(connector, operation, self.labels) if buffer else _NO_SERIES
         # OAUTH2_REQUIRED without tokens=: refuse to call out with no usable token.
         self.gate: Callable[[], object] | None = None
         if view.oauth.required and options.tokens is None:

@@ -273,11 +273,47 @@ class StorePolicy(BaseModel):
         "Metrics held in memory while the store is unreachable; older ones are dropped.",
         ge=1,
     )
+    metrics_mode: Literal["aggregated", "raw"] = _env(
+        "CONNECTOR_METRICS_MODE",
+        "aggregated",
+        "aggregated: one row per (connector, operation, status, labels) per interval, with a "
+        "latency histogram (1% relative error); raw: one record per attempt.",
+    )
+    metrics_interval_s: float = _env(
+        "CONNECTOR_METRICS_INTERVAL_S",
+        1.0,
+        "Aggregated metrics: length of the finest row's interval; divides 60 s, at most 30.",
+        gt=0,
+        le=30,
+    )
+    metrics_max_keys: int = _env(
+        "CONNECTOR_METRICS_MAX_KEYS",
+        1000,
+        "Aggregated metrics: keys held per interval; past it the oldest key is written early.",
+        ge=1,
+    )
+    metrics_pending_max: int = _env(
+        "CONNECTOR_METRICS_PENDING_MAX",
+        100_000,
+        "Attempts buffered between two writer ticks; past it the oldest are dropped and counted.",
+        ge=1,
+    )
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         # A store URL may carry a password (redis://:secret@host): never show it.
         for name, value in super().__repr_args__():
             yield name, redact_url(value) if name == "url" and isinstance(value, str) else value
+
+    @field_validator("metrics_interval_s")
+    @classmethod
+    def _divides_a_minute(cls, interval: float) -> float:
+        ratio = 60.0 / interval
+        if abs(ratio - round(ratio)) > 1e-9:
+            raise ValueError(
+                "CONNECTOR_METRICS_INTERVAL_S must divide 60 seconds evenly "
+                "(0.5, 1, 2, 5, 10, 15 or 30, for example)"
+            )
+        return interval
 
     @field_validator("url")
     @classmethod

@@ -18,7 +18,6 @@ import asyncio
 import functools
 import inspect
 import threading
-import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
@@ -285,7 +284,7 @@ def resilient(
 
 
 def _sync_wrapper(fn: Callable[P, R], engines: _Engines) -> Callable[P, R]:
-    perf = time.perf_counter
+    clock = _clock
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -294,8 +293,11 @@ def _sync_wrapper(fn: Callable[P, R], engines: _Engines) -> Callable[P, R]:
             engine.gate()
         breaker = engine.breaker
         probe = None
-        if breaker is not None and (now := _clock.monotonic()) >= breaker.admit_until:
-            if now < breaker.refuse_until:
+        # One clock read admits the call and starts its timing (see _clock).
+        perf = clock.perf
+        start = perf()
+        if breaker is not None and start >= breaker.admit_until:
+            if start < breaker.refuse_until:
                 rejection = fast_circuit_open_error(*breaker.rejection_args)
                 engine.rejected(rejection)
                 raise rejection
@@ -304,7 +306,7 @@ def _sync_wrapper(fn: Callable[P, R], engines: _Engines) -> Callable[P, R]:
             except CircuitOpenError as exc:
                 engine.rejected(exc)
                 raise
-        start = perf()
+            start = perf()  # the admission may have read the store: not the call's time
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
@@ -314,8 +316,10 @@ def _sync_wrapper(fn: Callable[P, R], engines: _Engines) -> Callable[P, R]:
         if engine.retry_result is not None and engine.retry_result(result):
             plan = engine.plan(probe, (True, result, start, end))
             return cast(R, run_sync(plan, fn, args, kwargs, engine))
-        if engine.succeeded(start, end, probe):
-            assert breaker is not None
+        record = engine.record_success
+        if record is not None:
+            record((start, end, engine.series))
+        if breaker is not None and (probe is not None or not breaker.success_is_trivial):
             breaker.report(probe, "success", duration_ms=(end - start) * 1000.0)
         return result
 
@@ -323,7 +327,7 @@ def _sync_wrapper(fn: Callable[P, R], engines: _Engines) -> Callable[P, R]:
 
 
 def _async_wrapper(fn: Callable[P, Awaitable[R]], engines: _Engines) -> Callable[P, Awaitable[R]]:
-    perf = time.perf_counter
+    clock = _clock
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -336,8 +340,11 @@ def _async_wrapper(fn: Callable[P, Awaitable[R]], engines: _Engines) -> Callable
             await asyncio.to_thread(engine.gate)  # a store read, maybe over the network
         breaker = engine.breaker
         probe = None
-        if breaker is not None and (now := _clock.monotonic()) >= breaker.admit_until:
-            if now < breaker.refuse_until:
+        # One clock read admits the call and starts its timing (see _clock).
+        perf = clock.perf
+        start = perf()
+        if breaker is not None and start >= breaker.admit_until:
+            if start < breaker.refuse_until:
                 rejection = fast_circuit_open_error(*breaker.rejection_args)
                 engine.rejected(rejection)
                 raise rejection
@@ -346,7 +353,7 @@ def _async_wrapper(fn: Callable[P, Awaitable[R]], engines: _Engines) -> Callable
             except CircuitOpenError as exc:
                 engine.rejected(exc)
                 raise
-        start = perf()
+            start = perf()  # the admission may have read the store: not the call's time
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
@@ -356,8 +363,10 @@ def _async_wrapper(fn: Callable[P, Awaitable[R]], engines: _Engines) -> Callable
         if engine.retry_result is not None and engine.retry_result(result):
             plan = engine.plan(probe, (True, result, start, end))
             return cast(R, await run_async(plan, fn, args, kwargs, engine))
-        if engine.succeeded(start, end, probe):
-            assert breaker is not None
+        record = engine.record_success
+        if record is not None:
+            record((start, end, engine.series))
+        if breaker is not None and (probe is not None or not breaker.success_is_trivial):
             await breaker.areport(probe, "success", duration_ms=(end - start) * 1000.0)
         return result
 

@@ -95,6 +95,9 @@ class FakeClock:
     def __init__(self, *, start: float | None = None) -> None:
         self._wall = time.time() if start is None else start
         self._mono = 1_000_000.0
+        # The call timer runs at real speed plus every jump, so durations stay
+        # real and it never reads less than the fake monotonic clock.
+        self._perf_base = self._mono - time.perf_counter()
         self._saved: tuple[Any, ...] | None = None
 
     def wall(self) -> float:
@@ -105,17 +108,34 @@ class FakeClock:
         """The fake monotonic time."""
         return self._mono
 
+    def perf(self) -> float:
+        """The call timer: real time since the clock was made, plus every jump."""
+        return time.perf_counter() + self._perf_base
+
     def advance(self, seconds: float) -> None:
-        """Move both clocks forward."""
+        """Move both clocks forward.
+
+        Calls buffered so far keep the time they were made at: their metrics
+        are aggregated first.
+        """
         if seconds < 0:
             raise ValueError("a clock only moves forward")
+        if self._saved is not None:
+            from connector_resilience.metrics import drain_metrics
+
+            drain_metrics()
         self._wall += seconds
         self._mono += seconds
+        self._perf_base += seconds
 
     def __enter__(self) -> FakeClock:
-        self._saved = (_clock.wall, _clock.monotonic, _waits.sleep, _waits.asleep)
+        from connector_resilience.metrics import drain_metrics
+
+        drain_metrics()
+        self._saved = (_clock.wall, _clock.monotonic, _clock.perf, _waits.sleep, _waits.asleep)
         _clock.wall = self.wall
         _clock.monotonic = self.monotonic
+        _clock.perf = self.perf
 
         async def _nothing() -> None:
             return None
@@ -130,7 +150,10 @@ class FakeClock:
 
     def __exit__(self, *exc: object) -> None:
         assert self._saved is not None
-        _clock.wall, _clock.monotonic, _waits.sleep, _waits.asleep = self._saved
+        from connector_resilience.metrics import drain_metrics
+
+        drain_metrics()
+        _clock.wall, _clock.monotonic, _clock.perf, _waits.sleep, _waits.asleep = self._saved
         self._saved = None
 
 

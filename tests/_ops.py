@@ -42,10 +42,10 @@ def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def policy_for(url: str) -> Policy:
+def policy_for(url: str, *, metrics_mode: str = "aggregated") -> Policy:
     """Fast retries, a breaker that opens after 3 failed calls and probes every call."""
     return Policy(
-        store={"url": url},
+        store={"url": url, "metrics_mode": metrics_mode},
         retry={"max_attempts": 2, "base_ms": 1, "cap_ms": 2, "jitter_pct": 0.0},
         circuit={"failures_to_open": 3, "cooldown_s": 30, "half_open_prob": 1.0},
     )
@@ -61,8 +61,14 @@ class Connectors:
       calls its breaker opens (down).
     """
 
-    def __init__(self, url: str, *, latency_s: Callable[[], float] = lambda: 0.0) -> None:
-        policy = policy_for(url)
+    def __init__(
+        self,
+        url: str,
+        *,
+        latency_s: Callable[[], float] = lambda: 0.0,
+        metrics_mode: str = "aggregated",
+    ) -> None:
+        policy = policy_for(url, metrics_mode=metrics_mode)
         self.attempts = 0
         self._latency_s = latency_s
 

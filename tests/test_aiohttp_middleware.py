@@ -70,7 +70,7 @@ async def test_retries_503_until_success(server: FaultServer, waits: list[float]
 async def test_metrics_carry_method_host_and_status_not_the_url(
     server: FaultServer, waits: list[float]
 ) -> None:
-    policy = _policy()
+    policy = _policy(store={"metrics_mode": "raw"})  # one record per attempt, to read back
     server.script("/users/42/secret-path", [Action(502)])
     async with _session(server, ResilienceMiddleware("api", policy=policy)) as session:
         async with session.get("/users/42/secret-path?token=abc") as response:

@@ -29,6 +29,13 @@ def filled(shared_store_url: str) -> str:
     return shared_store_url
 
 
+@pytest.fixture
+def filled_raw(shared_store_url: str) -> str:
+    """Like ``filled``, with one record per attempt (``export`` writes records)."""
+    Connectors(shared_store_url, metrics_mode="raw").run()
+    return shared_store_url
+
+
 def _rows(table: str) -> dict[str, list[str]]:
     """Table lines by their first cell."""
     return {line.split()[0]: line.split() for line in table.splitlines() if line.strip()}
@@ -185,7 +192,10 @@ def test_circuit_json_reports_the_new_record(filled: str) -> None:
     assert open_store(filled).get_circuit("search") is not None
 
 
-def test_export_jsonl_and_csv_hold_every_record_in_the_window(filled: str, tmp_path: Path) -> None:
+def test_export_jsonl_and_csv_hold_every_record_in_the_window(
+    filled_raw: str, tmp_path: Path
+) -> None:
+    filled = filled_raw
     records = open_store(filled).read_calls(since=0)
     out = tmp_path / "metrics.jsonl"
     result = run_cli("--store", filled, "export", "--format", "jsonl", "--output", str(out))
@@ -216,9 +226,10 @@ def test_export_shows_progress_on_stderr_when_asked(filled: str, tmp_path: Path)
 
 
 def test_compact_drops_metrics_past_the_retention(shared_store_url: str) -> None:
+    # Raw records, so that the counts are calls (aggregated rows are counted as rows).
     with testing.FakeClock(start=time.time() - 3 * 86400):
-        Connectors(shared_store_url).run(search=0, inventory=0)  # 10 calls, 3 days ago
-    Connectors(shared_store_url).run(billing=4, search=0, inventory=0)  # 4 calls now
+        Connectors(shared_store_url, metrics_mode="raw").run(search=0, inventory=0)  # 10, 3 d ago
+    Connectors(shared_store_url, metrics_mode="raw").run(billing=4, search=0, inventory=0)
     close_all_stores()
     result = run_cli(
         "--store", shared_store_url, "--json", "compact", "--retention", "86400", "--progress"

@@ -310,7 +310,7 @@ def test_page_assets_ship_inside_the_package() -> None:
 
 def test_an_unreadable_store_makes_healthz_503_and_keeps_the_last_view(tmp_path: Path) -> None:
     url = f"jsonl://{tmp_path / 'state'}"
-    Connectors(url).run(billing=3, search=0, inventory=0)
+    Connectors(url, metrics_mode="raw").run(billing=3, search=0, inventory=0)  # metrics.jsonl
     store = open_store(url)
     state = DashboardState(store=store, policy=policy_for(url), window_s=600)
     state.refresh()

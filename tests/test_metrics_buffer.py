@@ -15,7 +15,7 @@ import pytest
 
 from connector_resilience import flush_metrics as public_flush_metrics
 from connector_resilience import testing
-from connector_resilience.backends import CallRecord
+from connector_resilience.backends import CallAggregate, CallRecord
 from connector_resilience.backends.memory import MemoryStore
 from connector_resilience.metrics import (
     MetricsBuffer,
@@ -45,8 +45,19 @@ class SwitchableStore(MemoryStore):
         self.appended_batches.append(len(records))
         super().append_calls(records)
 
+    def append_aggregates(self, rows: Sequence[CallAggregate]) -> None:
+        self.append_attempts += 1
+        if self.down:
+            raise ConnectionError("store unreachable")
+        self.appended_batches.append(len(rows))
+        super().append_aggregates(rows)
+
     def operations(self) -> list[str]:
-        return [r.operation for r in self.read_calls(since=0)]
+        """Operations written, raw and aggregated (one per attempt), oldest first."""
+        found = [(r.ts, r.operation) for r in self.read_calls(since=0)]
+        for row in self.read_aggregates(resolution=1, since=0):
+            found += [(row.last_ts, row.operation)] * row.attempts
+        return [operation for _, operation in sorted(found)]
 
 
 def quiet_policy(buffer_max: int = 50_000) -> Policy:

@@ -56,6 +56,10 @@ def waits() -> Iterator[list[float]]:
         yield asked
 
 
+#: Per-attempt records in the store: the tests that read them back use raw metrics.
+RAW = {"metrics_mode": "raw"}
+
+
 def _records(policy: Policy) -> list[CallRecord]:
     summarize(policy=policy)  # flushes the buffer
     from connector_resilience.backends import store_for_policy
@@ -64,7 +68,7 @@ def _records(policy: Policy) -> list[CallRecord]:
 
 
 def test_success_returns_and_records_one_attempt() -> None:
-    policy = _policy()
+    policy = _policy(store=RAW)
 
     @resilient("api", policy=policy)
     def fetch(x: int) -> int:
@@ -77,7 +81,7 @@ def test_success_returns_and_records_one_attempt() -> None:
 
 
 def test_retries_until_success_with_the_policy_schedule(waits: list[float]) -> None:
-    policy = _policy()
+    policy = _policy(store=RAW)
     flaky = Flaky(2)
     fetch = resilient("api", policy=policy)(flaky)
     assert fetch("done") == "done"
@@ -429,6 +433,9 @@ class BrokenMetricsStore(MemoryStore):
     def append_calls(self, records: Any) -> None:
         raise StoreError("disk full")
 
+    def append_aggregates(self, rows: Any) -> None:
+        raise StoreError("disk full")
+
 
 def test_a_store_fault_never_fails_the_call(caplog: pytest.LogCaptureFixture) -> None:
     store: Store = BrokenMetricsStore("memory://broken")
@@ -515,7 +522,7 @@ def test_reset_makes_decorated_functions_read_the_environment_again(
 
 
 def test_rejections_are_counted_exactly_in_few_records(waits: list[float]) -> None:
-    policy = _policy(retry={"max_attempts": 1}, circuit={"failures_to_open": 1})
+    policy = _policy(retry={"max_attempts": 1}, circuit={"failures_to_open": 1}, store=RAW)
     flaky = Flaky(100)
     fetch = resilient("api", policy=policy)(flaky)
     with pytest.raises(ConnectionError):

@@ -18,6 +18,7 @@ from __future__ import annotations
 from connector_resilience._store_urls import known_schemes, redact_url, scheme_of
 from connector_resilience.backends._protocols import (
     DEFAULT_LOCK_LEASE_S,
+    AggregateStore,
     CircuitStore,
     MetricsStore,
     Store,
@@ -26,12 +27,14 @@ from connector_resilience.backends._protocols import (
 )
 from connector_resilience.backends._records import (
     PARSE_ERRORS,
+    CallAggregate,
     CallRecord,
     CallStatus,
     CircuitOverride,
     CircuitRecord,
     CircuitState,
     StoreStats,
+    aggregate_tier,
     filter_window,
 )
 from connector_resilience.backends._registry import (
@@ -44,6 +47,8 @@ from connector_resilience.backends._registry import (
 __all__ = [
     "DEFAULT_LOCK_LEASE_S",
     "PARSE_ERRORS",
+    "AggregateStore",
+    "CallAggregate",
     "CallRecord",
     "CallStatus",
     "CircuitOverride",
@@ -55,6 +60,7 @@ __all__ = [
     "StoreFactory",
     "StoreStats",
     "TokenStore",
+    "aggregate_tier",
     "close_all_stores",
     "filter_window",
     "known_schemes",

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, runtime_checkable
 
-from connector_resilience.backends._records import CallRecord, CircuitRecord
+from connector_resilience.backends._records import CallAggregate, CallRecord, CircuitRecord
 
 
 @runtime_checkable
@@ -87,6 +87,30 @@ class MetricsStore(Protocol):
 
     def connectors(self) -> list[str]:
         """Every connector this store knows of, from metrics, circuits or tokens."""
+        ...
+
+
+@runtime_checkable
+class AggregateStore(Protocol):
+    """Aggregated call metrics: one row per key per interval, kept per resolution.
+
+    Every built-in store implements it; a store of your own that does not is
+    written raw call records instead (as with ``CONNECTOR_METRICS_MODE=raw``).
+    """
+
+    def append_aggregates(self, rows: Sequence[CallAggregate]) -> None:
+        """Persist rows; when this returns they survive the process being killed."""
+        ...
+
+    def read_aggregates(
+        self,
+        *,
+        resolution: float,
+        since: float,
+        until: float | None = None,
+        connector: str | None = None,
+    ) -> list[CallAggregate]:
+        """Rows of ``resolution`` whose interval starts in ``[since, until)``."""
         ...
 
 

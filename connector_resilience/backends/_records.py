@@ -117,6 +117,126 @@ class CallRecord(NamedTuple):
         )
 
 
+class CallAggregate(NamedTuple):
+    """The calls of one (connector, operation, status, labels) over one interval.
+
+    Aggregated metrics write one of these per key per interval instead of one
+    :class:`CallRecord` per attempt. Rows of the same key merge by adding
+    their counts and histograms, so a summary costs the number of rows in
+    its window, not the number of calls.
+
+    Attributes:
+        ts: start of the interval (a multiple of ``resolution`` since the epoch).
+        resolution: the interval's length in seconds (1, 60 or 3600 by default).
+        connector: connector name.
+        operation: operation name.
+        status: ``"ok"``, ``"error"`` or ``"rejected"``.
+        attempts: attempts in the interval (for ``rejected``: refused calls).
+        finals: of those, the last attempts of their calls.
+        last_ts: time of the newest attempt counted.
+        histogram: attempt durations as runs of log-bucket counts:
+            ``((first bucket index, count, count, ...), ...)`` (see
+            ``connector_resilience.metrics.histogram``).
+        errors: failed attempts per exception type name (``error`` rows).
+        labels: low-cardinality extras such as HTTP method, host and status code.
+        dropped: attempts this writer measured but could not keep (a full
+            buffer, or a store down for too long), counted here instead.
+    """
+
+    ts: float
+    resolution: float
+    connector: str
+    operation: str
+    status: CallStatus
+    attempts: int
+    finals: int
+    last_ts: float
+    histogram: tuple[tuple[int, ...], ...] = ()
+    errors: Mapping[str, int] | None = None
+    labels: Mapping[str, str] | None = None
+    dropped: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The row as a JSON-ready mapping (its JSONL line format)."""
+        out: dict[str, Any] = {
+            "ts": self.ts,
+            "res": self.resolution,
+            "connector": self.connector,
+            "operation": self.operation,
+            "status": self.status,
+            "attempts": self.attempts,
+            "finals": self.finals,
+            "last": self.last_ts,
+            "h": self.histogram,
+        }
+        if self.errors:
+            out["errors"] = dict(self.errors)
+        if self.labels:
+            out["labels"] = dict(self.labels)
+        if self.dropped:
+            out["dropped"] = self.dropped
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CallAggregate:
+        """Parse one row; raise ``ValueError``/``TypeError``/``KeyError`` on a bad one."""
+        status = data["status"]
+        if status not in ("ok", "error", "rejected"):
+            raise ValueError(f"bad status {status!r}")
+        ts, resolution, last = data["ts"], data["res"], data["last"]
+        for number in (ts, resolution, last):
+            if not isinstance(number, int | float) or isinstance(number, bool):
+                raise TypeError("ts, res and last must be numbers")
+            if not math.isfinite(number):
+                raise ValueError("ts, res and last must be finite")
+        if not resolution > 0:
+            raise ValueError("res must be > 0")
+        attempts, finals, dropped = data["attempts"], data["finals"], data.get("dropped", 0)
+        for count in (attempts, finals, dropped):
+            if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+                raise ValueError("attempts, finals and dropped must be integers >= 0")
+        connector, operation = data["connector"], data["operation"]
+        if not isinstance(connector, str) or not isinstance(operation, str):
+            raise TypeError("connector and operation must be strings")
+        runs = data.get("h") or ()
+        if not isinstance(runs, list | tuple):
+            raise TypeError("h must be a list of runs")
+        histogram = tuple(_histogram_run(run) for run in runs)
+        errors = data.get("errors")
+        if errors is not None and not (
+            isinstance(errors, dict) and all(type(v) is int and v >= 0 for v in errors.values())
+        ):
+            raise ValueError("bad errors")
+        labels = data.get("labels")
+        if labels is not None and not (
+            isinstance(labels, dict) and all(isinstance(v, str) for v in labels.values())
+        ):
+            raise ValueError("bad labels")
+        return cls(
+            ts=float(ts),
+            resolution=float(resolution),
+            connector=connector,
+            operation=operation,
+            status=status,
+            attempts=attempts,
+            finals=finals,
+            last_ts=float(last),
+            histogram=histogram,
+            errors=errors or None,
+            labels=labels or None,
+            dropped=dropped,
+        )
+
+
+def _histogram_run(run: Any) -> tuple[int, ...]:
+    """One run of a stored histogram: a bucket index, then counts (all integers)."""
+    if not isinstance(run, list | tuple) or len(run) < 2:
+        raise ValueError("a histogram run is [index, count, ...]")
+    if not all(type(v) is int for v in run) or any(v < 0 for v in run[1:]):
+        raise ValueError("histogram runs hold integers, counts >= 0")
+    return tuple(run)
+
+
 CircuitState = Literal["closed", "open", "half_open"]
 CircuitOverride = Literal["forced_open", "disabled"]
 
@@ -207,6 +327,15 @@ class StoreStats:
     skipped_lines: int = 0
     torn_lines: int = 0
     notes: list[str] = field(default_factory=list)
+
+
+def aggregate_tier(resolution: float) -> float:
+    """The tier a row of ``resolution`` is kept in: 3600, 60, or 1 for anything finer."""
+    if resolution >= 3600:
+        return 3600.0
+    if resolution >= 60:
+        return 60.0
+    return 1.0
 
 
 def filter_window(

@@ -11,6 +11,12 @@
 * Metrics are in time order (up to a few seconds of buffering), so a window
   query bisects the file and reads only the window.
 * ``compact()`` rewrites each file under its lock: temp file, fsync, rename.
+* Aggregated metrics go beside the metrics file, one file per tier
+  (``metrics.1s.jsonl``, ``metrics.1m.jsonl``, ``metrics.1h.jsonl``), and the
+  connectors index (``metrics.connectors.jsonl``) lists every connector metrics
+  were written for, so listing connectors never reads the history. A folder
+  from an older version has no index: the first listing builds it from one
+  scan of the metrics (the in-place migration; schema version in its first line).
 """
 
 from __future__ import annotations
@@ -32,7 +38,14 @@ from typing import IO, Any, TypeVar
 from filelock import FileLock, Timeout
 
 from connector_resilience import _clock
-from connector_resilience.backends import PARSE_ERRORS, CallRecord, CircuitRecord, StoreStats
+from connector_resilience.backends import (
+    PARSE_ERRORS,
+    CallAggregate,
+    CallRecord,
+    CircuitRecord,
+    StoreStats,
+    aggregate_tier,
+)
 from connector_resilience.backends._files import (
     PRIVATE_FILE_MODE,
     atomic_write_lines,
@@ -51,6 +64,13 @@ logger = logging.getLogger("connector_resilience.store")
 ORDER_SLACK_S = 300.0
 #: Below this many bytes a window search stops bisecting and scans.
 _SCAN_BYTES = 64 * 1024
+#: Aggregated rows are read in chunks of this size, so a window at the start
+#: of a long file does not read the whole file.
+_CHUNK_BYTES = 256 * 1024
+#: The metrics schema of a JSONL folder: 1 had raw records only; 2 adds the
+#: aggregate tiers and the connectors index, whose first line records it.
+SCHEMA_VERSION = 2
+_TIER_SUFFIXES = {1.0: "1s", 60.0: "1m", 3600.0: "1h"}
 _LOCK_TIMEOUT_S = 30.0
 _POLL_S = 0.0005
 
@@ -184,6 +204,41 @@ class _LastWins:
             return self.values
 
 
+class _NameIndex:
+    """The connectors index file, read incrementally: a schema line, then one name a line."""
+
+    def __init__(self, file: _LockedFile) -> None:
+        self.file = file
+        self._lock = threading.Lock()
+        self._inode: tuple[int, int] | None = None
+        self._offset = 0
+        self.names: set[str] = set()
+
+    def refresh(self) -> set[str]:
+        """Read what was appended since the last call (or everything after a rewrite)."""
+        with self._lock:
+            try:
+                st = os.stat(self.file.path)
+            except FileNotFoundError:
+                self._inode, self._offset, self.names = None, 0, set()
+                return set()
+            inode = (st.st_dev, st.st_ino)
+            if inode != self._inode or st.st_size < self._offset:
+                self._inode, self._offset, self.names = inode, 0, set()
+            if st.st_size > self._offset:
+                with open(self.file.path, "rb") as handle:
+                    handle.seek(self._offset)
+                    chunk = handle.read(st.st_size - self._offset)
+                end = chunk.rfind(b"\n") + 1
+                for line in chunk[:end].splitlines():
+                    with contextlib.suppress(*PARSE_ERRORS):
+                        name = json.loads(line).get("connector")
+                        if isinstance(name, str):
+                            self.names.add(name)
+                self._offset += end
+            return set(self.names)
+
+
 class JsonlStore:
     """The JSONL store: metrics, circuit state and tokens in three files.
 
@@ -211,9 +266,15 @@ class JsonlStore:
         )
         self._circuits = _LastWins(self._circuits_file, _parse_circuit, "connector")
         self._tokens = _LastWins(self._tokens_file, _parse_token, "connector")
-        self._names_offset: tuple[tuple[int, int] | None, int] = (None, 0)
-        self._metric_names: set[str] = set()
-        self._names_lock = threading.Lock()
+        base = Path(metrics_path)
+        self._tiers = {
+            tier: _LockedFile(base.with_name(f"{base.stem}.{suffix}{base.suffix or '.jsonl'}"))
+            for tier, suffix in _TIER_SUFFIXES.items()
+        }
+        self._index_file = _LockedFile(
+            base.with_name(f"{base.stem}.connectors{base.suffix or '.jsonl'}")
+        )
+        self._index = _NameIndex(self._index_file)
 
     @staticmethod
     def key_for_paths(
@@ -253,10 +314,20 @@ class JsonlStore:
         }
 
     @property
+    def metrics_paths(self) -> dict[str, Path]:
+        """The files of aggregated metrics (by tier) and the connectors index."""
+        out = {
+            f"metrics-{suffix}": self._tiers[tier].path for tier, suffix in _TIER_SUFFIXES.items()
+        }
+        out["connectors"] = self._index_file.path
+        return out
+
+    @property
     def stats(self) -> StoreStats:
-        """Lines skipped so far across the three files."""
+        """Lines skipped so far across the files."""
         total = StoreStats()
-        for file in (self._metrics, self._circuits_file, self._tokens_file):
+        files = (self._metrics, self._circuits_file, self._tokens_file, *self._tiers.values())
+        for file in files:
             total.skipped_lines += file.stats.skipped_lines
             total.torn_lines += file.stats.torn_lines
         return total
@@ -345,6 +416,50 @@ class JsonlStore:
         lines = [_dumps(r.to_json()) for r in records]
         with self._metrics.locked():
             self._metrics.append(lines)
+            self._index_names({r.connector for r in records})
+
+    def append_aggregates(self, rows: Sequence[CallAggregate]) -> None:
+        """Append aggregated rows to their tiers' files, under the metrics lock."""
+        if not rows:
+            return
+        by_tier: dict[float, list[bytes]] = {}
+        for row in rows:
+            by_tier.setdefault(aggregate_tier(row.resolution), []).append(_dumps(row.to_json()))
+        with self._metrics.locked():
+            for tier, lines in by_tier.items():
+                self._tiers[tier].append(lines)
+            self._index_names({r.connector for r in rows})
+
+    def _index_names(self, names: set[str]) -> None:
+        """Add names the connectors index lacks; the caller holds the metrics lock."""
+        known = self._indexed()
+        new = names.difference(known)
+        if new:
+            self._index_file.append([_dumps({"connector": n}) for n in sorted(new)])
+
+    def _indexed(self) -> set[str]:
+        """The connectors index, built from the history first if this folder predates it."""
+        if not self._index_file.path.exists():
+            self._build_index()
+        return self._index.refresh()
+
+    def _build_index(self) -> None:
+        """The migration to schema 2: list every connector of the existing history, once."""
+        names: set[str] = set()
+        for file in (self._metrics, *self._tiers.values()):
+            with contextlib.suppress(FileNotFoundError), open(file.path, "rb") as handle:
+                carry = b""
+                while chunk := handle.read(_CHUNK_BYTES * 16):
+                    data = carry + chunk
+                    end = data.rfind(b"\n") + 1
+                    carry = data[end:]
+                    for match in _CONNECTOR_RE.finditer(data, 0, end):
+                        with contextlib.suppress(ValueError):
+                            names.add(json.loads(match.group(1)))
+        ensure_private_dir(self._index_file.path.parent)
+        lines = [_dumps({"schema": SCHEMA_VERSION})]
+        lines += [_dumps({"connector": n}) for n in sorted(names) if isinstance(n, str)]
+        atomic_write_lines(self._index_file.path, lines)
 
     def read_calls(
         self, *, since: float, until: float | None = None, connector: str | None = None
@@ -388,33 +503,63 @@ class JsonlStore:
             logger.warning("skipped %d unreadable line(s) in %s", bad, path)
         return out
 
+    def read_aggregates(
+        self,
+        *,
+        resolution: float,
+        since: float,
+        until: float | None = None,
+        connector: str | None = None,
+    ) -> list[CallAggregate]:
+        """Rows of the tier of ``resolution`` starting in ``[since, until)``, read by chunks."""
+        file = self._tiers[aggregate_tier(resolution)]
+        try:
+            handle = open(file.path, "rb")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StoreError(f"cannot read {file.path}: {exc}") from exc
+        out: list[CallAggregate] = []
+        bad = 0
+        stop = None if until is None else until + ORDER_SLACK_S
+        with handle:
+            size = os.fstat(handle.fileno()).st_size
+            handle.seek(_window_start(handle, size, since - ORDER_SLACK_S))
+            carry = b""
+            done = False
+            while not done:
+                chunk = handle.read(_CHUNK_BYTES)
+                if not chunk:
+                    break
+                data = carry + chunk
+                end = data.rfind(b"\n") + 1
+                carry = data[end:]
+                for line in data[:end].splitlines():
+                    if not line.strip():
+                        continue
+                    try:
+                        row = CallAggregate.from_json(json.loads(line))
+                    except PARSE_ERRORS:
+                        bad += 1
+                        continue
+                    if stop is not None and row.ts >= stop:
+                        done = True  # past the window by more than the ordering slack
+                        break
+                    if row.ts < since or (until is not None and row.ts >= until):
+                        continue
+                    if connector is None or row.connector == connector:
+                        out.append(row)
+        if bad:
+            file.stats.skipped_lines += bad
+            logger.warning("skipped %d unreadable line(s) in %s", bad, file.path)
+        return out
+
     def connectors(self) -> list[str]:
-        """Connectors named in metrics, circuits or tokens."""
-        names = set(self._metric_connector_names())
+        """Connectors named in metrics (from the index), circuits or tokens."""
+        names = set(_guard(self._indexed, self._index_file))
         names.update(self.list_circuits())
         names.update(self.list_tokens())
         return sorted(names)
-
-    def _metric_connector_names(self) -> set[str]:
-        path = self._metrics.path
-        with self._names_lock:
-            try:
-                st = os.stat(path)
-            except FileNotFoundError:
-                return set()
-            inode, offset = self._names_offset
-            if inode != (st.st_dev, st.st_ino) or st.st_size < offset:
-                offset = 0
-                self._metric_names = set()
-            with open(path, "rb") as handle:
-                handle.seek(offset)
-                chunk = handle.read(st.st_size - offset)
-            end = chunk.rfind(b"\n") + 1
-            for match in _CONNECTOR_RE.finditer(chunk, 0, end):
-                with contextlib.suppress(ValueError):
-                    self._metric_names.add(json.loads(match.group(1)))
-            self._names_offset = ((st.st_dev, st.st_ino), offset + end)
-            return set(self._metric_names)
 
     # Maintenance --------------------------------------------------------
 
@@ -426,6 +571,10 @@ class JsonlStore:
             tally = {"metrics_kept": 0, "metrics_dropped": 0}
             if self._metrics.path.exists():
                 atomic_write_lines(self._metrics.path, _retained(self._metrics.path, cutoff, tally))
+            for tier in self._tiers.values():
+                if tier.path.exists():
+                    atomic_write_lines(tier.path, _retained_rows(tier.path, cutoff, tally))
+            self._build_index()  # connectors whose metrics are all gone leave it
             counts.update(tally)
         for kind, file, reader in (
             ("circuits", self._circuits_file, self._circuits),
@@ -459,6 +608,22 @@ def _retained(path: Path, cutoff: float, tally: dict[str, int]) -> Iterator[byte
                 continue
             tally["metrics_kept"] += 1
             yield _dumps(record.to_json())
+
+
+def _retained_rows(path: Path, cutoff: float, tally: dict[str, int]) -> Iterator[bytes]:
+    """Stream the aggregated rows still inside the retention; count the rest."""
+    with open(path, "rb") as handle:
+        for line in handle:
+            try:
+                row = CallAggregate.from_json(json.loads(line))
+            except PARSE_ERRORS:
+                tally["metrics_dropped"] += 1
+                continue
+            if row.ts + row.resolution <= cutoff:
+                tally["metrics_dropped"] += 1
+                continue
+            tally["metrics_kept"] += 1
+            yield _dumps(row.to_json())
 
 
 def _as_json(value: Any) -> dict[str, Any]:

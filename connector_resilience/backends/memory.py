@@ -13,7 +13,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from connector_resilience import _clock
-from connector_resilience.backends import CallRecord, CircuitRecord, filter_window
+from connector_resilience.backends import (
+    CallAggregate,
+    CallRecord,
+    CircuitRecord,
+    aggregate_tier,
+    filter_window,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -37,6 +43,10 @@ class MemoryStore:
         # Kept sorted by ts so a window read is a bisect, not a scan.
         self._ts: list[float] = []
         self._calls: list[CallRecord] = []
+        # Aggregated rows per tier, sorted by ts like the calls.
+        self._aggregates: dict[float, tuple[list[float], list[CallAggregate]]] = {}
+        # The connectors index: every name metrics were written for.
+        self._metric_names: set[str] = set()
 
     def __repr__(self) -> str:
         return f"MemoryStore({self.url!r})"
@@ -109,18 +119,46 @@ class MemoryStore:
     def append_calls(self, records: Sequence[CallRecord]) -> None:
         """Insert records in timestamp order."""
         with self._lock:
-            for record in records:
-                if not self._ts or record.ts >= self._ts[-1]:
-                    self._ts.append(record.ts)
-                    self._calls.append(record)
-                else:
-                    index = bisect.bisect_right(self._ts, record.ts)
-                    self._ts.insert(index, record.ts)
-                    self._calls.insert(index, record)
+            _insert_sorted(self._ts, self._calls, records)
+            self._metric_names.update(r.connector for r in records)
             excess = len(self._calls) - self._max_records
             if excess > 0:
                 del self._ts[:excess]
                 del self._calls[:excess]
+
+    def append_aggregates(self, rows: Sequence[CallAggregate]) -> None:
+        """Insert aggregated rows in timestamp order, per tier."""
+        with self._lock:
+            for row in rows:
+                tier = self._aggregates.setdefault(aggregate_tier(row.resolution), ([], []))
+                _insert_sorted(tier[0], tier[1], (row,))
+            self._metric_names.update(r.connector for r in rows)
+            for stamps, kept in self._aggregates.values():
+                excess = len(kept) - self._max_records
+                if excess > 0:
+                    del stamps[:excess]
+                    del kept[:excess]
+
+    def read_aggregates(
+        self,
+        *,
+        resolution: float,
+        since: float,
+        until: float | None = None,
+        connector: str | None = None,
+    ) -> list[CallAggregate]:
+        """Rows of the tier of ``resolution`` starting in ``[since, until)``, by bisection."""
+        with self._lock:
+            tier = self._aggregates.get(aggregate_tier(resolution))
+            if tier is None:
+                return []
+            stamps, kept = tier
+            start = bisect.bisect_left(stamps, since)
+            end = len(stamps) if until is None else bisect.bisect_left(stamps, until)
+            window = kept[start:end]
+        if connector is None:
+            return window
+        return [r for r in window if r.connector == connector]
 
     def read_calls(
         self, *, since: float, until: float | None = None, connector: str | None = None
@@ -137,7 +175,7 @@ class MemoryStore:
     def connectors(self) -> list[str]:
         """Connectors seen in metrics, circuits or tokens."""
         with self._lock:
-            names = {r.connector for r in self._calls}
+            names = set(self._metric_names)
             names.update(self._circuits, self._tokens)
         return sorted(names)
 
@@ -151,6 +189,15 @@ class MemoryStore:
             del self._ts[:index]
             del self._calls[:index]
             kept = len(self._calls)
+            for stamps, rows in self._aggregates.values():
+                old = bisect.bisect_left(stamps, cutoff)
+                del stamps[:old]
+                del rows[:old]
+                index += old
+                kept += len(rows)
+            self._metric_names = {r.connector for r in self._calls}
+            for _, rows in self._aggregates.values():
+                self._metric_names.update(r.connector for r in rows)
         return {
             "metrics_kept": kept,
             "metrics_dropped": index,
@@ -160,3 +207,15 @@ class MemoryStore:
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+def _insert_sorted(stamps: list[float], kept: list[Any], items: Sequence[Any]) -> None:
+    """Insert ``items`` keeping ``stamps`` (their ``ts``) sorted; appending is the usual case."""
+    for item in items:
+        if not stamps or item.ts >= stamps[-1]:
+            stamps.append(item.ts)
+            kept.append(item)
+        else:
+            index = bisect.bisect_right(stamps, item.ts)
+            stamps.insert(index, item.ts)
+            kept.insert(index, item)

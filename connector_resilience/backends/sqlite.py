@@ -3,7 +3,10 @@
 WAL mode so readers never wait for writers, a busy timeout so writers queue
 instead of failing, an index on time for window queries, compare-and-set by
 ``UPDATE ... WHERE version = ?``, and a lease table for the token refresh lock.
-The schema version lives in ``PRAGMA user_version``.
+The schema version lives in ``PRAGMA user_version``; an older file is migrated
+in place when first opened. Aggregated metrics live in their own table, indexed
+by tier and time, and ``metric_connectors`` indexes the connectors metrics
+were written for, so listing connectors never reads the history.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ from connector_resilience import _clock
 from connector_resilience.backends import (
     DEFAULT_LOCK_LEASE_S,
     PARSE_ERRORS,
+    CallAggregate,
     CallRecord,
     CircuitRecord,
     StoreStats,
+    aggregate_tier,
 )
 from connector_resilience.backends._files import PRIVATE_FILE_MODE, ensure_private_dir
 from connector_resilience.errors import StoreError
@@ -35,7 +40,7 @@ __all__ = ["SCHEMA_VERSION", "SqliteStore"]
 
 logger = logging.getLogger("connector_resilience.store")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _BUSY_TIMEOUT_MS = 10_000
 #: Breaker reads and writes happen in the caller's thread: a locked database
 #: must not stall a call long before the breaker falls back to local state.
@@ -56,6 +61,17 @@ CREATE TABLE IF NOT EXISTS metrics (
 );
 CREATE INDEX IF NOT EXISTS metrics_ts ON metrics (ts);
 CREATE INDEX IF NOT EXISTS metrics_connector_ts ON metrics (connector, ts);
+CREATE TABLE IF NOT EXISTS aggregates (
+    ts REAL NOT NULL,
+    tier REAL NOT NULL,
+    connector TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS aggregates_tier_ts ON aggregates (tier, ts);
+CREATE INDEX IF NOT EXISTS aggregates_connector ON aggregates (connector, tier, ts);
+CREATE TABLE IF NOT EXISTS metric_connectors (
+    connector TEXT PRIMARY KEY
+);
 CREATE TABLE IF NOT EXISTS circuits (
     connector TEXT PRIMARY KEY,
     version INTEGER NOT NULL,
@@ -79,7 +95,17 @@ _COLUMNS = "ts, connector, operation, duration_ms, status, error, attempt, final
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     # 1 -> 2: a rejected record may stand for several rejections.
     1: ("ALTER TABLE metrics ADD COLUMN calls INTEGER NOT NULL DEFAULT 1",),
+    # 2 -> 3: aggregated metrics, and the connectors index built from the history.
+    2: (
+        "CREATE TABLE IF NOT EXISTS aggregates (ts REAL NOT NULL, tier REAL NOT NULL, "
+        "connector TEXT NOT NULL, data TEXT NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS aggregates_tier_ts ON aggregates (tier, ts)",
+        "CREATE INDEX IF NOT EXISTS aggregates_connector ON aggregates (connector, tier, ts)",
+        "CREATE TABLE IF NOT EXISTS metric_connectors (connector TEXT PRIMARY KEY)",
+        "INSERT OR IGNORE INTO metric_connectors SELECT DISTINCT connector FROM metrics",
+    ),
 }
+_INDEX_NAME = "INSERT OR IGNORE INTO metric_connectors (connector) VALUES (?)"
 
 
 def _switch_to_wal(conn: sqlite3.Connection) -> None:
@@ -379,6 +405,55 @@ class SqliteStore:
                 f"INSERT INTO metrics ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
                 rows,
             )
+            conn.executemany(_INDEX_NAME, [(n,) for n in {r.connector for r in records}])
+
+    def append_aggregates(self, rows: Sequence[CallAggregate]) -> None:
+        """Insert aggregated rows in one transaction."""
+        if not rows:
+            return
+        values = [
+            (
+                r.ts,
+                aggregate_tier(r.resolution),
+                r.connector,
+                json.dumps(r.to_json(), separators=(",", ":")),
+            )
+            for r in rows
+        ]
+        with self._transaction() as conn:
+            conn.executemany(
+                "INSERT INTO aggregates (ts, tier, connector, data) VALUES (?, ?, ?, ?)", values
+            )
+            conn.executemany(_INDEX_NAME, [(n,) for n in {r.connector for r in rows}])
+
+    def read_aggregates(
+        self,
+        *,
+        resolution: float,
+        since: float,
+        until: float | None = None,
+        connector: str | None = None,
+    ) -> list[CallAggregate]:
+        """Rows of the tier of ``resolution`` starting in ``[since, until)``, through its index."""
+        sql = "SELECT data FROM aggregates WHERE tier = ? AND ts >= ?"
+        params: list[Any] = [aggregate_tier(resolution), since]
+        if until is not None:
+            sql += " AND ts < ?"
+            params.append(until)
+        if connector is not None:
+            sql += " AND connector = ?"
+            params.append(connector)
+        out: list[CallAggregate] = []
+        bad = 0
+        for (data,) in self._query(sql + " ORDER BY ts", params):
+            try:
+                out.append(CallAggregate.from_json(json.loads(data)))
+            except PARSE_ERRORS:
+                bad += 1
+        if bad:
+            self.stats.skipped_lines += bad
+            logger.warning("skipped %d unreadable aggregated row(s) in %s", bad, self.path)
+        return out
 
     def read_calls(
         self, *, since: float, until: float | None = None, connector: str | None = None
@@ -424,8 +499,8 @@ class SqliteStore:
     def connectors(self) -> list[str]:
         """Connectors named in metrics, circuits or tokens."""
         rows = self._query(
-            "SELECT connector FROM (SELECT DISTINCT connector FROM metrics "
-            "UNION SELECT connector FROM circuits UNION SELECT connector FROM tokens)"
+            "SELECT connector FROM metric_connectors "
+            "UNION SELECT connector FROM circuits UNION SELECT connector FROM tokens"
         )
         return sorted(str(r[0]) for r in rows if isinstance(r[0], str))
 
@@ -436,8 +511,18 @@ class SqliteStore:
         cutoff = time.time() - metrics_retention_s
         with self._transaction() as conn:
             dropped = conn.execute("DELETE FROM metrics WHERE ts < ?", (cutoff,)).rowcount
+            dropped += conn.execute(
+                "DELETE FROM aggregates WHERE ts + tier <= ?", (cutoff,)
+            ).rowcount
+            # Connectors whose metrics are all gone leave the index.
+            conn.execute(
+                "DELETE FROM metric_connectors WHERE connector NOT IN "
+                "(SELECT connector FROM metrics UNION SELECT connector FROM aggregates)"
+            )
             conn.execute("DELETE FROM locks WHERE expires_at < ?", (time.time(),))
-        kept = self._query("SELECT COUNT(*) FROM metrics")[0][0]
+        kept = self._query(
+            "SELECT (SELECT COUNT(*) FROM metrics) + (SELECT COUNT(*) FROM aggregates)"
+        )[0][0]
         with contextlib.suppress(sqlite3.Error):
             self._connect().execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return {

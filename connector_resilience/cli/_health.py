@@ -103,8 +103,13 @@ def _breaker(view: ConnectorView) -> str:
 
 
 def _one(view: StoreView, one: ConnectorView, ctx: Context, *, out: TextIO) -> None:
-    operations = operation_summaries(view.records, connector=one.connector, window_s=view.window_s)
-    errors = error_types(view.records, connector=one.connector)
+    operations = operation_summaries(
+        view.records,
+        connector=one.connector,
+        window_s=view.window_s,
+        aggregates=view.aggregates,
+    )
+    errors = error_types(view.records, connector=one.connector, aggregates=view.aggregates)
     if ctx.json:
         data = one.as_dict()
         data["store"] = view.store

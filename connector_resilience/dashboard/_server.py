@@ -18,8 +18,8 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any, TextIO
 
 from connector_resilience._extras import require
-from connector_resilience.backends import CallRecord, Store
-from connector_resilience.metrics import HealthStatus, percentile
+from connector_resilience.backends import CallAggregate, CallRecord, Store
+from connector_resilience.metrics import HealthStatus, LatencyHistogram, percentile
 from connector_resilience.metrics.overview import StoreView, read_view
 from connector_resilience.policy import Policy
 
@@ -44,7 +44,12 @@ _HEADERS = {
 
 
 def time_series(
-    records: Sequence[CallRecord], *, start: float, end: float, buckets: int
+    records: Sequence[CallRecord],
+    *,
+    start: float,
+    end: float,
+    buckets: int,
+    aggregates: Sequence[CallAggregate] = (),
 ) -> list[dict[str, float | int | None]]:
     """Per time bucket: attempts, attempt error rate, p50/p95/p99 (ms) and rejections.
 
@@ -53,6 +58,8 @@ def time_series(
         start: window start.
         end: window end.
         buckets: number of equal buckets.
+        aggregates: one connector's aggregated rows in the window, each counted
+            in the bucket its interval starts in.
 
     Returns:
         One point per bucket, ``t`` at its end; percentiles and the error rate
@@ -69,19 +76,34 @@ def time_series(
             continue
         durations[index].append(record.duration_ms)
         errors[index] += record.status == "error"
+    histograms: dict[int, LatencyHistogram] = {}
+    for row in aggregates:
+        index = min(buckets - 1, max(0, int((row.ts - start) / width)))
+        if row.status == "rejected":
+            rejected[index] += row.attempts
+            continue
+        histograms.setdefault(index, LatencyHistogram()).add_runs(row.histogram)
+        if row.status == "error":
+            errors[index] += row.attempts
     points: list[dict[str, float | int | None]] = []
     for i in range(buckets):
         values = sorted(durations[i])
-        attempts = len(values)
+        histogram = histograms.get(i)
+        attempts = len(values) + (histogram.total if histogram is not None else 0)
+        if histogram is not None:
+            histogram.add_many(values)
+            p50, p95, p99 = histogram.quantiles((0.5, 0.95, 0.99))
+        else:
+            p50, p95, p99 = (percentile(values, q) for q in (50, 95, 99))
         points.append(
             {
                 "t": start + (i + 1) * width,
                 "attempts": attempts,
                 "rejected": rejected[i],
                 "error_rate": errors[i] / attempts if attempts else None,
-                "p50_ms": percentile(values, 50) if attempts else None,
-                "p95_ms": percentile(values, 95) if attempts else None,
-                "p99_ms": percentile(values, 99) if attempts else None,
+                "p50_ms": p50 if attempts else None,
+                "p95_ms": p95 if attempts else None,
+                "p99_ms": p99 if attempts else None,
             }
         )
     return points
@@ -126,7 +148,12 @@ class DashboardState:
         serving it costs the event loop nothing.
         """
         try:
-            view = read_view(store=self.store, policy=self.policy, window_s=self.window_s)
+            view = read_view(
+                store=self.store,
+                policy=self.policy,
+                window_s=self.window_s,
+                resolution_s=self.window_s / self.buckets,  # rows as fine as the chart
+            )
         except Exception as exc:  # the page shows it; the next refresh may succeed
             self.error = f"cannot read the store: {exc}"
             logger.warning("dashboard: %s", self.error)
@@ -168,6 +195,9 @@ class DashboardState:
         by_connector: dict[str, list[CallRecord]] = collections.defaultdict(list)
         for record in view.records:
             by_connector[record.connector].append(record)
+        rows: dict[str, list[CallAggregate]] = collections.defaultdict(list)
+        for row in view.aggregates:
+            rows[row.connector].append(row)
         connectors = []
         for c in view.connectors:
             data = c.as_dict()
@@ -176,6 +206,7 @@ class DashboardState:
                 start=start,
                 end=view.generated_at,
                 buckets=self.buckets,
+                aggregates=rows.get(c.connector, []),
             )
             data["states"] = [
                 {"t": max(t, start), "state": s} for t, s in self.states.get(c.connector, ())

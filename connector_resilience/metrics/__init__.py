@@ -1,9 +1,15 @@
 """Call metrics: record, summarise over a window, and judge health.
 
-Decorated calls record one entry per attempt (with its attempt number, and
-``final`` on the last attempt of a call) into an in-memory buffer that a
-background thread writes to the store every ``CONNECTOR_METRICS_FLUSH_S``; a
-summary flushes this process's buffer first, so what you just called is in it.
+Decorated calls and the HTTP adapters buffer one entry per attempt in memory;
+a background thread folds them into one row per (connector, operation,
+status, labels) per interval (``CONNECTOR_METRICS_INTERVAL_S``, 1 s), with
+counts, errors by type and a latency histogram whose percentiles are within 1%
+of the exact ones, and writes the rows every ``CONNECTOR_METRICS_FLUSH_S``.
+Rows are also made per minute and per hour, so a summary of a long window
+reads few rows. ``CONNECTOR_METRICS_MODE=raw`` writes one record per attempt
+instead; :func:`record_call` always writes one record per call, before it
+returns. A summary flushes this process's buffer first, so what you just
+called is in it, and reads raw records and aggregated rows together.
 
 Health rule, for a connector over the window (``CONNECTOR_HEALTH_WINDOW_S``):
 
@@ -26,44 +32,58 @@ from collections.abc import Mapping
 
 from connector_resilience import _clock
 from connector_resilience.backends import (
+    CallRecord,
+    CircuitRecord,
     Store,
     open_store,
     store_for_policy,
 )
 from connector_resilience.circuit import effective_state
+from connector_resilience.metrics._aggregate import Series
 from connector_resilience.metrics._buffer import (
     MetricsBuffer,
     add_observer,
     buffer_for,
+    drain_metrics,
     flush_metrics,
     remove_observer,
     stop_buffers,
 )
+from connector_resilience.metrics._histogram import RELATIVE_ACCURACY, LatencyHistogram
 from connector_resilience.metrics._summary import (
     HealthReport,
     HealthStatus,
     Summary,
     percentile,
     summarize_records,
+    summarize_rows,
 )
+from connector_resilience.metrics._window import read_window
 from connector_resilience.policy import Policy, current_policy
 
 __all__ = [
+    "RELATIVE_ACCURACY",
     "HealthReport",
     "HealthStatus",
+    "LatencyHistogram",
     "MetricsBuffer",
+    "Series",
     "Summary",
     "add_observer",
     "buffer_for",
+    "drain_metrics",
     "flush_metrics",
     "health_report",
     "health_status",
+    "judge_health",
     "percentile",
+    "read_window",
     "record_call",
     "remove_observer",
     "stop_buffers",
     "summarize",
     "summarize_records",
+    "summarize_rows",
 ]
 
 logger = logging.getLogger("connector_resilience.metrics")
@@ -100,8 +120,9 @@ def record_call(
 ) -> None:
     """Record one call (or one attempt) of ``operation`` on ``connector``.
 
-    Written to the store before returning; if the store cannot take it, the
-    record waits in the background buffer and the fault is logged, never raised.
+    Written to the store before returning, as one raw record whatever
+    ``CONNECTOR_METRICS_MODE`` says; if the store cannot take it, the record
+    waits in the background buffer and the fault is logged, never raised.
 
     Args:
         connector: connector name.
@@ -131,8 +152,8 @@ def record_call(
     resolved, policy = _resolve(store, policy, connector)
     buffer = buffer_for(resolved, policy)
     # Through the buffer, so that a store fault keeps the record for a later write.
-    buffer.rows.append(
-        (
+    buffer.write_record(
+        CallRecord(
             _clock.wall(),
             connector,
             operation,
@@ -144,7 +165,6 @@ def record_call(
             dict(labels) if labels else None,
         )
     )
-    buffer.flush()
 
 
 def summarize(
@@ -164,6 +184,9 @@ def summarize(
         policy: settings (the environment's policy if ``None``).
         now: end of the window (now if ``None``).
 
+    Its cost grows with the window divided by the aggregation interval (hour
+    rows cover the whole hours in it), not with the number of calls.
+
     Returns:
         A :class:`Summary` with total_calls, errors, error_rate, p50_ms,
         p95_ms, p99_ms and more.
@@ -173,8 +196,10 @@ def summarize(
     resolved, policy = _resolve(store, policy, connector)
     flush_metrics()
     end = _clock.wall() if now is None else now
-    records = resolved.read_calls(since=end - window_s, until=end + 1e-6, connector=connector)
-    return summarize_records(records, connector=connector, window_s=window_s)
+    records, aggregates = read_window(
+        resolved, since=end - window_s, until=end + 1e-6, connector=connector
+    )
+    return summarize_rows(records, aggregates, connector=connector, window_s=window_s)
 
 
 def health_report(
@@ -187,22 +212,38 @@ def health_report(
 ) -> HealthReport:
     """The health verdict for ``connector`` with the reasons behind it (rule in the module doc)."""
     resolved, policy = _resolve(store, policy, connector)
-    view = policy.for_connector(connector)
-    health = view.health
-    window = health.window_s if window_s is None else window_s
+    window = policy.for_connector(connector).health.window_s if window_s is None else window_s
     summary = summarize(connector, window_s=window, store=resolved, policy=policy, now=now)
     try:
         record = resolved.get_circuit(connector)
     except Exception:
         logger.warning("cannot read the circuit of %r; judging on metrics alone", connector)
         record = None
-    circuit = effective_state(record, resolved.now()) if record is not None else "closed"
+    return judge_health(summary, circuit=record, now=resolved.now(), policy=policy)
+
+
+def judge_health(
+    summary: Summary, *, circuit: CircuitRecord | None, now: float, policy: Policy
+) -> HealthReport:
+    """The verdict on one connector's window summary and breaker record (rule in the module doc).
+
+    Args:
+        summary: the connector's summary (its ``connector`` must be set).
+        circuit: the connector's persisted breaker record, ``None`` if never written.
+        now: the store's current time, to tell an open breaker from a half-open one.
+        policy: settings; the connector's own health thresholds apply.
+    """
+    connector = summary.connector
+    if connector is None:
+        raise ValueError("judge_health needs one connector's summary, not the all-connector one")
+    health = policy.for_connector(connector).health
+    state = effective_state(circuit, now) if circuit is not None else "closed"
     reasons: list[str] = []
     status = HealthStatus.HEALTHY
     rate = summary.attempt_error_rate
-    if circuit != "closed":
+    if state != "closed":
         status = HealthStatus.DOWN
-        reasons.append(f"circuit {circuit}")
+        reasons.append(f"circuit {state}")
     if summary.attempts >= health.min_calls and rate >= health.down_error_rate:
         status = HealthStatus.DOWN
         reasons.append(f"error rate {rate:.0%} >= {health.down_error_rate:.0%}")
@@ -213,7 +254,7 @@ def health_report(
         if rate > health.error_rate:
             status = HealthStatus.DEGRADED
             reasons.append(f"error rate {rate:.1%} > {health.error_rate:.1%}")
-    return HealthReport(connector, status, tuple(reasons), summary, circuit)
+    return HealthReport(connector, status, tuple(reasons), summary, state)
 
 
 def health_status(

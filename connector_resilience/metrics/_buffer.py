@@ -5,53 +5,117 @@ from __future__ import annotations
 import atexit
 import collections
 import logging
+import operator
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from itertools import islice, repeat
+from typing import Any, Literal
 
 from connector_resilience import _clock
 from connector_resilience._faults import FaultLog
-from connector_resilience.backends import CallRecord, CallStatus, Store
+from connector_resilience.backends import (
+    AggregateStore,
+    CallAggregate,
+    CallRecord,
+    CallStatus,
+    Store,
+)
+from connector_resilience.metrics._aggregate import Aggregator, Series
 from connector_resilience.policy import Policy
 
 logger = logging.getLogger("connector_resilience.metrics")
 
+MetricsMode = Literal["aggregated", "raw"]
 
 # (ts, connector, operation, duration_ms, status, error, attempt, final, labels):
 # the fields of CallRecord, as a tuple because building it is the hot path.
 MetricRow = tuple[
     float, str, str, float, CallStatus, "str | None", int, bool, "Mapping[str, str] | None"
 ]
+# A first-attempt success of a decorated call: (start, end, series), perf-counter times.
+SuccessRow = tuple[float, float, Series]
+
+#: While calls keep coming, the writer aggregates what they buffered this often,
+#: so pending rows stay few whatever the call rate.
+_BUSY_TICK_S = 0.05
+#: The writer looks at least this often, even when the flush interval is longer.
+_IDLE_TICK_S = 0.5
 
 
 class MetricsBuffer:
     """Metrics waiting to be written to one store, by a background thread.
 
-    ``rows.append`` is the whole cost a call pays. Faults are logged once per
-    burst; while the store is unreachable up to ``max_pending`` rows are kept,
-    after which the oldest are dropped and counted in ``dropped``.
+    Appending a tuple to ``successes`` (a decorated call's first-attempt
+    success), ``rows`` (any other attempt) or ``rejections`` is the whole
+    cost a call pays. In the default aggregated mode the writer thread folds
+    them into one row per key per interval (:mod:`._aggregate`); in raw mode
+    it writes one :class:`CallRecord` per attempt.
+
+    Memory is bounded: past ``pending_max`` buffered attempts (the writer
+    could not keep up) the oldest are dropped; past ``max_pending`` rows
+    waiting for an unreachable store, the oldest are dropped. Both are counted
+    in ``dropped``, logged once per burst, and written on the next rows of
+    their connector so that :func:`summarize` reports them.
     """
 
-    def __init__(self, store: Store, *, flush_interval_s: float, max_pending: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        flush_interval_s: float,
+        max_pending: int,
+        mode: MetricsMode = "aggregated",
+        interval_s: float = 1.0,
+        max_keys: int = 1000,
+        pending_max: int = 100_000,
+    ) -> None:
         self.store = store
-        self.rows: collections.deque[MetricRow] = collections.deque()
-        # (connector, operation, labels) per refused call; counted at flush.
-        self.rejections: collections.deque[tuple[str, str, Mapping[str, str] | None]] = (
-            collections.deque()
-        )
         self.flush_interval_s = flush_interval_s
         self.max_pending = max_pending
+        self.pending_max = pending_max
+        # A hard cap, far past the soft bound the writer enforces each tick:
+        # reached only if the writer cannot run at all.
+        hard = 2 * pending_max
+        self.rows: collections.deque[MetricRow] = collections.deque(maxlen=hard)
+        self.successes: collections.deque[SuccessRow] = collections.deque(maxlen=hard)
+        # (connector, operation, labels) per refused call; counted at flush.
+        self.rejections: collections.deque[tuple[str, str, Mapping[str, str] | None]] = (
+            collections.deque(maxlen=hard)
+        )
+        aggregates = mode == "aggregated" and isinstance(store, AggregateStore)
+        if mode == "aggregated" and not aggregates:
+            logger.info(
+                "store %s cannot keep aggregated metrics (no append_aggregates): "
+                "writing raw records",
+                store.url,
+            )
+        self.mode: MetricsMode = "aggregated" if aggregates else "raw"
+        self.aggregator = (
+            Aggregator(interval_s=interval_s, max_keys=max_keys) if aggregates else None
+        )
+        #: Attempts measured but not kept (full buffer, store down too long).
         self.dropped = 0
+        #: Attempts (or raw records) the store took.
         self.written = 0
         self._dropping = False
         self._retry: list[CallRecord] = []
+        self._waiting: list[CallAggregate] = []
         self._flush_lock = threading.Lock()
         self._faults = FaultLog("writing metrics", store.url)
         self._wake = threading.Event()
         self._stopped = False
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
+        self._last_write = time.monotonic()
+
+    def series(self, connector: str, operation: str, labels: Mapping[str, str] | None) -> Series:
+        """A :class:`Series` for a decorated function to append its successes with.
+
+        Series of the same (connector, operation, labels) aggregate together.
+        """
+        return Series(connector, operation, labels)
 
     def start(self) -> None:
         """Start the background writer (idempotent)."""
@@ -62,55 +126,114 @@ class MetricsBuffer:
             self._thread.start()
 
     def _run(self) -> None:
+        timeout = min(self.flush_interval_s, _IDLE_TICK_S)
         while not self._stopped:
-            self._wake.wait(self.flush_interval_s)
+            self._wake.wait(timeout)
             self._wake.clear()
-            self.flush()
+            try:
+                busy = self.tick()
+            except Exception:  # never let the writer die: it is every call's only outlet
+                logger.exception("metrics writer failed; it carries on")
+                busy = False
+            timeout = _BUSY_TICK_S if busy else min(self.flush_interval_s, _IDLE_TICK_S)
+
+    def tick(self) -> bool:
+        """Aggregate what is buffered; write when the flush interval says so.
+
+        Returns:
+            Whether calls were buffered since the last tick (the writer then
+            comes back sooner).
+        """
+        with self._flush_lock:
+            busy = self._drain()
+            if self.aggregator is not None:
+                self.aggregator.roll(_clock.wall())
+            if time.monotonic() - self._last_write >= self.flush_interval_s:
+                self._write()
+            return busy
 
     def flush(self) -> bool:
-        """Write everything pending now; True if the store took it all."""
+        """Write everything pending now, the open interval included; True if the store took it."""
         with self._flush_lock:
-            batch = self._retry
-            self._retry = []
-            rows = self.rows
-            pop = rows.popleft
-            try:
-                while True:
-                    batch.append(CallRecord(*pop()))
-            except IndexError:
-                pass
-            batch.extend(self._count_rejections())
-            if not batch:
-                return True
-            try:
-                self.store.append_calls(batch)
-            except Exception as exc:
-                self._faults.fault(exc)
-                excess = len(batch) - self.max_pending
-                if excess > 0:
-                    if not self._dropping:
-                        self._dropping = True
-                        logger.warning(
-                            "store %s unreachable: %d metric(s) buffered, dropping the oldest "
-                            "from now on (counted in MetricsBuffer.dropped)",
-                            self._faults.url,
-                            self.max_pending,
-                        )
-                    self.dropped += excess
-                    del batch[:excess]
-                self._retry = batch
-                return False
-            if self._dropping:
-                self._dropping = False
-                logger.warning(
-                    "store %s: %d metric(s) were dropped while it was unreachable",
-                    self._faults.url,
-                    self.dropped,
-                )
-            self._faults.ok()
-            self.written += len(batch)
-            _notify(batch)
+            self._drain()
+            if self.aggregator is not None:
+                self.aggregator.roll(_clock.wall())
+                self.aggregator.close_fine()
+            return self._write()
+
+    def drain(self) -> None:
+        """Aggregate what calls buffered so far, without writing."""
+        with self._flush_lock:
+            self._drain()
+
+    def write_record(self, record: CallRecord) -> bool:
+        """Write one raw record now (``record_call``); True if the store took it."""
+        with self._flush_lock:
+            self._retry.append(record)
+            return self._write(raw_only=True)
+
+    # Draining -----------------------------------------------------------
+
+    def _drain(self) -> bool:
+        """Move what calls buffered into the aggregator (or into raw records)."""
+        offset = _clock.wall() - _clock.perf()
+        successes = self._take(self.successes, _success_key)
+        rows = self._take(self.rows, _row_key)
+        rejected = self._count_rejections()
+        if not (successes or rows or rejected):
+            return False
+        if _observers:
+            _notify(
+                [_success_record(r, offset) for r in successes]
+                + [CallRecord(*row) for row in rows]
+                + rejected
+            )
+        aggregator = self.aggregator
+        if aggregator is None:
+            self._retry.extend(_success_record(r, offset) for r in successes)
+            self._retry.extend(CallRecord(*row) for row in rows)
+            self._retry.extend(rejected)
             return True
+        aggregator.add_successes(successes, offset)
+        aggregator.add_rows(rows)
+        for r in rejected:
+            aggregator.add_rejections(r.connector, r.operation, r.labels, r.calls, r.ts)
+        return True
+
+    def _take(self, pending: collections.deque[Any], key: Callable[[Any], tuple[str, str]]) -> Any:
+        """Everything in ``pending``, oldest first, past the bound dropped and counted."""
+        if len(pending) >= (pending.maxlen or 0) and not self._dropping:
+            self._dropping = True
+            logger.warning(
+                "metrics buffer of %s full (%d calls in one writer tick): calls past it "
+                "were dropped before they could be counted",
+                self._faults.url,
+                len(pending),
+            )
+        excess = len(pending) - self.pending_max
+        if excess > 0:
+            counts = collections.Counter(map(key, islice(pending, excess)))
+            for _ in range(excess):
+                pending.popleft()
+            self._count_dropped(counts, "calls came faster than the writer could aggregate")
+        # Only this thread takes from the left; calls append on the right meanwhile.
+        return list(map(operator.call, repeat(pending.popleft, len(pending))))
+
+    def _count_dropped(self, counts: collections.Counter[tuple[str, str]], why: str) -> None:
+        total = sum(counts.values())
+        self.dropped += total
+        if not self._dropping:
+            self._dropping = True
+            logger.warning(
+                "store %s: dropping metrics (%s); %d so far, counted in summarize().dropped",
+                self._faults.url,
+                why,
+                self.dropped,
+            )
+        if self.aggregator is not None:
+            now = _clock.wall()
+            for (connector, operation), n in counts.items():
+                self.aggregator.add_dropped(connector, operation, n, now)
 
     def _count_rejections(self) -> list[CallRecord]:
         """One ``rejected`` record per (connector, operation, labels), with its count."""
@@ -135,24 +258,134 @@ class MetricsBuffer:
             for c, o, labels, n in counts.values()
         ]
 
+    # Writing ------------------------------------------------------------
+
+    def _write(self, *, raw_only: bool = False) -> bool:
+        """Write pending raw records and closed aggregate rows; True if the store took them."""
+        self._last_write = time.monotonic()
+        took = self._write_raw()
+        if not raw_only and self.aggregator is not None:
+            took = self._write_aggregates() and took
+        if took and self._dropping:
+            self._dropping = False
+            logger.warning(
+                "store %s: %d metric(s) were dropped in all (counted in summarize().dropped)",
+                self._faults.url,
+                self.dropped,
+            )
+        return took
+
+    def _write_raw(self) -> bool:
+        batch = self._retry
+        if not batch:
+            return True
+        self._retry = []
+        try:
+            self.store.append_calls(batch)
+        except Exception as exc:
+            self._faults.fault(exc)
+            excess = len(batch) - self.max_pending
+            if excess > 0:
+                counts = collections.Counter((r.connector, r.operation) for r in batch[:excess])
+                del batch[:excess]
+                self._count_dropped(counts, "the store is unreachable")
+            self._retry = batch + self._retry
+            return False
+        self._faults.ok()
+        self.written += len(batch)
+        if self.aggregator is None:
+            _notify(batch)
+        return True
+
+    def _write_aggregates(self) -> bool:
+        assert self.aggregator is not None
+        batch = self._waiting + self.aggregator.take()
+        self._waiting = []
+        if not batch:
+            return True
+        try:
+            store: Any = self.store
+            store.append_aggregates(batch)
+        except Exception as exc:
+            self._faults.fault(exc)
+            excess = len(batch) - self.max_pending
+            if excess > 0:
+                counts: collections.Counter[tuple[str, str]] = collections.Counter()
+                for row in batch[:excess]:
+                    counts[(row.connector, row.operation)] += row.attempts + row.dropped
+                del batch[:excess]
+                self._count_dropped(counts, "the store is unreachable")
+            self._waiting = batch
+            return False
+        self._faults.ok()
+        self.written += sum(row.attempts for row in batch)
+        return True
+
     def stop(self) -> None:
-        """Stop the background writer after a last flush."""
+        """Stop the background writer after a last flush (every open interval is written)."""
         self._stopped = True
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
-        self.flush()
+        with self._flush_lock:
+            self._drain()
+            if self.aggregator is not None:
+                self.aggregator.close_all()
+            self._write()
+
+    def reset_after_fork(self) -> None:
+        """Forget what the parent buffered (the parent writes it) and restart the writer."""
+        self.rows.clear()
+        self.successes.clear()
+        self.rejections.clear()
+        self._retry = []
+        self._waiting = []
+        if self.aggregator is not None:
+            self.aggregator = Aggregator(
+                interval_s=self.aggregator.resolutions[0], max_keys=self.aggregator.max_keys
+            )
+        self._flush_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread = None
+        self._pid = os.getpid()
+        self.start()
+
+
+def _success_key(row: SuccessRow) -> tuple[str, str]:
+    series = row[2]
+    return (series.connector, series.operation)
+
+
+def _row_key(row: MetricRow) -> tuple[str, str]:
+    return (row[1], row[2])
+
+
+def _success_record(row: SuccessRow, offset: float) -> CallRecord:
+    start, end, series = row
+    return CallRecord(
+        end + offset,
+        series.connector,
+        series.operation,
+        (end - start) * 1000.0,
+        "ok",
+        None,
+        1,
+        True,
+        series.labels,
+    )
 
 
 _observers: list[Callable[[Sequence[CallRecord]], object]] = []
 
 
 def add_observer(observer: Callable[[Sequence[CallRecord]], object]) -> None:
-    """Call ``observer`` with every batch of records this process writes to a store.
+    """Call ``observer`` with every batch of per-attempt records this process makes.
 
     Exporters (Prometheus, OpenTelemetry) use it to count what this process
-    did. It runs in the background writer thread, after the store took the
-    batch; an observer that raises is logged and kept.
+    did. It runs in the background writer thread: with aggregated metrics
+    (the default) as the writer takes the buffered attempts, before it folds
+    them into rows; with raw metrics and for ``record_call``, after the store
+    took the batch. An observer that raises is logged and kept.
     """
     if observer not in _observers:
         _observers.append(observer)
@@ -183,10 +416,15 @@ def buffer_for(store: Store, policy: Policy) -> MetricsBuffer:
         with _buffers_lock:
             buffer = _buffers.get(id(store))
             if buffer is None or buffer.store is not store:
+                settings = policy.store
                 buffer = MetricsBuffer(
                     store,
-                    flush_interval_s=policy.store.flush_interval_s,
-                    max_pending=policy.store.buffer_max,
+                    flush_interval_s=settings.flush_interval_s,
+                    max_pending=settings.buffer_max,
+                    mode=settings.metrics_mode,
+                    interval_s=settings.metrics_interval_s,
+                    max_keys=settings.metrics_max_keys,
+                    pending_max=settings.metrics_pending_max,
                 )
                 buffer.start()
                 _buffers[id(store)] = buffer
@@ -199,6 +437,16 @@ def flush_metrics() -> bool:
     for buffer in list(_buffers.values()):
         took_all = buffer.flush() and took_all  # flush every buffer, even after a failure
     return took_all
+
+
+def drain_metrics() -> None:
+    """Aggregate what calls buffered so far, stamping it with the clock as it is now.
+
+    :class:`~connector_resilience.testing.FakeClock` calls it before the clock
+    jumps, so that calls made before a jump keep the time they were made at.
+    """
+    for buffer in list(_buffers.values()):
+        buffer.drain()
 
 
 def stop_buffers() -> None:
@@ -215,14 +463,7 @@ def _restart_after_fork() -> None:
     # deques, so each buffer restarts in place; what was pending belongs to the
     # parent, which still writes it, so the child drops its copy.
     for buffer in _buffers.values():
-        buffer.rows.clear()
-        buffer.rejections.clear()
-        buffer._retry = []
-        buffer._flush_lock = threading.Lock()
-        buffer._wake = threading.Event()
-        buffer._thread = None
-        buffer._pid = os.getpid()
-        buffer.start()
+        buffer.reset_after_fork()
 
 
 os.register_at_fork(after_in_child=_restart_after_fork)

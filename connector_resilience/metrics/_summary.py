@@ -8,7 +8,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from connector_resilience.backends import CallRecord
+from connector_resilience.backends import CallAggregate, CallRecord
+from connector_resilience.metrics._histogram import LatencyHistogram
 
 
 class HealthStatus(enum.StrEnum):
@@ -42,6 +43,8 @@ class Summary:
         p99_ms: 99th percentile attempt latency.
         errors_by_type: failed attempts per exception type name.
         last_call_at: time of the newest record, or ``None``.
+        dropped: attempts measured but not kept (a full buffer, a store down
+            too long), as the writers counted them; not in the counts above.
     """
 
     connector: str | None
@@ -59,6 +62,7 @@ class Summary:
     p99_ms: float = 0.0
     errors_by_type: Mapping[str, int] = field(default_factory=dict)
     last_call_at: float | None = None
+    dropped: int = 0
 
     def as_dict(self) -> dict[str, object]:
         """A JSON-ready mapping."""
@@ -78,6 +82,7 @@ class Summary:
             "p99_ms": self.p99_ms,
             "errors_by_type": dict(self.errors_by_type),
             "last_call_at": self.last_call_at,
+            "dropped": self.dropped,
         }
 
 
@@ -119,7 +124,23 @@ def summarize_records(
     records: Iterable[CallRecord], *, connector: str | None, window_s: float
 ) -> Summary:
     """Aggregate already-read records (the pure half of :func:`summarize`)."""
-    total = errors = attempts = attempt_errors = rejected = 0
+    return summarize_rows(records, (), connector=connector, window_s=window_s)
+
+
+def summarize_rows(
+    records: Iterable[CallRecord],
+    aggregates: Iterable[CallAggregate],
+    *,
+    connector: str | None,
+    window_s: float,
+) -> Summary:
+    """Aggregate raw records and aggregated rows together.
+
+    With raw records alone the percentiles are exact (interpolated between
+    samples); with aggregated rows they come from the merged histograms, within
+    :data:`~connector_resilience.metrics.RELATIVE_ACCURACY` of the exact ones.
+    """
+    total = errors = attempts = attempt_errors = rejected = dropped = 0
     durations: list[float] = []
     by_type: collections.Counter[str] = collections.Counter()
     last: float | None = None
@@ -138,7 +159,32 @@ def summarize_records(
         if r.final:
             total += 1
             errors += failed
-    durations.sort()
+    histogram: LatencyHistogram | None = None
+    for a in aggregates:
+        if histogram is None:
+            histogram = LatencyHistogram()
+        if last is None or a.last_ts > last:
+            last = a.last_ts
+        dropped += a.dropped
+        if a.status == "rejected":
+            rejected += a.attempts
+            continue
+        attempts += a.attempts
+        total += a.finals
+        histogram.add_runs(a.histogram)
+        if a.status == "error":
+            attempt_errors += a.attempts
+            errors += a.finals
+            if a.errors:
+                by_type.update(a.errors)
+            else:
+                by_type["error"] += a.attempts
+    if histogram is None:
+        durations.sort()
+        p50, p95, p99 = (percentile(durations, q) for q in (50, 95, 99))
+    else:
+        histogram.add_many(durations)
+        p50, p95, p99 = histogram.quantiles((0.50, 0.95, 0.99))
     return Summary(
         connector=connector,
         window_s=window_s,
@@ -150,9 +196,10 @@ def summarize_records(
         attempt_error_rate=attempt_errors / attempts if attempts else 0.0,
         retries=attempts - total,
         rejected=rejected,
-        p50_ms=percentile(durations, 50),
-        p95_ms=percentile(durations, 95),
-        p99_ms=percentile(durations, 99),
+        p50_ms=p50,
+        p95_ms=p95,
+        p99_ms=p99,
         errors_by_type=dict(by_type),
         last_call_at=last,
+        dropped=dropped,
     )

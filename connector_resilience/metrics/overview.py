@@ -2,8 +2,8 @@
 
 The CLI, the dashboard and the store-view Prometheus collector all start from
 :func:`read_view`. It reads the window's metrics once for every connector and
-judges each one with :func:`~connector_resilience.metrics.health_report`, so
-the verdict rule lives in one place (``metrics.py``) and a store with many
+judges each one with :func:`~connector_resilience.metrics.judge_health`, so
+the verdict rule lives in one place (``metrics``) and a store with many
 connectors is not re-read once per connector.
 """
 
@@ -12,13 +12,13 @@ from __future__ import annotations
 import collections
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from connector_resilience.backends import (
+    CallAggregate,
     CallRecord,
     CircuitRecord,
     Store,
-    filter_window,
     redact_url,
 )
 from connector_resilience.circuit import effective_state
@@ -26,8 +26,10 @@ from connector_resilience.metrics import (
     HealthReport,
     HealthStatus,
     Summary,
-    health_report,
-    summarize_records,
+    flush_metrics,
+    judge_health,
+    read_window,
+    summarize_rows,
 )
 from connector_resilience.policy import Policy
 
@@ -43,6 +45,7 @@ __all__ = [
     "worst_status",
 ]
 
+_HOUR_S = 3600.0
 _SEVERITY = {HealthStatus.HEALTHY: 0, HealthStatus.DEGRADED: 1, HealthStatus.DOWN: 2}
 
 
@@ -136,7 +139,10 @@ class StoreView:
         window_s: the window's length.
         generated_at: the end of the window (store clock).
         connectors: one view per connector, sorted by name.
-        records: the window's call records, oldest first, for drill-downs and charts.
+        records: the window's raw call records (``record_call``, raw mode, older
+            files), oldest first, for drill-downs and charts.
+        aggregates: the window's aggregated rows, oldest first: hour rows for
+            the whole hours in it, minute and fine rows at its edges.
     """
 
     store: str
@@ -144,6 +150,7 @@ class StoreView:
     generated_at: float
     connectors: tuple[ConnectorView, ...]
     records: Sequence[CallRecord]
+    aggregates: Sequence[CallAggregate] = ()
 
     @property
     def status(self) -> HealthStatus:
@@ -174,39 +181,13 @@ class StoreView:
         }
 
 
-class _WindowSnapshot:
-    """The store as ``health_report`` reads it, answered from one read of the window.
-
-    ``health_report`` asks its store for a connector's calls, its circuit and the
-    time; answering from memory judges every connector on the same snapshot.
-    """
-
-    def __init__(
-        self, store: Store, records: list[CallRecord], circuits: dict[str, CircuitRecord]
-    ) -> None:
-        self.url = store.url
-        self._store = store
-        self._records = records
-        self._circuits = circuits
-
-    def now(self) -> float:
-        return self._store.now()
-
-    def get_circuit(self, connector: str) -> CircuitRecord | None:
-        return self._circuits.get(connector)
-
-    def read_calls(
-        self, *, since: float, until: float | None = None, connector: str | None = None
-    ) -> list[CallRecord]:
-        return filter_window(self._records, since=since, until=until, connector=connector)
-
-
 def read_view(
     *,
     store: Store,
     policy: Policy,
     window_s: float,
     now: float | None = None,
+    resolution_s: float | None = None,
 ) -> StoreView:
     """Read every connector of ``store`` over the last ``window_s`` seconds.
 
@@ -215,6 +196,8 @@ def read_view(
         policy: settings, for each connector's health thresholds.
         window_s: window length in seconds (> 0).
         now: the end of the window (the store's clock if ``None``).
+        resolution_s: the coarsest aggregated rows wanted (a chart's bucket
+            width); ``None`` reads the fewest rows (hour rows where they fit).
 
     Returns:
         A :class:`StoreView`.
@@ -225,17 +208,34 @@ def read_view(
     """
     if not window_s > 0:
         raise ValueError(f"the window must be > 0 seconds, not {window_s!r}")
+    flush_metrics()  # what this process just did is in the view
     end = store.now() if now is None else now
-    records = store.read_calls(since=end - window_s, until=end + 1e-6)
+    records, aggregates = read_window(
+        store,
+        since=end - window_s,
+        until=end + 1e-6,
+        connector=None,
+        coarsest=_HOUR_S if resolution_s is None else resolution_s,
+    )
     records.sort(key=lambda r: r.ts)
+    aggregates.sort(key=lambda a: a.ts)
     circuits = store.list_circuits()
     names = set(store.connectors())
-    names.update(r.connector for r in records)
-    snapshot = cast(Store, _WindowSnapshot(store, records, circuits))
+    by_connector: dict[str, list[CallRecord]] = collections.defaultdict(list)
+    for r in records:
+        by_connector[r.connector].append(r)
+    rows: dict[str, list[CallAggregate]] = collections.defaultdict(list)
+    for a in aggregates:
+        rows[a.connector].append(a)
+    names.update(by_connector, rows)
+    store_now = store.now()
     views = []
     for name in sorted(names):
-        report = health_report(name, window_s=window_s, store=snapshot, policy=policy, now=end)
+        summary = summarize_rows(
+            by_connector.get(name, ()), rows.get(name, ()), connector=name, window_s=window_s
+        )
         record = circuits.get(name)
+        report = judge_health(summary, circuit=record, now=store_now, policy=policy)
         views.append(ConnectorView(report, record, circuit_since(record, end)))
     return StoreView(
         store=describe_store(store),
@@ -243,20 +243,34 @@ def read_view(
         generated_at=end,
         connectors=tuple(views),
         records=records,
+        aggregates=aggregates,
     )
 
 
 def operation_summaries(
-    records: Iterable[CallRecord], *, connector: str, window_s: float
+    records: Iterable[CallRecord],
+    *,
+    connector: str,
+    window_s: float,
+    aggregates: Iterable[CallAggregate] = (),
 ) -> dict[str, Summary]:
     """One summary per operation of ``connector``, by operation name."""
     by_operation: dict[str, list[CallRecord]] = collections.defaultdict(list)
+    rows: dict[str, list[CallAggregate]] = collections.defaultdict(list)
     for record in records:
         if record.connector == connector:
             by_operation[record.operation].append(record)
+    for row in aggregates:
+        if row.connector == connector and (row.attempts or row.dropped):
+            rows[row.operation].append(row)
     return {
-        operation: summarize_records(rows, connector=connector, window_s=window_s)
-        for operation, rows in sorted(by_operation.items())
+        operation: summarize_rows(
+            by_operation.get(operation, ()),
+            rows.get(operation, ()),
+            connector=connector,
+            window_s=window_s,
+        )
+        for operation in sorted({*by_operation, *rows})
     }
 
 
@@ -286,18 +300,29 @@ class ErrorTypeCount:
         }
 
 
-def error_types(records: Iterable[CallRecord], *, connector: str) -> list[ErrorTypeCount]:
+def error_types(
+    records: Iterable[CallRecord],
+    *,
+    connector: str,
+    aggregates: Iterable[CallAggregate] = (),
+) -> list[ErrorTypeCount]:
     """Failed attempts of ``connector`` grouped by exception type, most recent first."""
     counts: collections.Counter[str] = collections.Counter()
     last: dict[str, float] = {}
     operations: dict[str, set[str]] = collections.defaultdict(set)
+
+    def note(name: str, count: int, ts: float, operation: str) -> None:
+        counts[name] += count
+        last[name] = max(last.get(name, ts), ts)
+        operations[name].add(operation)
+
     for record in records:
-        if record.connector != connector or record.status != "error":
-            continue
-        name = record.error or "error"
-        counts[name] += 1
-        last[name] = max(last.get(name, record.ts), record.ts)
-        operations[name].add(record.operation)
+        if record.connector == connector and record.status == "error":
+            note(record.error or "error", 1, record.ts, record.operation)
+    for row in aggregates:
+        if row.connector == connector and row.status == "error":
+            for name, count in (row.errors or {"error": row.attempts}).items():
+                note(name, count, row.last_ts, row.operation)
     found = [
         ErrorTypeCount(name, counts[name], last[name], tuple(sorted(operations[name])))
         for name in counts

@@ -26,9 +26,11 @@ from connector_resilience import _clock
 from connector_resilience.backends import (
     DEFAULT_LOCK_LEASE_S,
     PARSE_ERRORS,
+    CallAggregate,
     CallRecord,
     CircuitRecord,
     StoreStats,
+    aggregate_tier,
     redact_url,
 )
 from connector_resilience.backends.redis._clock import ServerClock
@@ -68,17 +70,22 @@ redis.call('PUBLISH', ARGV[5], ARGV[1])
 return 1
 """
 
-# KEYS: one connector's calls, the call-connectors set. ARGV: cutoff, connector.
-# The connector leaves the index only if its set is empty at that instant, so
-# a concurrent append is never orphaned.
+# KEYS: one connector's calls, the call-connectors set, then its aggregated
+# rows' sets. ARGV: cutoff, connector. The connector leaves the index only if
+# all its sets are empty at that instant, so a concurrent append is never orphaned.
 _TRIM_LUA: Final = """
 local dropped = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
 local kept = redis.call('ZCARD', KEYS[1])
-if kept == 0 then
+local others = 0
+for i = 3, #KEYS do
+    others = others + redis.call('ZCARD', KEYS[i])
+end
+if kept == 0 and others == 0 then
     redis.call('SREM', KEYS[2], ARGV[2])
 end
 return {dropped, kept}
 """
+_TIERS: Final = (1.0, 60.0, 3600.0)
 
 
 # Record ids: a random token per process and a counter. Members of a sorted
@@ -167,6 +174,9 @@ class _Keys:
 
     def calls(self, connector: str) -> str:
         return f"{self.prefix}:calls:{connector}"
+
+    def aggregates(self, tier: float, connector: str) -> str:
+        return f"{self.prefix}:aggregates:{tier:g}:{connector}"
 
     def token_lock(self, connector: str) -> str:
         return f"{self.prefix}:lock:token:{connector}"
@@ -629,6 +639,65 @@ class RedisStore:
             logger.warning("skipped %d unreadable metric record(s) in %s", bad, self.url)
         return out
 
+    def append_aggregates(self, rows: Sequence[CallAggregate]) -> None:
+        """Add aggregated rows, one sorted set per tier and connector (one round trip).
+
+        Connectors enter the same index as raw calls (``call-connectors``).
+        """
+        if not rows:
+            return
+        groups: dict[str, dict[str, float]] = {}
+        for row in rows:
+            key = self._keys.aggregates(aggregate_tier(row.resolution), row.connector)
+            member = _ENCODER.encode([_next_record_id(), row.to_json()])
+            groups.setdefault(key, {})[member] = row.ts
+        cutoff = _clock.wall() - self.retention_s
+        with self._failing_as_store_error("writing metrics"):
+            pipe = self._client.pipeline(transaction=True)
+            for key, members in groups.items():
+                pipe.zremrangebyscore(key, "-inf", f"({cutoff!r}")
+                pipe.zadd(key, members)
+                pipe.expire(key, int(self.retention_s) + 1)
+            pipe.sadd(self._keys.call_connectors, *{row.connector for row in rows})
+            pipe.execute()
+
+    def read_aggregates(
+        self,
+        *,
+        resolution: float,
+        since: float,
+        until: float | None = None,
+        connector: str | None = None,
+    ) -> list[CallAggregate]:
+        """Rows of the tier of ``resolution`` starting in ``[since, until)``."""
+        tier = aggregate_tier(resolution)
+        high = "+inf" if until is None else f"({float(until)!r}"
+        with self._failing_as_store_error("reading metrics"):
+            if connector is not None:
+                names = [connector]
+            else:
+                names = sorted(map(_text, self._client.smembers(self._keys.call_connectors)))
+            pipe = self._client.pipeline(transaction=False)
+            for name in names:
+                pipe.zrangebyscore(self._keys.aggregates(tier, name), repr(float(since)), high)
+            replies: list[list[str]] = pipe.execute()
+        out: list[CallAggregate] = []
+        bad = 0
+        for members in replies:
+            for member in members:
+                try:
+                    value = json.loads(member)
+                    if not (isinstance(value, list) and len(value) == 2):
+                        raise ValueError("not an aggregated row")
+                    out.append(CallAggregate.from_json(value[1]))
+                except PARSE_ERRORS:
+                    bad += 1
+        if bad:
+            self.stats.skipped_lines += bad
+            logger.warning("skipped %d unreadable aggregated row(s) in %s", bad, self.url)
+        out.sort(key=lambda r: r.ts)
+        return out
+
     def connectors(self) -> list[str]:
         """Connectors named in metrics, circuits or tokens (one round trip)."""
         with self._failing_as_store_error("listing connectors"):
@@ -677,8 +746,16 @@ class RedisStore:
                 if rewrite:
                     pipe.zadd(key, rewrite)
                 pipe.execute()
-                # Forget the connector if its set is now empty (atomically, see _TRIM_LUA).
-                self._trim(keys=[key, self._keys.call_connectors], args=[repr(cutoff), name])
+                tiers = [self._keys.aggregates(tier, name) for tier in _TIERS]
+                for tier, tier_key in zip(_TIERS, tiers, strict=True):
+                    dropped += int(
+                        self._client.zremrangebyscore(tier_key, "-inf", f"({cutoff - tier!r}")
+                    )
+                    kept += int(self._client.zcard(tier_key))
+                # Forget the connector if its sets are now empty (atomically, see _TRIM_LUA).
+                self._trim(
+                    keys=[key, self._keys.call_connectors, *tiers], args=[repr(cutoff), name]
+                )
             circuits = self._client.hlen(self._keys.circuits)
             tokens = self._client.hlen(self._keys.tokens)
         return {

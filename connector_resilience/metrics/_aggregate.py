@@ -1,0 +1,362 @@
+"""In-memory aggregation of call metrics into one row per key per interval, in three tiers.
+
+The writer thread feeds the buffered attempts of decorated calls in here. Per
+(connector, operation, status, labels) it counts attempts, final attempts,
+errors by type and a latency histogram, and when an interval ends it hands
+back one :class:`CallAggregate` per key. Rows are made at three resolutions at
+once: the fine interval (``CONNECTOR_METRICS_INTERVAL_S``, 1 s by default), the
+minute and the hour; a closed fine interval is merged into the minute, a
+closed minute into the hour. A summary of a long window then reads hour rows
+for the whole hours in it, minute rows and fine rows only at its edges.
+
+Memory is bounded: at most ``max_keys`` keys per tier. A new key past the
+bound closes the oldest key of that tier early (its row is written, nothing is
+lost), and the evictions are counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from operator import itemgetter
+from typing import Any
+
+from connector_resilience.backends import CallAggregate, CallStatus
+from connector_resilience.metrics._histogram import (
+    LatencyHistogram,
+    count_buckets,
+    count_intervals,
+)
+
+__all__ = ["HOUR_S", "MINUTE_S", "Aggregator", "Series", "resolutions_for"]
+
+logger = logging.getLogger("connector_resilience.metrics")
+
+MINUTE_S = 60.0
+HOUR_S = 3600.0
+
+_start_of = itemgetter(0)
+_end_of = itemgetter(1)
+_series_of = itemgetter(2)
+
+# What a key is: (connector, operation, status, frozen labels or None).
+_Key = tuple[str, str, str, "frozenset[tuple[str, str]] | None"]
+
+
+def resolutions_for(interval_s: float) -> tuple[float, ...]:
+    """The tiers for a fine interval: it, the minute and the hour (finest first)."""
+    return tuple(sorted({float(interval_s), MINUTE_S, HOUR_S}))
+
+
+def _frozen(labels: Mapping[str, str] | None) -> frozenset[tuple[str, str]] | None:
+    return frozenset(labels.items()) if labels else None
+
+
+class Series:
+    """What one decorated function records successes into: its connector, operation and labels.
+
+    The hot path appends ``(start, end, series)``; the series carries the key
+    its successes aggregate under, computed once.
+    """
+
+    __slots__ = ("connector", "key", "labels", "operation")
+
+    def __init__(
+        self, connector: str, operation: str, labels: Mapping[str, str] | None = None
+    ) -> None:
+        self.connector = connector
+        self.operation = operation
+        self.labels = dict(labels) if labels else None
+        self.key: _Key = (connector, operation, "ok", _frozen(self.labels))
+
+    def __repr__(self) -> str:
+        return f"Series({self.connector!r}, {self.operation!r})"
+
+
+class _Entry:
+    """One key's counts in the interval being aggregated."""
+
+    __slots__ = (
+        "attempts",
+        "connector",
+        "counts",
+        "dropped",
+        "errors",
+        "finals",
+        "labels",
+        "last_ts",
+        "operation",
+        "status",
+    )
+
+    def __init__(
+        self,
+        connector: str,
+        operation: str,
+        status: CallStatus,
+        labels: Mapping[str, str] | None,
+    ) -> None:
+        self.connector = connector
+        self.operation = operation
+        self.status: CallStatus = status
+        self.labels = dict(labels) if labels else None
+        self.attempts = 0
+        self.finals = 0
+        self.dropped = 0
+        self.last_ts = 0.0
+        self.counts: Counter[int] = Counter()
+        self.errors: Counter[str] | None = None
+
+    def merge(self, other: _Entry) -> None:
+        self.attempts += other.attempts
+        self.finals += other.finals
+        self.dropped += other.dropped
+        self.last_ts = max(self.last_ts, other.last_ts)
+        self.counts.update(other.counts)
+        if other.errors:
+            if self.errors is None:
+                self.errors = Counter()
+            self.errors.update(other.errors)
+
+    def row(self, start: float, resolution: float) -> CallAggregate:
+        return CallAggregate(
+            ts=start,
+            resolution=resolution,
+            connector=self.connector,
+            operation=self.operation,
+            status=self.status,
+            attempts=self.attempts,
+            finals=self.finals,
+            last_ts=self.last_ts,
+            histogram=LatencyHistogram(self.counts).to_runs(),
+            errors=dict(self.errors) if self.errors else None,
+            labels=self.labels,
+            dropped=self.dropped,
+        )
+
+
+class _Tier:
+    """The open interval of one resolution and its entries."""
+
+    __slots__ = ("entries", "resolution", "start")
+
+    def __init__(self, resolution: float) -> None:
+        self.resolution = resolution
+        self.start: float | None = None
+        self.entries: dict[_Key, _Entry] = {}
+
+    def end(self) -> float:
+        assert self.start is not None
+        return self.start + self.resolution
+
+
+class Aggregator:
+    """Attempts in, one row per key per interval out (see the module documentation).
+
+    Not thread-safe: the buffer calls it under its flush lock.
+
+    Args:
+        interval_s: the fine interval, a divisor of 60 seconds.
+        max_keys: at most this many keys per tier.
+    """
+
+    def __init__(self, *, interval_s: float, max_keys: int) -> None:
+        self.resolutions = resolutions_for(interval_s)
+        self.max_keys = max_keys
+        self._tiers = [_Tier(r) for r in self.resolutions]
+        #: Rows of closed intervals, waiting to be written.
+        self.closed: list[CallAggregate] = []
+        #: Keys closed early because a tier had ``max_keys`` keys.
+        self.evicted = 0
+        self._evicting = False
+
+    def __len__(self) -> int:
+        return sum(len(t.entries) for t in self._tiers)
+
+    # Input -------------------------------------------------------------------
+
+    def add_successes(self, batch: Sequence[tuple[float, float, Series]], offset: float) -> None:
+        """First-attempt successes: ``(start, end, series)`` on the perf counter.
+
+        ``offset`` turns a perf-counter time into wall-clock time.
+        """
+        if not batch:
+            return
+        self._roll_to(batch[0][1] + offset)
+        if batch[0][2] is batch[-1][2] and len(set(map(_series_of, batch))) == 1:
+            groups: Iterable[tuple[Series, Sequence[tuple[float, float, Series]]]] = (
+                (batch[0][2], batch),
+            )
+        else:
+            by_series: dict[Series, list[tuple[float, float, Series]]] = {}
+            get = by_series.get
+            for row in batch:
+                found = get(row[2])
+                if found is None:
+                    by_series[row[2]] = found = []
+                found.append(row)
+            groups = by_series.items()
+        fine = self._tiers[0]
+        for series, rows in groups:
+            entry = self._entry(fine, series.key, series.labels)
+            ends = list(map(_end_of, rows))
+            entry.counts.update(count_intervals(ends, list(map(_start_of, rows))))
+            entry.attempts += len(rows)
+            entry.finals += len(rows)
+            last = ends[-1] + offset
+            entry.last_ts = max(entry.last_ts, last)
+
+    def add_rows(self, batch: Sequence[tuple[Any, ...]]) -> None:
+        """Full metric rows: ``(ts, connector, operation, duration_ms, status, error,
+        attempt, final, labels)`` with a wall-clock ``ts``."""
+        if not batch:
+            return
+        self._roll_to(batch[0][0])
+        fine = self._tiers[0]
+        frozen: dict[int, frozenset[tuple[str, str]] | None] = {}
+        durations: dict[int, list[float]] = {}
+        entries: dict[int, _Entry] = {}
+        for ts, connector, operation, duration_ms, status, error, _, final, labels in batch:
+            if labels:
+                label_id = id(labels)  # alive: the batch holds it
+                lk = frozen.get(label_id)
+                if lk is None:
+                    lk = frozen[label_id] = frozenset(labels.items())
+            else:
+                lk = None
+            key = (connector, operation, status, lk)
+            entry = self._entry(fine, key, labels)
+            marker = id(entry)
+            if marker not in entries:
+                entries[marker] = entry
+                durations[marker] = []
+            durations[marker].append(duration_ms)
+            entry.attempts += 1
+            if final:
+                entry.finals += 1
+            if error is not None or status == "error":
+                if entry.errors is None:
+                    entry.errors = Counter()
+                entry.errors[error or "error"] += 1
+            entry.last_ts = max(entry.last_ts, ts)
+        for marker, entry in entries.items():
+            entry.counts.update(count_buckets(durations[marker]))
+
+    def add_rejections(
+        self,
+        connector: str,
+        operation: str,
+        labels: Mapping[str, str] | None,
+        count: int,
+        ts: float,
+    ) -> None:
+        """Calls an open circuit refused (no attempt, no duration)."""
+        self._roll_to(ts)
+        key = (connector, operation, "rejected", _frozen(labels))
+        entry = self._entry(self._tiers[0], key, labels)
+        entry.attempts += count
+        entry.finals += count
+        if entry.errors is None:
+            entry.errors = Counter()
+        entry.errors["CircuitOpenError"] += count
+        entry.last_ts = max(entry.last_ts, ts)
+
+    def add_dropped(self, connector: str, operation: str, count: int, ts: float) -> None:
+        """Attempts that could not be kept: counted on the key's ``ok`` row."""
+        self._roll_to(ts)
+        key = (connector, operation, "ok", None)
+        entry = self._entry(self._tiers[0], key, None)
+        entry.dropped += count
+        entry.last_ts = max(entry.last_ts, ts)
+
+    # Output ------------------------------------------------------------------
+
+    def roll(self, now: float) -> None:
+        """Close every interval that ended by ``now`` (rows go to :attr:`closed`)."""
+        self._roll_to(now)
+
+    def close_fine(self) -> None:
+        """Close the open fine interval now, early (a flush asked for what is pending)."""
+        self._close(0, early=True)
+
+    def close_all(self) -> None:
+        """Close every tier's open interval now (the process stops)."""
+        for level in range(len(self._tiers)):
+            self._close(level, early=True)
+
+    def take(self) -> list[CallAggregate]:
+        """The rows of closed intervals (and forget them)."""
+        rows, self.closed = self.closed, []
+        return rows
+
+    # Internals ---------------------------------------------------------------
+
+    def _entry(self, tier: _Tier, key: _Key, labels: Mapping[str, str] | None) -> _Entry:
+        """The entry of ``key`` (connector, operation, status, frozen labels) in ``tier``."""
+        entry = tier.entries.get(key)
+        if entry is None:
+            if len(tier.entries) >= self.max_keys:
+                self._evict(tier)
+            entry = tier.entries[key] = _Entry(key[0], key[1], key[2], labels)  # type: ignore[arg-type]
+        return entry
+
+    def _evict(self, tier: _Tier) -> None:
+        """Close the oldest key of ``tier`` early: its row is written, not lost."""
+        key = next(iter(tier.entries))
+        entry = tier.entries.pop(key)
+        level = self._tiers.index(tier)
+        self._emit(level, key, entry)
+        self.evicted += 1
+        if not self._evicting:
+            self._evicting = True
+            logger.warning(
+                "more than %d metric keys (connector, operation, status, labels) in one "
+                "%gs interval: the oldest are written early (counted in evicted); "
+                "labels with many values make many keys",
+                self.max_keys,
+                tier.resolution,
+            )
+
+    def _emit(self, level: int, key: _Key, entry: _Entry) -> None:
+        """Write ``entry`` as a row of tier ``level`` and merge it into the next tier up."""
+        tier = self._tiers[level]
+        start = tier.start if tier.start is not None else 0.0
+        self.closed.append(entry.row(start, tier.resolution))
+        if level + 1 < len(self._tiers):
+            upper = self._tiers[level + 1]
+            if upper.start is None:
+                upper.start = _floor(start, upper.resolution)
+            into = upper.entries.get(key)
+            if into is None:
+                if len(upper.entries) >= self.max_keys:
+                    self._evict(upper)
+                into = upper.entries[key] = _Entry(
+                    entry.connector, entry.operation, entry.status, entry.labels
+                )
+            into.merge(entry)
+
+    def _close(self, level: int, *, early: bool = False) -> None:
+        tier = self._tiers[level]
+        entries, tier.entries = tier.entries, {}
+        for key, entry in entries.items():
+            self._emit(level, key, entry)
+        if not early:
+            tier.start = None
+        if level == 0 and len(entries) < self.max_keys:
+            self._evicting = False
+
+    def _roll_to(self, ts: float) -> None:
+        fine = self._tiers[0]
+        if fine.start is not None and ts < fine.end():
+            return
+        for level, tier in enumerate(self._tiers):
+            if tier.start is not None and ts >= tier.end():
+                self._close(level)
+            if tier.start is None:
+                tier.start = _floor(ts, tier.resolution)
+
+
+def _floor(ts: float, resolution: float) -> float:
+    return math.floor(ts / resolution) * resolution

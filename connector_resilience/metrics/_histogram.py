@@ -1,0 +1,209 @@
+"""A mergeable latency histogram with a bounded relative error (log buckets, as DDSketch).
+
+A duration ``x`` (ms) falls in bucket ``i = ceil(log(x) / log(gamma))`` with
+``gamma = (1 + a) / (1 - a)``; every value of bucket ``i`` lies in
+``(gamma**(i-1), gamma**i]``, and the bucket answers ``2 * gamma**i / (gamma + 1)``,
+which is within ``a`` (relative) of each of them. Histograms merge by adding
+counts bucket by bucket, so rows written by many processes over many intervals
+merge into one without losing accuracy: a quantile read from the merge is
+within ``a`` of a value at that rank. ``a`` is :data:`RELATIVE_ACCURACY`.
+
+Why our own and not the ``ddsketch`` package: the same algorithm, but its
+``add()`` costs about 0.9 µs a value in Python, more than a whole decorated call
+may; here a batch of durations is bucketed with ``map`` chains at C speed
+(about 0.1-0.2 µs a value), and the stored form (runs of counts) is smaller.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import repeat
+from operator import add, mul, sub
+
+__all__ = [
+    "MIN_MS",
+    "RELATIVE_ACCURACY",
+    "LatencyHistogram",
+    "bucket_of",
+    "count_buckets",
+    "count_intervals",
+    "value_of",
+]
+
+#: The bound on the relative error of every quantile read from a histogram.
+RELATIVE_ACCURACY = 0.01
+_GAMMA = (1 + RELATIVE_ACCURACY) / (1 - RELATIVE_ACCURACY)
+_MULTIPLIER = 1 / math.log(_GAMMA)
+#: Durations below this (1 ns) are counted as 0: they are below what a clock can tell.
+MIN_MS = 1e-6
+_ZERO_INDEX = math.ceil(math.log(MIN_MS) * _MULTIPLIER)
+# log(seconds * 1000) * m = log(seconds) * m + log(1000) * m
+_MS_OFFSET = math.log(1000.0) * _MULTIPLIER
+#: A run of stored counts is cut where more than this many empty buckets follow.
+_GAP = 4
+
+
+def bucket_of(duration_ms: float) -> int:
+    """The bucket index of one duration."""
+    if duration_ms <= MIN_MS:
+        return _ZERO_INDEX
+    return math.ceil(math.log(duration_ms) * _MULTIPLIER)
+
+
+def value_of(index: int) -> float:
+    """The value a bucket answers for (0 for the bucket of durations under 1 ns)."""
+    if index <= _ZERO_INDEX:
+        return 0.0
+    return 2 * _GAMMA**index / (_GAMMA + 1)
+
+
+def count_buckets(durations_ms: Sequence[float]) -> Counter[int]:
+    """Bucket counts of many durations at once (the writer thread's bulk path)."""
+    try:
+        return Counter(map(math.ceil, map(mul, map(math.log, durations_ms), repeat(_MULTIPLIER))))
+    except ValueError:  # a zero (or negative) duration: the rare slow path
+        return Counter(map(bucket_of, durations_ms))
+
+
+def count_intervals(ends: Sequence[float], starts: Sequence[float]) -> Counter[int]:
+    """Bucket counts of ``(end - start)`` perf-counter seconds, as milliseconds, at C speed."""
+    try:
+        return Counter(
+            map(
+                math.ceil,
+                map(
+                    add,
+                    map(mul, map(math.log, map(sub, ends, starts)), repeat(_MULTIPLIER)),
+                    repeat(_MS_OFFSET),
+                ),
+            )
+        )
+    except ValueError:  # an interval of 0 (a coarse clock): the rare slow path
+        return Counter(
+            bucket_of((end - start) * 1000.0) for end, start in zip(ends, starts, strict=True)
+        )
+
+
+class LatencyHistogram:
+    """Counts of durations per log bucket; merge with :meth:`merge`, read with :meth:`quantile`.
+
+    Example:
+        >>> h = LatencyHistogram()
+        >>> h.add_many([10.0, 20.0, 30.0])
+        >>> round(h.quantile(0.5), 1)
+        20.0
+    """
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self, counts: Mapping[int, int] | None = None) -> None:
+        self.counts: dict[int, int] = dict(counts) if counts else {}
+        self.total = sum(self.counts.values())
+
+    def __repr__(self) -> str:
+        return f"LatencyHistogram(total={self.total}, buckets={len(self.counts)})"
+
+    def add(self, duration_ms: float, count: int = 1) -> None:
+        """Count one duration (``count`` times)."""
+        index = bucket_of(duration_ms)
+        self.counts[index] = self.counts.get(index, 0) + count
+        self.total += count
+
+    def add_many(self, durations_ms: Sequence[float]) -> None:
+        """Count many durations."""
+        self.add_counts(count_buckets(durations_ms))
+
+    def add_counts(self, counts: Mapping[int, int]) -> None:
+        """Add bucket counts (another histogram's, or :func:`count_buckets`')."""
+        mine = self.counts
+        get = mine.get
+        added = 0
+        for index, count in counts.items():
+            mine[index] = get(index, 0) + count
+            added += count
+        self.total += added
+
+    def merge(self, other: LatencyHistogram) -> None:
+        """Add another histogram's counts to this one."""
+        self.add_counts(other.counts)
+
+    def add_runs(self, runs: Iterable[Sequence[int]]) -> None:
+        """Add counts in the stored form (see :meth:`to_runs`)."""
+        mine = self.counts
+        get = mine.get
+        added = 0
+        for run in runs:
+            index = run[0]
+            for count in run[1:]:
+                if count:
+                    mine[index] = get(index, 0) + count
+                    added += count
+                index += 1
+        self.total += added
+
+    def to_runs(self) -> tuple[tuple[int, ...], ...]:
+        """The stored form: runs of consecutive buckets, ``(first index, count, ...)``.
+
+        A run is cut where more than a few empty buckets follow, so a
+        histogram with a slow tail stays small.
+        """
+        if not self.counts:
+            return ()
+        runs: list[tuple[int, ...]] = []
+        indexes = sorted(self.counts)
+        counts = self.counts
+        start = previous = indexes[0]
+        run = [start, counts[start]]
+        for index in indexes[1:]:
+            gap = index - previous - 1
+            if gap > _GAP:
+                runs.append(tuple(run))
+                run = [index, counts[index]]
+            else:
+                run.extend([0] * gap)
+                run.append(counts[index])
+            previous = index
+        runs.append(tuple(run))
+        return tuple(runs)
+
+    @classmethod
+    def from_runs(cls, runs: Iterable[Sequence[int]]) -> LatencyHistogram:
+        """A histogram from its stored form."""
+        histogram = cls()
+        histogram.add_runs(runs)
+        return histogram
+
+    def quantile(self, q: float) -> float:
+        """The value at quantile ``q`` (0..1), within the relative accuracy; 0 if empty.
+
+        The rank is ``q * (total - 1)``, the lower of the two samples that
+        :func:`~connector_resilience.metrics.percentile` interpolates between.
+        """
+        if not self.total:
+            return 0.0
+        rank = q * (self.total - 1)
+        seen = 0
+        for index in sorted(self.counts):
+            seen += self.counts[index]
+            if seen > rank:
+                return value_of(index)
+        return value_of(max(self.counts))
+
+    def quantiles(self, qs: Sequence[float]) -> list[float]:
+        """Several quantiles in one pass over the sorted buckets."""
+        if not self.total:
+            return [0.0 for _ in qs]
+        order = sorted(range(len(qs)), key=qs.__getitem__)
+        out = [0.0] * len(qs)
+        indexes = sorted(self.counts)
+        position = 0
+        seen = self.counts[indexes[0]]
+        for slot in order:
+            rank = qs[slot] * (self.total - 1)
+            while seen <= rank and position + 1 < len(indexes):
+                position += 1
+                seen += self.counts[indexes[position]]
+            out[slot] = value_of(indexes[position])
+        return out
