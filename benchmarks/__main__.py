@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import calls, http, scaling
+from benchmarks import calls, fleet, http, scaling
 from benchmarks._core import PEER_DISTS, Context, Results, dist_version, use_clock
 from benchmarks._redis import our_backend_present, redis_server
 from benchmarks.report import write_report
@@ -35,6 +35,12 @@ CASES: dict[str, Callable[[Context], None]] = {
     "writes": scaling.run_writes,
     "concurrency": scaling.run_concurrency,
     "http": http.run_http,
+    "storage": fleet.run_storage,
+    "long-summary": fleet.run_long_summary,
+    "startup": fleet.run_startup,
+    "burst": fleet.run_burst,
+    "percentiles": fleet.run_percentiles,
+    "memory": fleet.run_memory,
 }
 #: Cases that use a redis-server when one is installed.
 _REDIS_CASES = {"success", "writes"}

@@ -137,6 +137,10 @@ def run_success(ctx: Context) -> None:
         )
         _set_target(ctx, f"jsonl_{mode}_tenacity", group, JSONL, tenacity)
         _set_target(
+            ctx, f"success_{mode}_jsonl_pyresilience", group, JSONL, "pyresilience retry + breaker"
+        )
+        _set_target(ctx, f"success_{mode}_circuitbreaker", group, MEMORY, "circuitbreaker")
+        _set_target(
             ctx, f"redis_{mode}_interlock", group, REDIS, "interlock-cb + RedisStorage", wall=True
         )
     _set_target(

@@ -27,6 +27,8 @@ from benchmarks._core import (
 )
 
 CONCURRENCY = 10
+#: Issue 16's figure: the default store's middleware under many concurrent requests.
+WIDE = 64
 BARE = "bare ClientSession"
 OURS = "ResilienceMiddleware, memory://"
 OURS_JSONL = "ResilienceMiddleware, default JSONL"
@@ -129,13 +131,13 @@ async def _clients(ctx: Context, url: str) -> tuple[dict[str, Fetch], dict[str, 
     return fetches, missing, closers
 
 
-async def _burst(fetch: Fetch, n: int) -> tuple[float, float]:
-    """``n`` requests by CONCURRENCY workers: (requests per wall second, per CPU second).
+async def _burst(fetch: Fetch, n: int, concurrency: int = CONCURRENCY) -> tuple[float, float]:
+    """``n`` requests by ``concurrency`` workers: (requests per wall second, per CPU second).
 
     CPU seconds are the client process's (every thread: the metrics writer too),
     which other processes on a shared machine cannot inflate.
     """
-    per = max(1, n // CONCURRENCY)
+    per = max(1, n // concurrency)
 
     async def worker() -> None:
         for _ in range(per):
@@ -144,8 +146,8 @@ async def _burst(fetch: Fetch, n: int) -> tuple[float, float]:
                 raise RuntimeError(f"server answered {status}")
 
     wall, cpu = time.perf_counter(), time.process_time()
-    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
-    done = per * CONCURRENCY
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    done = per * concurrency
     return done / (time.perf_counter() - wall), done / max(1e-9, time.process_time() - cpu)
 
 
@@ -172,6 +174,12 @@ def run_http(ctx: Context) -> None:
             both = interleaved(
                 list(fetches),
                 lambda name: loop.run_until_complete(_burst(fetches[name], n)),
+                rounds_n,
+            )
+            wide = [name for name in (BARE, OURS_JSONL) if name in fetches]
+            many = interleaved(
+                wide,
+                lambda name: loop.run_until_complete(_burst(fetches[name], n, WIDE)),
                 rounds_n,
             )
         finally:
@@ -241,3 +249,25 @@ def run_http(ctx: Context) -> None:
         else:
             gone = ours if ours not in rounds else reference
             target.why_not = f"{gone}: {missing.get(gone, 'not measured')}"
+    target = ctx.results.target("http_bare_jsonl_c64")
+    if OURS_JSONL in many and BARE in many:
+        pick = 1 if cpu_based else 0
+        mine = [v[pick] for v in many[OURS_JSONL]]
+        bare = [v[pick] for v in many[BARE]]
+        target.ratio = ratio_stat(mine, bare)
+        target.detail = (
+            f"{Stat.of(mine).fmt(0)} vs {Stat.of(bare).fmt(0)} {basis} at {WIDE} concurrent "
+            "requests"
+        )
+        table.rows.append(
+            [
+                f"{OURS_JSONL}, {WIDE} concurrent",
+                Stat.of(v[0] for v in many[OURS_JSONL]).fmt(0),
+                Stat.of(v[1] for v in many[OURS_JSONL]).fmt(0),
+                target.ratio.fmt(3),
+                ratio_stat([v[0] for v in many[OURS_JSONL]], [v[0] for v in many[BARE]]).fmt(3),
+                "",
+            ]
+        )
+    else:
+        target.why_not = "not measured"

@@ -71,9 +71,9 @@ def _scenarios(scratch: Path) -> dict[str, Callable[[], Loop]]:
 
     ctx = Context(quick=True, repeats=1, scratch=scratch, results=Results(), verbose=False)
 
-    def ours(store: str, fn: Callable[..., Any], **groups: Any) -> Callable[..., Any]:
+    def ours(kind: str, fn: Callable[..., Any], **groups: Any) -> Callable[..., Any]:
         wrapped: Callable[..., Any] = resilient(
-            "bench", policy=subjects.our_policy(ctx, store, **groups)
+            "bench", policy=subjects.our_policy(ctx, kind, **groups)
         )(fn)
         return wrapped
 
@@ -147,6 +147,12 @@ def _scenarios(scratch: Path) -> dict[str, Callable[[], Loop]]:
         "success-sync-tenacity": lambda: _sync_loop(subjects.tenacity_retry()(subjects._plain)),
         "success-sync-pyresilience": lambda: _sync_loop(
             subjects.pyresilience_deco()(subjects._plain)
+        ),
+        "success-sync-circuitbreaker": lambda: _sync_loop(
+            subjects.circuitbreaker_breaker(threshold=5, recovery_s=60)(subjects._plain)
+        ),
+        "success-sync-raw": lambda: _sync_loop(
+            ours("memory", subjects._plain, store={"metrics_mode": "raw"})
         ),
         "success-async": lambda: _async_loop(ours("memory", subjects._aplain)),
         "success-async-tenacity": lambda: _async_loop(subjects.tenacity_retry()(subjects._aplain)),

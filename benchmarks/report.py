@@ -103,9 +103,9 @@ def _markdown(results: Results, images: list[tuple[str, str]]) -> str:
         "(gc.freeze), so one subject's garbage is never collected on another's time",
         "- clock: "
         + (
-            "the calling thread's CPU time (time.thread_time) for in-process figures, so "
-            "other processes on the shared machine do not count; wall-clock for HTTP and "
-            "multi-process writes"
+            "this process's CPU time, every thread (time.process_time), for in-process "
+            "figures, so other processes on the shared machine do not count and our "
+            "background metrics writer does; wall-clock for HTTP and multi-process writes"
             if meta.get("clock") == "cpu"
             else "wall-clock (time.perf_counter) everywhere"
         ),

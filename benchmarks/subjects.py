@@ -60,7 +60,7 @@ def our_policy(ctx: Context, store: str, **groups: Any) -> Policy:
     caller's thread, instead of landing at random inside some other subject's batch.
     """
     tag = f"{store}-{next(_tags)}"
-    cfg: dict[str, Any] = {"flush_interval_s": 3600.0}
+    cfg: dict[str, Any] = {"flush_interval_s": 3600.0, **groups.pop("store", {})}
     if store == "memory":
         cfg["url"] = f"memory://bench-{tag}"
     elif store == "jsonl":

@@ -1,4 +1,5 @@
-"""Issue 8's targets, each a ratio taken inside one run. Never loosened here."""
+"""Issue 8's and issue 16's targets, each a ratio taken inside one run (or a figure
+with its unit in the text). Never loosened here."""
 
 from __future__ import annotations
 
@@ -120,6 +121,76 @@ TARGETS: tuple[tuple[str, str, float, str], ...] = (
         1.0,
         ">=",
     ),
+    # Issue 16: metrics at fleet volume.
+    (
+        "success_sync_jsonl_pyresilience",
+        "success path, sync: @resilient on the default JSONL store vs pyresilience (no metrics)",
+        1.0,
+        "<=",
+    ),
+    (
+        "success_async_jsonl_pyresilience",
+        "success path, async: @resilient on the default JSONL store vs pyresilience (no metrics)",
+        1.0,
+        "<=",
+    ),
+    (
+        "success_sync_circuitbreaker",
+        "success path, sync: @resilient on memory:// vs circuitbreaker",
+        1.0,
+        "<=",
+    ),
+    (
+        "success_async_circuitbreaker",
+        "success path, async: @resilient on memory:// vs circuitbreaker",
+        1.0,
+        "<=",
+    ),
+    (
+        "http_bare_jsonl_c64",
+        "HTTP req/s at 64 concurrent: ResilienceMiddleware (default JSONL) vs bare ClientSession",
+        0.95,
+        ">=",
+    ),
+    (
+        "storage_per_million",
+        "storage: MB per 1M successful calls over 10 minutes (default JSONL, aggregated)",
+        1.0,
+        "<=",
+    ),
+    (
+        "summary_day_jsonl",
+        "summarize() over 24 h at 1,000 calls/s, JSONL: ms",
+        50.0,
+        "<=",
+    ),
+    (
+        "summary_day_sqlite",
+        "summarize() over 24 h at 1,000 calls/s, SQLite: ms",
+        50.0,
+        "<=",
+    ),
+    ("import_tenacity", "import connector_resilience vs import tenacity (CPU)", 2.0, "<="),
+    ("cli_help_ms", "connector-resilience --help: ms of CPU, interpreter included", 150.0, "<="),
+    (
+        "burst_memory_mb",
+        "10 s burst at full speed, default store: peak extra memory, MB",
+        50.0,
+        "<=",
+    ),
+    (
+        "burst_write_gap",
+        "10 s burst at full speed: longest gap between metric writes, in flush intervals",
+        2.0,
+        "<=",
+    ),
+    (
+        "percentile_error",
+        "p50/p95/p99 from aggregated rows: worst relative error, recorded mixed distribution",
+        0.01,
+        "<=",
+    ),
+    ("memory_per_connector", "memory per connector (bytes)", 4096.0, "<="),
 )
 
 

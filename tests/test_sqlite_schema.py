@@ -31,6 +31,7 @@ def test_a_version_1_store_is_migrated_and_keeps_its_records(tmp_path: Path) -> 
     store = SqliteStore(path)
     (old,) = store.read_calls(since=0)
     assert (old.connector, old.status, old.calls) == ("api", "ok", 1)
+    assert store.connectors() == ["api"]  # the connectors index was built from the history
     check = sqlite3.connect(path)
-    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     check.close()
