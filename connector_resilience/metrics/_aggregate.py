@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from operator import itemgetter
@@ -37,8 +38,6 @@ logger = logging.getLogger("connector_resilience.metrics")
 MINUTE_S = 60.0
 HOUR_S = 3600.0
 
-_start_of = itemgetter(0)
-_end_of = itemgetter(1)
 _series_of = itemgetter(2)
 
 # What a key is: (connector, operation, status, frozen labels or None).
@@ -185,7 +184,8 @@ class Aggregator:
         if not batch:
             return
         self._roll_to(batch[0][1] + offset)
-        if batch[0][2] is batch[-1][2] and len(set(map(_series_of, batch))) == 1:
+        first = batch[0][2]
+        if first is batch[-1][2] and operator.countOf(map(_series_of, batch), first) == len(batch):
             groups: Iterable[tuple[Series, Sequence[tuple[float, float, Series]]]] = (
                 (batch[0][2], batch),
             )
@@ -201,11 +201,10 @@ class Aggregator:
         fine = self._tiers[0]
         for series, rows in groups:
             entry = self._entry(fine, series.key, series.labels)
-            ends = list(map(_end_of, rows))
-            entry.counts.update(count_intervals(ends, list(map(_start_of, rows))))
+            entry.counts.update(count_intervals(rows))
             entry.attempts += len(rows)
             entry.finals += len(rows)
-            last = ends[-1] + offset
+            last = rows[-1][1] + offset
             entry.last_ts = max(entry.last_ts, last)
 
     def add_rows(self, batch: Sequence[tuple[Any, ...]]) -> None:
@@ -215,34 +214,34 @@ class Aggregator:
             return
         self._roll_to(batch[0][0])
         fine = self._tiers[0]
-        frozen: dict[int, frozenset[tuple[str, str]] | None] = {}
-        durations: dict[int, list[float]] = {}
-        entries: dict[int, _Entry] = {}
+        # Per (connector, operation, status, labels object): its entry and durations.
+        # Rows of one engine share their labels dict, so this is one lookup a row.
+        slots: dict[tuple[str, str, str, int], tuple[_Entry, list[float]]] = {}
+        get = slots.get
         for ts, connector, operation, duration_ms, status, error, _, final, labels in batch:
-            if labels:
-                label_id = id(labels)  # alive: the batch holds it
-                lk = frozen.get(label_id)
-                if lk is None:
-                    lk = frozen[label_id] = frozenset(labels.items())
-            else:
-                lk = None
-            key = (connector, operation, status, lk)
-            entry = self._entry(fine, key, labels)
-            marker = id(entry)
-            if marker not in entries:
-                entries[marker] = entry
-                durations[marker] = []
-            durations[marker].append(duration_ms)
+            local = (connector, operation, status, id(labels))  # alive: the batch holds it
+            slot = get(local)
+            if slot is None:
+                if len(fine.entries) >= self.max_keys:
+                    # A key is about to be evicted (written): settle what is pending first.
+                    for pending, durations in slots.values():
+                        pending.counts.update(count_buckets(durations))
+                    slots.clear()
+                key = (connector, operation, status, _frozen(labels))
+                slot = slots[local] = (self._entry(fine, key, labels), [])
+            entry = slot[0]
+            slot[1].append(duration_ms)
             entry.attempts += 1
             if final:
                 entry.finals += 1
-            if error is not None or status == "error":
+            if status == "error":
                 if entry.errors is None:
                     entry.errors = Counter()
                 entry.errors[error or "error"] += 1
-            entry.last_ts = max(entry.last_ts, ts)
-        for marker, entry in entries.items():
-            entry.counts.update(count_buckets(durations[marker]))
+            if ts > entry.last_ts:  # noqa: PLR1730 - a compare is cheaper than max() per row
+                entry.last_ts = ts
+        for entry, durations in slots.values():
+            entry.counts.update(count_buckets(durations))
 
     def add_rejections(
         self,

@@ -20,7 +20,8 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import repeat
-from operator import add, mul, sub
+from operator import add, itemgetter, mul, sub
+from typing import Any
 
 __all__ = [
     "MIN_MS",
@@ -67,23 +68,32 @@ def count_buckets(durations_ms: Sequence[float]) -> Counter[int]:
         return Counter(map(bucket_of, durations_ms))
 
 
-def count_intervals(ends: Sequence[float], starts: Sequence[float]) -> Counter[int]:
-    """Bucket counts of ``(end - start)`` perf-counter seconds, as milliseconds, at C speed."""
+def count_intervals(rows: Sequence[Sequence[Any]]) -> Counter[int]:
+    """Bucket counts of ``row[1] - row[0]`` perf-counter seconds, as milliseconds, at C speed.
+
+    ``rows`` are the buffer's ``(start, end, ...)`` tuples.
+    """
     try:
         return Counter(
             map(
                 math.ceil,
                 map(
                     add,
-                    map(mul, map(math.log, map(sub, ends, starts)), repeat(_MULTIPLIER)),
+                    map(
+                        mul,
+                        map(math.log, map(sub, map(_SECOND, rows), map(_FIRST, rows))),
+                        repeat(_MULTIPLIER),
+                    ),
                     repeat(_MS_OFFSET),
                 ),
             )
         )
     except ValueError:  # an interval of 0 (a coarse clock): the rare slow path
-        return Counter(
-            bucket_of((end - start) * 1000.0) for end, start in zip(ends, starts, strict=True)
-        )
+        return Counter(bucket_of((row[1] - row[0]) * 1000.0) for row in rows)
+
+
+_FIRST = itemgetter(0)
+_SECOND = itemgetter(1)
 
 
 class LatencyHistogram:
