@@ -27,5 +27,5 @@ def test_demo_shows_retries_the_breaker_opening_and_recovering(tmp_path: Path) -
     assert attempts
     assert served.group(1) == attempts.group(1)  # every request the server saw is in the metrics
     # The default store: the three JSONL files, in the working directory.
-    for name in ("metrics.jsonl", "circuit_state.jsonl"):
+    for name in ("metrics.1s.jsonl", "circuit_state.jsonl"):
         assert (tmp_path / "logs" / "connectors" / name).is_file()

@@ -71,6 +71,10 @@ EXTRA_TABLE: list[tuple[str, str, str, object]] = [
     ("CONNECTOR_METRICS_RETENTION_S", "store", "metrics_retention_s", 7 * 86400),
     ("CONNECTOR_METRICS_FLUSH_S", "store", "flush_interval_s", 0.5),
     ("CONNECTOR_METRICS_BUFFER_MAX", "store", "buffer_max", 50_000),
+    ("CONNECTOR_METRICS_MODE", "store", "metrics_mode", "aggregated"),
+    ("CONNECTOR_METRICS_INTERVAL_S", "store", "metrics_interval_s", 1.0),
+    ("CONNECTOR_METRICS_MAX_KEYS", "store", "metrics_max_keys", 1000),
+    ("CONNECTOR_METRICS_PENDING_MAX", "store", "metrics_pending_max", 100_000),
 ]
 
 #: A valid non-default value for every variable, as the environment spells it, and
@@ -111,6 +115,10 @@ ENV_VALUES: dict[str, tuple[str, object]] = {
     "CONNECTOR_METRICS_RETENTION_S": ("86400", 86400.0),
     "CONNECTOR_METRICS_FLUSH_S": ("2", 2.0),
     "CONNECTOR_METRICS_BUFFER_MAX": ("10", 10),
+    "CONNECTOR_METRICS_MODE": ("raw", "raw"),
+    "CONNECTOR_METRICS_INTERVAL_S": ("5", 5.0),
+    "CONNECTOR_METRICS_MAX_KEYS": ("50", 50),
+    "CONNECTOR_METRICS_PENDING_MAX": ("1000", 1000),
 }
 
 _WHERE = {env: (group, name) for env, group, name, _ in DESIGN_TABLE + EXTRA_TABLE}

@@ -174,6 +174,10 @@ class Aggregator:
     def __len__(self) -> int:
         return sum(len(t.entries) for t in self._tiers)
 
+    def open_attempts(self) -> int:
+        """Attempts in the open fine interval (not yet in a row)."""
+        return sum(e.attempts for e in self._tiers[0].entries.values())
+
     # Input -------------------------------------------------------------------
 
     def add_successes(self, batch: Sequence[tuple[float, float, Series]], offset: float) -> None:

@@ -161,6 +161,20 @@ class MetricsBuffer:
                 self.aggregator.close_fine()
             return self._write()
 
+    def pending(self) -> int:
+        """Attempts (or raw records) measured but not yet taken by the store."""
+        aggregated = sum(row.attempts for row in self._waiting)
+        if self.aggregator is not None:
+            aggregated += sum(row.attempts for row in self.aggregator.closed)
+            aggregated += self.aggregator.open_attempts()
+        return (
+            len(self.rows)
+            + len(self.successes)
+            + len(self.rejections)
+            + sum(r.calls for r in self._retry)
+            + aggregated
+        )
+
     def drain(self) -> None:
         """Aggregate what calls buffered so far, without writing."""
         with self._flush_lock:

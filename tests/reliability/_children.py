@@ -51,7 +51,7 @@ def crash(url: str, token_url: str, client_id: str, client_secret: str, run: int
     """Calls, breaker transitions and token refreshes forever, acknowledging each one."""
     store = open_store(url)
     policy = Policy(
-        store={"url": url, "flush_interval_s": 3600},
+        store={"url": url, "flush_interval_s": 3600, "metrics_mode": "raw"},
         circuit={
             "failures_to_open": 2,
             "cooldown_s": 0.005,
@@ -103,7 +103,7 @@ def store_fault(url: str, mode: str) -> None:
     logging.getLogger("connector_resilience").addHandler(counter)
     store = open_store(url)
     policy = Policy(
-        store={"url": url, "flush_interval_s": 3600, "buffer_max": 1000},
+        store={"url": url, "flush_interval_s": 3600, "buffer_max": 1000, "metrics_mode": "raw"},
         circuit={"failures_to_open": 3, "cooldown_s": 3600, "sync_interval_s": 0},
         retry={"max_attempts": 1},
     )
@@ -148,7 +148,7 @@ def store_fault(url: str, mode: str) -> None:
         slowest_call_s=slowest,
         outcomes=outcomes,
         breaker=breaker.state,
-        pending=len(buffer.rows) + len(buffer.rejections) + sum(r.calls for r in buffer._retry),
+        pending=buffer.pending(),
         warnings=list(counter.messages),
     )
 
@@ -196,7 +196,7 @@ def hammer(
 
     store = LoggingStore(open_store(url), log)
     policy = Policy(
-        store={"url": url, "flush_interval_s": 3600},
+        store={"url": url, "flush_interval_s": 3600, "metrics_mode": "raw"},
         circuit={
             "failures_to_open": 3,
             "cooldown_s": 0.002,

@@ -109,7 +109,10 @@ def test_a_torn_final_jsonl_line_is_skipped_with_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     url = f"jsonl://{tmp_path / 'state'}"
-    policy = Policy(store={"url": url, "flush_interval_s": 3600}, circuit={"failures_to_open": 1})
+    policy = Policy(
+        store={"url": url, "flush_interval_s": 3600, "metrics_mode": "raw"},
+        circuit={"failures_to_open": 1},
+    )
 
     def connector() -> Callable[[bool], int]:
         @resilient("api", policy=policy, retry_on=())

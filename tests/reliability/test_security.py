@@ -184,7 +184,9 @@ def test_jsonl_files_are_0600_and_folders_0700_under_umask_0(
     tmp_path: Path, open_umask: None
 ) -> None:
     base = tmp_path / "a" / "b" / "state"
-    policy = Policy(store={"url": f"jsonl://{base}", "flush_interval_s": 3600})
+    policy = Policy(
+        store={"url": f"jsonl://{base}", "flush_interval_s": 3600, "metrics_mode": "raw"}
+    )
 
     @resilient("api", policy=policy, retry_on=())
     def call(fail: bool) -> int:
