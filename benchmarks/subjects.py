@@ -52,18 +52,18 @@ STORE_LABEL = {
 }
 
 
-def our_policy(ctx: Context, store: str, **groups: Any) -> Policy:
-    """A policy on a fresh store of kind ``store``; metrics are flushed by the runner.
+def our_policy(ctx: Context, kind: str, **groups: Any) -> Policy:
+    """A policy on a fresh store of ``kind``; metrics are flushed by the runner.
 
     The background writer is slowed to once an hour so that every batch ends
     with an explicit ``flush_metrics()``: the writing is then timed, on the
     caller's thread, instead of landing at random inside some other subject's batch.
     """
-    tag = f"{store}-{next(_tags)}"
+    tag = f"{kind}-{next(_tags)}"
     cfg: dict[str, Any] = {"flush_interval_s": 3600.0, **groups.pop("store", {})}
-    if store == "memory":
+    if kind == "memory":
         cfg["url"] = f"memory://bench-{tag}"
-    elif store == "jsonl":
+    elif kind == "jsonl":
         # The default store: no URL, the three JSONL files.
         folder = ctx.scratch / f"jsonl-{tag}"
         cfg.update(
@@ -72,12 +72,12 @@ def our_policy(ctx: Context, store: str, **groups: Any) -> Policy:
             circuit_state_path=folder / "circuit_state.jsonl",
             token_path=folder / "tokens.jsonl",
         )
-    elif store == "sqlite":
+    elif kind == "sqlite":
         cfg["url"] = f"sqlite:///{ctx.scratch / f'{tag}.db'}"
-    elif store == "redis":
+    elif kind == "redis":
         cfg["url"] = redis_store_url(ctx, tag)
     else:
-        raise ValueError(store)
+        raise ValueError(kind)
     return Policy(store=cfg, **groups)
 
 
