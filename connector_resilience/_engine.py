@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import tenacity
 
-from connector_resilience import _clock, _waits
+from connector_resilience import _clock, _waits, tracing
 from connector_resilience.backends import CallStatus, Store, open_store, store_for_policy
 from connector_resilience.circuit import CircuitBreaker, Outcome, StateChange, breaker_for
 from connector_resilience.errors import CircuitOpenError
@@ -95,12 +95,15 @@ class CallSpec:
         labels: extra metric labels for this call (method, host).
         can_retry: returns why this call cannot be repeated (a consumed
             request body), or ``None`` when it can.
+        headers: the outgoing request's headers: a traced call puts each
+            attempt's trace context (``traceparent``) there.
     """
 
     max_attempts: int | None = None
     deadline_s: float | None = None
     labels: Mapping[str, str] | None = None
     can_retry: Callable[[], str | None] | None = None
+    headers: MutableMapping[str, str] | None = None
 
 
 _NO_SPEC = CallSpec()
@@ -169,6 +172,9 @@ class Engine:
             self.breaker = breaker_for(breaker_name or connector, policy=view, store=store)
             if options.on_state_change is not None:
                 self.breaker.add_listener(options.on_state_change)
+        # None unless OpenTelemetry tracing is on: then callers run every attempt
+        # through the plan, each in its own span.
+        self.tracer = tracing.call_tracer(connector, operation, breaker=self.breaker)
 
     # Bookkeeping ----------------------------------------------------------
 
@@ -229,6 +235,8 @@ class Engine:
         # writes one record per (operation, labels) per flush.
         if self.rejections is not None:
             self.rejections.append((self.connector, self.operation, labels or self.labels))
+        if self.tracer is not None:
+            self.tracer.rejected(exc, labels or self.labels)
         hook = self.options.on_reject
         if hook is not None:
             _safely(hook, exc, "on_reject")
@@ -264,8 +272,26 @@ class Engine:
         first: tuple[bool, Any, float, float] | None = None,
         spec: CallSpec | None = None,
     ) -> _Plan:
-        """Decide attempt by attempt; ``first`` is the first attempt's outcome if it ran."""
+        """Decide attempt by attempt; ``first`` is the first attempt's outcome if it ran.
+
+        A traced engine's callers pass no ``first``: every attempt then runs
+        from the plan, in its own span.
+        """
         spec = spec or _NO_SPEC
+        steps = self._steps(probe, first, spec)
+        if self.tracer is None:
+            return steps
+        return self.tracer.trace_plan(
+            steps,
+            probe=probe,
+            labels=self.labels if spec.labels is None else {**(self.labels or {}), **spec.labels},
+            headers=spec.headers,
+            result_name=_result_name,
+        )
+
+    def _steps(
+        self, probe: str | None, first: tuple[bool, Any, float, float] | None, spec: CallSpec
+    ) -> _Plan:
         max_attempts = spec.max_attempts if spec.max_attempts is not None else self.max_attempts
         labels = self.labels if spec.labels is None else {**(self.labels or {}), **spec.labels}
         if first is None:

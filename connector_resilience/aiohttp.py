@@ -221,27 +221,31 @@ class ResilienceMiddleware:
             request.headers.setdefault(self.idempotency_header, str(uuid.uuid4()))
         # The first attempt runs inline, as @resilient's does: the retry plan is
         # only built once an attempt fails or answers with a retryable status.
-        start = time.perf_counter()
-        try:
-            response = await (
-                self._send(request, handler) if self.tokens is not None else handler(request)
-            )
-        except BaseException as exc:
-            first: tuple[bool, Any, float, float] = (False, exc, start, time.perf_counter())
-        else:
-            end = time.perf_counter()
-            status = response.status
-            if status < 500 and status not in self._statuses:
-                if engine.succeeded(start, end, probe, self._labels(method, host, status)):
-                    assert breaker is not None
-                    await breaker.areport(probe, "success", duration_ms=(end - start) * 1000.0)
-                return response
-            first = (True, response, start, end)
+        # A traced request sends every attempt from the plan, each in its span.
+        first: tuple[bool, Any, float, float] | None = None
+        if engine.tracer is None:
+            start = time.perf_counter()
+            try:
+                response = await (
+                    self._send(request, handler) if self.tokens is not None else handler(request)
+                )
+            except BaseException as exc:
+                first = (False, exc, start, time.perf_counter())
+            else:
+                end = time.perf_counter()
+                status = response.status
+                if status < 500 and status not in self._statuses:
+                    if engine.succeeded(start, end, probe, self._labels(method, host, status)):
+                        assert breaker is not None
+                        await breaker.areport(probe, "success", duration_ms=(end - start) * 1000.0)
+                    return response
+                first = (True, response, start, end)
         spec = CallSpec(
             max_attempts=None if self._retryable(request) else 1,
             deadline_s=_min_or_none(self.deadline_s, _session_total_timeout(request)),
             labels=self._labels(method, host, None),
             can_retry=lambda: _replay_refusal(request),
+            headers=request.headers,
         )
         retried: ClientResponse = await run_async(
             engine.plan(probe, first, spec),

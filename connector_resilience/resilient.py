@@ -304,6 +304,8 @@ def _sync_wrapper(fn: Callable[P, R], engines: _Engines) -> Callable[P, R]:
             except CircuitOpenError as exc:
                 engine.rejected(exc)
                 raise
+        if engine.tracer is not None:  # traced: every attempt runs from the plan, in its span
+            return cast(R, run_sync(engine.plan(probe), fn, args, kwargs, engine))
         start = perf()
         try:
             result = fn(*args, **kwargs)
@@ -346,6 +348,8 @@ def _async_wrapper(fn: Callable[P, Awaitable[R]], engines: _Engines) -> Callable
             except CircuitOpenError as exc:
                 engine.rejected(exc)
                 raise
+        if engine.tracer is not None:  # traced: every attempt runs from the plan, in its span
+            return cast(R, await run_async(engine.plan(probe), fn, args, kwargs, engine))
         start = perf()
         try:
             result = await fn(*args, **kwargs)
