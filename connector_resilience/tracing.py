@@ -214,8 +214,9 @@ class CallTracer:
                     attempt += 1
                     span_attributes: dict[str, Any] = {**http, ATTEMPT: attempt}
                     if attempt > 1:
-                        span_attributes[RESEND_COUNT] = attempt - 1
                         span_attributes[WAIT_S] = wait
+                        if is_http:
+                            span_attributes[RESEND_COUNT] = attempt - 1
                     span = self._tracer.start_span(
                         attempt_name, context=parent, kind=kind, attributes=span_attributes
                     )
