@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from connector_resilience import CircuitBreaker, ConfigurationError
@@ -366,7 +366,8 @@ def test_opentelemetry_through_its_prometheus_exporter_gives_the_collector_s_ser
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
 
     registry, collector = prometheus
-    reader = PrometheusMetricReader(disable_target_info=True)  # in prometheus_client's REGISTRY
+    otel_registry = CollectorRegistry()
+    reader = PrometheusMetricReader(disable_target_info=True, registry=otel_registry)
     provider = MeterProvider(metric_readers=[reader])
     telemetry = OpenTelemetryMetrics(meter_provider=provider, store=url, policy=policy_for(url))
     try:
@@ -374,7 +375,7 @@ def test_opentelemetry_through_its_prometheus_exporter_gives_the_collector_s_ser
         collector.observe(_http_records())
         telemetry.observe(_http_records())
         ours = _samples(generate_latest(registry).decode())
-        theirs = _samples(generate_latest(REGISTRY).decode())
+        theirs = _samples(generate_latest(otel_registry).decode())
     finally:
         telemetry.close()
         provider.shutdown()
@@ -387,8 +388,6 @@ def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     """Samples by name and labels, as Prometheus stores them (an empty label is no label)."""
     out = {}
     for family in text_string_to_metric_families(text):
-        if not family.name.startswith("connector_resilience_"):
-            continue  # the global registry's process and Python metrics
         for sample in family.samples:
             labels = frozenset(
                 (k, v) for k, v in sample.labels.items() if v and not k.startswith("otel_scope")

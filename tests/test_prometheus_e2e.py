@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 import yaml
-from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, start_http_server
+from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from connector_resilience import CircuitBreaker, CircuitOpenError, Policy, resilient, testing
@@ -312,7 +312,8 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Result]:
     registry = CollectorRegistry()
     collector = PrometheusCollector(store=url, policy=scenario.policy)
     registry.register(collector)
-    reader = PrometheusMetricReader(disable_target_info=True)
+    otel_registry = CollectorRegistry()
+    reader = PrometheusMetricReader(disable_target_info=True, registry=otel_registry)
     provider = MeterProvider(metric_readers=[reader])
     telemetry = OpenTelemetryMetrics(meter_provider=provider, store=url, policy=scenario.policy)
     service, service_thread = start_http_server(0, addr="127.0.0.1", registry=registry)
@@ -379,7 +380,7 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Result]:
             out.texts = {
                 "service": generate_latest(registry).decode(),
                 "dashboard": _get(f"http://127.0.0.1:{dashboard_port}/metrics"),
-                "opentelemetry": generate_latest(REGISTRY).decode(),
+                "opentelemetry": generate_latest(otel_registry).decode(),
             }
             yield out
     finally:
