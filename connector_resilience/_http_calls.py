@@ -1,0 +1,409 @@
+"""The request flow the HTTP adapters share: engines, breaker admission, first attempt, retries.
+
+An adapter hands :class:`HttpCalls` its request as plain values and a
+``send(timeout_s)`` that makes one attempt with its client; the rules come
+from :mod:`connector_resilience._http`, the retry plan and its drivers from
+:mod:`connector_resilience._engine`. The first attempt runs inline, as under
+``@resilient``: the plan is only built once an attempt fails or answers with
+a status worth retrying.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from connector_resilience import _clock
+from connector_resilience._engine import (
+    CallSpec,
+    Engine,
+    EngineOptions,
+    RetryEvent,
+    build_engine,
+    run_async,
+    run_sync,
+)
+from connector_resilience._http import (
+    AsyncTokenSource,
+    HttpRules,
+    SyncTokenSource,
+    attempt_timeout_s,
+    is_transient_error,
+    server_wait_s,
+    status_of,
+)
+from connector_resilience.errors import CircuitOpenError
+
+if TYPE_CHECKING:
+    from connector_resilience.backends import Store
+    from connector_resilience.circuit import StateChange
+    from connector_resilience.policy import Policy
+
+__all__ = ["HttpCalls", "authenticated_async", "authenticated_sync"]
+
+logger = logging.getLogger("connector_resilience.http")
+
+
+class _Response(Protocol):
+    """What the flow reads of any client's response (and ``status`` or ``status_code``)."""
+
+    @property
+    def headers(self) -> Any:
+        """The response headers, case-insensitive."""
+        ...
+
+
+R = TypeVar("R", bound=_Response)
+
+
+class HttpCalls:
+    """One adapter's engines (per method, and per host if asked) and its request flow.
+
+    Args:
+        connector: the connector's name.
+        rules: the adapter's HTTP rules.
+        policy: settings (the environment's policy, read at the first request, if ``None``).
+        store: a store or store URL (the policy's store if ``None``).
+        transient: the client's exception classes worth another attempt.
+        permanent: the client's exception classes never worth one.
+        caller_errors: the caller's mistakes: neither success nor failure for the breaker.
+        breaker_per_host: one breaker per host instead of one per connector.
+        max_attempts: attempts per request (``RETRY_MAX_ATTEMPTS`` if ``None``).
+        deadline_s: budget per request, on top of the policy's deadline.
+        attempt_timeout_s: longest attempt (``RETRY_ATTEMPT_TIMEOUT_S`` if ``None``).
+        metrics: record every attempt.
+        on_retry: hook before a retry.
+        on_state_change: hook when the breaker moves.
+        on_reject: hook for a refused request.
+    """
+
+    def __init__(
+        self,
+        connector: str,
+        *,
+        rules: HttpRules,
+        policy: Policy | None,
+        store: Store | str | None,
+        transient: tuple[type[BaseException], ...],
+        permanent: tuple[type[BaseException], ...],
+        caller_errors: tuple[type[BaseException], ...],
+        breaker_per_host: bool,
+        max_attempts: int | None,
+        deadline_s: float | None,
+        attempt_timeout_s: float | None,
+        metrics: bool,
+        on_retry: Callable[[RetryEvent], object] | None,
+        on_state_change: Callable[[StateChange], object] | None,
+        on_reject: Callable[[CircuitOpenError], object] | None,
+    ) -> None:
+        if not connector:
+            raise ValueError("an HTTP adapter needs a connector name")
+        for name, value in (("max_attempts", max_attempts),):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        for name, seconds in (("deadline_s", deadline_s), ("attempt_timeout_s", attempt_timeout_s)):
+            if seconds is not None and not seconds > 0:
+                raise ValueError(f"{name} must be > 0 seconds, got {seconds}")
+        self.connector = connector
+        self.rules = rules
+        self.breaker_per_host = breaker_per_host
+        self.deadline_s = deadline_s
+        self.attempt_timeout_s = attempt_timeout_s
+        self._policy = policy
+        self._store = store
+        self._options = EngineOptions(
+            retry_on=lambda exc: is_transient_error(exc, transient=transient, permanent=permanent),
+            retry_on_result=lambda r: rules.should_retry(status_of(r), r.headers),
+            failure_result=lambda r: rules.is_failure(status_of(r), r.headers),
+            failure_on=None,
+            ignore=caller_errors,
+            max_attempts=max_attempts,
+            deadline_s=None,
+            wait=None,
+            stop=None,
+            breaker=True,
+            metrics=metrics,
+            labels=None,
+            on_retry=on_retry,
+            on_state_change=on_state_change,
+            on_reject=on_reject,
+        )
+        self._engines: dict[tuple[str, str | None], Engine] = {}
+        self._lock = threading.Lock()
+
+    # Engines ---------------------------------------------------------------
+
+    def built(self, method: str, host: str) -> Engine | None:
+        """The engine for requests of ``method`` to ``host``, if already built."""
+        return self._engines.get((method, host if self.breaker_per_host else None))
+
+    def engine(self, method: str, host: str) -> Engine:
+        """The engine for requests of ``method`` to ``host``, built on first use (store I/O)."""
+        key = (method, host if self.breaker_per_host else None)
+        engine = self._engines.get(key)
+        if engine is None:
+            with self._lock:
+                engine = self._engines.get(key)
+                if engine is None:
+                    engine = build_engine(
+                        connector=self.connector,
+                        operation=method,
+                        policy=self._policy,
+                        store=self._store,
+                        options=self._options,
+                        breaker_name=f"{self.connector}@{host}" if key[1] is not None else None,
+                    )
+                    self._engines[key] = engine
+        return engine
+
+    # The flow, sync and async ------------------------------------------------
+
+    def call_sync(
+        self,
+        method: str,
+        host: str,
+        port: int | None,
+        headers: MutableMapping[str, str],
+        send: Callable[[float | None], R],
+        *,
+        can_retry: Callable[[], str | None],
+        discard: Callable[[Any], object],
+        client_deadline_s: float | None = None,
+    ) -> R:
+        """Send a request with the breaker, retries and metrics (a sync client)."""
+        engine = self.built(method, host) or self.engine(method, host)
+        breaker = engine.breaker
+        probe = None
+        if breaker is not None and (now := _clock.monotonic()) >= breaker.admit_until:
+            labels = self.rules.labels(method, host, port, None)
+            if now < breaker.refuse_until:
+                rejection = breaker.rejection()
+                engine.rejected(rejection, labels)
+                raise rejection
+            try:
+                probe = breaker.acquire()
+            except CircuitOpenError as exc:
+                engine.rejected(exc, labels)
+                raise
+        deadline_s, deadline_at, attempt = self._begin(
+            engine, method, headers, client_deadline_s, send
+        )
+        start = time.perf_counter()
+        try:
+            response: R = attempt()
+        except BaseException as exc:
+            first: tuple[bool, Any, float, float] = (False, exc, start, time.perf_counter())
+        else:
+            end = time.perf_counter()
+            status = status_of(response)
+            if self.rules.settles(status, response.headers):
+                if engine.succeeded(
+                    start, end, probe, self.rules.labels(method, host, port, status)
+                ):
+                    assert breaker is not None
+                    breaker.report(probe, "success", duration_ms=(end - start) * 1000.0)
+                return response
+            first = (True, response, start, end)
+        spec = self._spec(method, host, port, headers, can_retry, deadline_s, deadline_at, engine)
+        result: R = run_sync(
+            engine.plan(probe, first, spec), attempt, (), {}, engine, discard=discard
+        )
+        return result
+
+    async def call_async(
+        self,
+        method: str,
+        host: str,
+        port: int | None,
+        headers: MutableMapping[str, str],
+        send: Callable[[float | None], Awaitable[R]],
+        *,
+        can_retry: Callable[[], str | None],
+        discard: Callable[[Any], object],
+        client_deadline_s: float | None = None,
+    ) -> R:
+        """:meth:`call_sync` for an async client; store I/O never blocks the event loop."""
+        engine = self.built(method, host)
+        if engine is None:
+            # Building an engine opens the store and reads the breaker (network
+            # I/O for Redis): the first request of a kind does it in a thread.
+            engine = await asyncio.to_thread(self.engine, method, host)
+        breaker = engine.breaker
+        probe = None
+        if breaker is not None and (now := _clock.monotonic()) >= breaker.admit_until:
+            labels = self.rules.labels(method, host, port, None)
+            if now < breaker.refuse_until:
+                rejection = breaker.rejection()
+                engine.rejected(rejection, labels)
+                raise rejection
+            try:
+                probe = await breaker.aacquire()
+            except CircuitOpenError as exc:
+                engine.rejected(exc, labels)
+                raise
+        deadline_s, deadline_at, attempt = self._begin(
+            engine, method, headers, client_deadline_s, send
+        )
+        start = time.perf_counter()
+        try:
+            response: R = await attempt()
+        except BaseException as exc:
+            first: tuple[bool, Any, float, float] = (False, exc, start, time.perf_counter())
+        else:
+            end = time.perf_counter()
+            status = status_of(response)
+            if self.rules.settles(status, response.headers):
+                if engine.succeeded(
+                    start, end, probe, self.rules.labels(method, host, port, status)
+                ):
+                    assert breaker is not None
+                    await breaker.areport(probe, "success", duration_ms=(end - start) * 1000.0)
+                return response
+            first = (True, response, start, end)
+        spec = self._spec(method, host, port, headers, can_retry, deadline_s, deadline_at, engine)
+        result: R = await run_async(
+            engine.plan(probe, first, spec), attempt, (), {}, engine, discard=discard
+        )
+        return result
+
+    # What both flows share ------------------------------------------------------
+
+    def _begin(
+        self,
+        engine: Engine,
+        method: str,
+        headers: MutableMapping[str, str],
+        client_deadline_s: float | None,
+        send: Callable[[float | None], Any],
+    ) -> tuple[float | None, float | None, Callable[[], Any]]:
+        """The call's own deadline (s), when the whole call must end (monotonic), and
+        its attempt function; adds an idempotency key if asked."""
+        if self.rules.wants_idempotency_key(method):
+            # Before the first send, so that every attempt carries the same key.
+            import uuid
+
+            headers.setdefault(self.rules.idempotency_header, str(uuid.uuid4()))
+        deadline_s = _min_or_none(self.deadline_s, client_deadline_s)
+        whole = _min_or_none(deadline_s, engine.deadline_s)
+        configured = (
+            self.attempt_timeout_s
+            if self.attempt_timeout_s is not None
+            else engine.policy.retry.attempt_timeout_s
+        )
+        deadline_at = None if whole is None else _clock.monotonic() + whole
+        if deadline_at is None and configured is None:
+            return deadline_s, None, lambda: send(None)  # the client's own timeouts alone
+        return deadline_s, deadline_at, lambda: send(attempt_timeout_s(configured, deadline_at))
+
+    def _spec(  # noqa: PLR0917 - the slow path's one call site
+        self,
+        method: str,
+        host: str,
+        port: int | None,
+        headers: Mapping[str, str],
+        can_retry: Callable[[], str | None],
+        deadline_s: float | None,
+        deadline_at: float | None,
+        engine: Engine,
+    ) -> CallSpec:
+        rules = self.rules
+        return CallSpec(
+            max_attempts=None if rules.retryable_request(method, headers) else 1,
+            deadline_s=deadline_s,
+            labels=rules.labels(method, host, port, None),
+            can_retry=can_retry,
+            wait=_server_aware_wait(engine, deadline_at),
+            result_labels=lambda response: rules.labels(method, host, port, status_of(response)),
+        )
+
+
+def _server_aware_wait(
+    engine: Engine, deadline_at: float | None
+) -> Callable[[int, float | None, Any, float], float | None]:
+    """The engine's backoff, unless the response says when to come back.
+
+    A server's wait is honoured exactly (plus a small positive jitter), never
+    shortened: one longer than ``RETRY_CAP_MS`` or than the call's remaining
+    deadline ends the call at once with that response.
+    """
+    retry = engine.policy.retry
+    cap_s = retry.cap_ms / 1000.0
+    jitter_pct = 0.0 if retry.jitter == "none" else retry.jitter_pct
+
+    def wait(
+        attempt: int, previous_s: float | None, outcome: Any, elapsed_s: float
+    ) -> float | None:
+        if not isinstance(outcome, BaseException):
+            status = status_of(outcome)
+            asked = server_wait_s(status, outcome.headers, cap_s=cap_s, jitter_pct=jitter_pct)
+            if asked is not None:
+                remaining = None if deadline_at is None else deadline_at - _clock.monotonic()
+                if asked == math.inf or (remaining is not None and asked > remaining):
+                    logger.warning(
+                        "%s.%s: HTTP %d asks to wait longer than %s; not retried",
+                        engine.connector,
+                        engine.operation,
+                        status,
+                        f"RETRY_CAP_MS ({retry.cap_ms:g} ms)"
+                        if asked == math.inf
+                        else f"the call's remaining deadline ({remaining:.3f} s)",
+                    )
+                    return None
+                return asked
+        return engine.delay_s(attempt, previous_s, outcome, elapsed_s)
+
+    return wait
+
+
+def authenticated_sync(
+    tokens: SyncTokenSource,
+    send: Callable[[], R],
+    set_token: Callable[[str], None],
+    *,
+    rewind: Callable[[], str | None],
+    discard: Callable[[R], object],
+) -> R:
+    """One attempt with a bearer token; on a 401, refresh once and send once more.
+
+    ``rewind`` readies the body for a resend, or says why it cannot be resent
+    (then the 401 is the answer).
+    """
+    token = tokens.get_token()
+    set_token(token)
+    response = send()
+    if status_of(response) != 401 or rewind() is not None:
+        return response
+    discard(response)
+    set_token(tokens.refresh_after_unauthorized(token))
+    return send()
+
+
+async def authenticated_async(
+    tokens: AsyncTokenSource,
+    send: Callable[[], Awaitable[R]],
+    set_token: Callable[[str], None],
+    *,
+    rewind: Callable[[], str | None],
+    discard: Callable[[R], object],
+) -> R:
+    """:func:`authenticated_sync` for an async client."""
+    token = await tokens.aget_token()
+    set_token(token)
+    response = await send()
+    if status_of(response) != 401 or rewind() is not None:
+        return response
+    closing = discard(response)
+    if isinstance(closing, Awaitable):
+        await closing
+    set_token(await tokens.arefresh_after_unauthorized(token))
+    return await send()
+
+
+def _min_or_none(*values: float | None) -> float | None:
+    present = [v for v in values if v is not None]
+    return min(present) if present else None
