@@ -434,6 +434,10 @@ class HttpRules:
         """
         return status >= 500 or self.should_retry(status, headers)
 
+    def plainly_settles(self, status: int) -> bool:
+        """The hot path: a status that settles the call whatever its headers say (a 2xx)."""
+        return status < 400 and status not in self.retry_statuses
+
     def settles(self, status: int, headers: HeaderLookup) -> bool:
         """Whether a first answer ends the call as a success: neither retried nor a failure."""
         if status < 400:
@@ -462,10 +466,20 @@ class HttpRules:
         return labels
 
 
+#: Which attribute holds the status, per response class (a missed getattr raises
+#: and catches an AttributeError inside: too slow for every response).
+_STATUS_ATTRIBUTE: dict[type, str] = {}
+
+
 def status_of(response: Any) -> int:
     """The status of any client's response (``status`` on aiohttp, ``status_code`` elsewhere)."""
-    status = getattr(response, "status_code", None)
-    if not isinstance(status, int):
-        status = response.status
+    cls = type(response)
+    name = _STATUS_ATTRIBUTE.get(cls)
+    if name is None:
+        name = (
+            "status_code" if isinstance(getattr(response, "status_code", None), int) else "status"
+        )
+        _STATUS_ATTRIBUTE[cls] = name
+    status = getattr(response, name)
     assert isinstance(status, int)
     return status

@@ -173,7 +173,7 @@ class HttpCalls:
         *,
         can_retry: Callable[[], str | None],
         discard: Callable[[Any], object],
-        client_deadline_s: float | None = None,
+        client_deadline_s: Callable[[], float | None] | None = None,
     ) -> R:
         """Send a request with the breaker, retries and metrics (a sync client)."""
         engine = self.built(method, host) or self.engine(method, host)
@@ -190,9 +190,7 @@ class HttpCalls:
             except CircuitOpenError as exc:
                 engine.rejected(exc, labels)
                 raise
-        deadline_s, deadline_at, attempt = self._begin(
-            engine, method, headers, client_deadline_s, send
-        )
+        began, attempt = self._begin(engine, method, headers, send)
         start = time.perf_counter()
         try:
             response: R = attempt()
@@ -201,7 +199,7 @@ class HttpCalls:
         else:
             end = time.perf_counter()
             status = status_of(response)
-            if self.rules.settles(status, response.headers):
+            if self.rules.plainly_settles(status) or self.rules.settles(status, response.headers):
                 if engine.succeeded(
                     start, end, probe, self.rules.labels(method, host, port, status)
                 ):
@@ -209,7 +207,10 @@ class HttpCalls:
                     breaker.report(probe, "success", duration_ms=(end - start) * 1000.0)
                 return response
             first = (True, response, start, end)
-        spec = self._spec(method, host, port, headers, can_retry, deadline_s, deadline_at, engine)
+        deadline_s = _min_or_none(
+            self.deadline_s, client_deadline_s() if client_deadline_s is not None else None
+        )
+        spec = self._spec(method, host, port, headers, can_retry, deadline_s, began, engine)
         result: R = run_sync(
             engine.plan(probe, first, spec), attempt, (), {}, engine, discard=discard
         )
@@ -225,7 +226,7 @@ class HttpCalls:
         *,
         can_retry: Callable[[], str | None],
         discard: Callable[[Any], object],
-        client_deadline_s: float | None = None,
+        client_deadline_s: Callable[[], float | None] | None = None,
     ) -> R:
         """:meth:`call_sync` for an async client; store I/O never blocks the event loop."""
         engine = self.built(method, host)
@@ -246,9 +247,7 @@ class HttpCalls:
             except CircuitOpenError as exc:
                 engine.rejected(exc, labels)
                 raise
-        deadline_s, deadline_at, attempt = self._begin(
-            engine, method, headers, client_deadline_s, send
-        )
+        began, attempt = self._begin(engine, method, headers, send)
         start = time.perf_counter()
         try:
             response: R = await attempt()
@@ -257,7 +256,7 @@ class HttpCalls:
         else:
             end = time.perf_counter()
             status = status_of(response)
-            if self.rules.settles(status, response.headers):
+            if self.rules.plainly_settles(status) or self.rules.settles(status, response.headers):
                 if engine.succeeded(
                     start, end, probe, self.rules.labels(method, host, port, status)
                 ):
@@ -265,7 +264,10 @@ class HttpCalls:
                     await breaker.areport(probe, "success", duration_ms=(end - start) * 1000.0)
                 return response
             first = (True, response, start, end)
-        spec = self._spec(method, host, port, headers, can_retry, deadline_s, deadline_at, engine)
+        deadline_s = _min_or_none(
+            self.deadline_s, client_deadline_s() if client_deadline_s is not None else None
+        )
+        spec = self._spec(method, host, port, headers, can_retry, deadline_s, began, engine)
         result: R = await run_async(
             engine.plan(probe, first, spec), attempt, (), {}, engine, discard=discard
         )
@@ -278,27 +280,28 @@ class HttpCalls:
         engine: Engine,
         method: str,
         headers: MutableMapping[str, Any],
-        client_deadline_s: float | None,
         send: Callable[[float | None], Any],
-    ) -> tuple[float | None, float | None, Callable[[], Any]]:
-        """The call's own deadline (s), when the whole call must end (monotonic), and
-        its attempt function; adds an idempotency key if asked."""
+    ) -> tuple[float, Callable[[], Any]]:
+        """The call's start (monotonic) and its attempt function.
+
+        Adds an idempotency key if asked. An attempt is bounded by the per-attempt
+        timeout and by what is left of our own deadlines; the client's total
+        timeout (aiohttp's) is the client's to enforce and only bounds retry waits.
+        """
         if self.rules.wants_idempotency_key(method):
             # Before the first send, so that every attempt carries the same key.
             import uuid
 
             headers.setdefault(self.rules.idempotency_header, str(uuid.uuid4()))
-        deadline_s = _min_or_none(self.deadline_s, client_deadline_s)
-        whole = _min_or_none(deadline_s, engine.deadline_s)
-        configured = (
-            self.attempt_timeout_s
-            if self.attempt_timeout_s is not None
-            else engine.policy.retry.attempt_timeout_s
-        )
-        deadline_at = None if whole is None else _clock.monotonic() + whole
-        if deadline_at is None and configured is None:
-            return deadline_s, None, lambda: send(None)  # the client's own timeouts alone
-        return deadline_s, deadline_at, lambda: send(attempt_timeout_s(configured, deadline_at))
+        began = _clock.monotonic()
+        configured = self.attempt_timeout_s
+        if configured is None:
+            configured = engine.policy.retry.attempt_timeout_s
+        own = _min_or_none(self.deadline_s, engine.deadline_s)
+        if configured is None and own is None:
+            return began, lambda: send(None)  # the client's own timeouts alone
+        own_at = None if own is None else began + own
+        return began, lambda: send(attempt_timeout_s(configured, own_at))
 
     def _spec(  # noqa: PLR0917 - the slow path's one call site
         self,
@@ -308,10 +311,12 @@ class HttpCalls:
         headers: Mapping[str, Any],
         can_retry: Callable[[], str | None],
         deadline_s: float | None,
-        deadline_at: float | None,
+        began: float,
         engine: Engine,
     ) -> CallSpec:
         rules = self.rules
+        whole = _min_or_none(deadline_s, engine.deadline_s)
+        deadline_at = None if whole is None else began + whole
         return CallSpec(
             max_attempts=None if rules.retryable_request(method, headers) else 1,
             deadline_s=deadline_s,
@@ -404,6 +409,7 @@ async def authenticated_async(
     return await send()
 
 
-def _min_or_none(*values: float | None) -> float | None:
-    present = [v for v in values if v is not None]
-    return min(present) if present else None
+def _min_or_none(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    return a if b is None else min(a, b)

@@ -42,7 +42,7 @@ network exchange. aiohttp runs middlewares again for each redirect hop.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 try:
@@ -183,13 +183,10 @@ class ResilienceMiddleware:
         """Send ``request`` through ``handler`` with retries, the breaker, metrics and auth."""
         url = request.url
 
-        async def send(timeout_s: float | None) -> ClientResponse:
+        def send(timeout_s: float | None) -> Awaitable[ClientResponse]:
             if timeout_s is None:
-                return await self._send(request, handler)
-            # A middleware cannot reach the session's ClientTimeout; an asyncio
-            # timeout around the exchange is aiohttp's own mechanism underneath.
-            async with asyncio.timeout(timeout_s):
-                return await self._send(request, handler)
+                return self._send(request, handler) if self.tokens else handler(request)
+            return self._bounded(request, handler, timeout_s)
 
         return await self._calls.call_async(
             request.method,
@@ -199,8 +196,16 @@ class ResilienceMiddleware:
             send,
             can_retry=lambda: _replay_refusal(request),
             discard=_release,
-            client_deadline_s=_session_total_timeout(request),
+            client_deadline_s=lambda: _session_total_timeout(request),
         )
+
+    async def _bounded(
+        self, request: ClientRequest, handler: ClientHandlerType, timeout_s: float
+    ) -> ClientResponse:
+        # A middleware cannot reach the session's ClientTimeout; an asyncio
+        # timeout around the exchange is aiohttp's own mechanism underneath.
+        async with asyncio.timeout(timeout_s):
+            return await self._send(request, handler)
 
     async def _send(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         """One attempt: authenticate, send, and on a 401 refresh once and send once more."""
