@@ -8,7 +8,6 @@ import random
 import ssl
 
 import pytest
-from pydantic import ValidationError
 
 from connector_resilience import _http
 from connector_resilience._http import (
@@ -22,7 +21,6 @@ from connector_resilience._http import (
     server_wait_s,
     stripe_should_retry,
 )
-from connector_resilience.policy import Policy
 
 NOW = 1_800_000_000.0
 
@@ -238,13 +236,3 @@ def test_attempt_timeout_is_capped_by_the_remaining_deadline() -> None:
     assert attempt_timeout_s(5.0, 2.0, now=0) == 2.0
     assert attempt_timeout_s(None, 3.0, now=1) == 2.0
     assert attempt_timeout_s(5.0, 1.0, now=4) == 0.001  # never 0: "no timeout" to some clients
-
-
-def test_retry_attempt_timeout_s_is_read_from_the_environment(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("RETRY_ATTEMPT_TIMEOUT_S", "2.5")
-    assert Policy().retry.attempt_timeout_s == 2.5
-    monkeypatch.setenv("RETRY_ATTEMPT_TIMEOUT_S", "0")
-    with pytest.raises(ValidationError, match="RETRY_ATTEMPT_TIMEOUT_S"):
-        Policy()
