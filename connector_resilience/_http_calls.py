@@ -15,7 +15,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from connector_resilience import _clock
@@ -66,7 +66,11 @@ class HttpCalls:
 
     Args:
         connector: the connector's name.
-        rules: the adapter's HTTP rules.
+        retry_statuses: statuses that are retried.
+        retry_methods: methods retried without an idempotency key.
+        idempotency_header: the header that makes a POST or PATCH retryable.
+        add_idempotency_key: add that header to POST and PATCH requests without one.
+        auth_origins: origins that may receive a token (``None``: the first seen).
         policy: settings (the environment's policy, read at the first request, if ``None``).
         store: a store or store URL (the policy's store if ``None``).
         transient: the client's exception classes worth another attempt.
@@ -86,7 +90,11 @@ class HttpCalls:
         self,
         connector: str,
         *,
-        rules: HttpRules,
+        retry_statuses: Collection[int],
+        retry_methods: Collection[str],
+        idempotency_header: str,
+        add_idempotency_key: bool,
+        auth_origins: Collection[str] | None,
         policy: Policy | None,
         store: Store | str | None,
         transient: tuple[type[BaseException], ...],
@@ -110,7 +118,13 @@ class HttpCalls:
             if seconds is not None and not seconds > 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {seconds}")
         self.connector = connector
-        self.rules = rules
+        self.rules = rules = HttpRules(
+            retry_statuses=retry_statuses,
+            retry_methods=retry_methods,
+            idempotency_header=idempotency_header,
+            add_idempotency_key=add_idempotency_key,
+            auth_origins=auth_origins,
+        )
         self.breaker_per_host = breaker_per_host
         self.deadline_s = deadline_s
         self.attempt_timeout_s = attempt_timeout_s

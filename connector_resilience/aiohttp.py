@@ -60,7 +60,6 @@ from connector_resilience._http import (
     DEFAULT_RETRY_STATUSES,
     IDEMPOTENT_METHODS,
     AsyncTokenSource,
-    HttpRules,
     is_transient_error,
     origin,
 )
@@ -151,16 +150,13 @@ class ResilienceMiddleware:
     ) -> None:
         self.connector = connector
         self.tokens = tokens
-        self._rules = HttpRules(
+        self._calls = HttpCalls(
+            connector,
             retry_statuses=retry_statuses,
             retry_methods=retry_methods,
             idempotency_header=idempotency_header,
             add_idempotency_key=add_idempotency_key,
             auth_origins=auth_origins,
-        )
-        self._calls = HttpCalls(
-            connector,
-            rules=self._rules,
             policy=policy,
             store=store,
             transient=_TRANSIENT_ERRORS,
@@ -213,7 +209,7 @@ class ResilienceMiddleware:
         if tokens is None:
             return await handler(request)
         url = request.url
-        if not self._rules.auth_origins.allows(
+        if not self._calls.rules.auth_origins.allows(
             origin(url.scheme, url.host or "", url.port), self.connector
         ):
             request.headers.pop(hdrs.AUTHORIZATION, None)

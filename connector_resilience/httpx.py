@@ -32,7 +32,6 @@ from connector_resilience._http import (
     DEFAULT_RETRY_STATUSES,
     IDEMPOTENT_METHODS,
     AuthOrigins,
-    HttpRules,
     default_port,
     origin,
 )
@@ -184,16 +183,13 @@ class ResilientTransport(*_BASES):  # type: ignore[misc]
         self.tokens = tokens
         self._given = transport
         self._defaults: dict[tuple[str, bool], Any] = {}  # (flavour, async) -> transport
-        self._rules = HttpRules(
+        self._calls = HttpCalls(
+            connector,
             retry_statuses=retry_statuses,
             retry_methods=retry_methods,
             idempotency_header=idempotency_header,
             add_idempotency_key=add_idempotency_key,
             auth_origins=auth_origins,
-        )
-        self._calls = HttpCalls(
-            connector,
-            rules=self._rules,
             policy=policy,
             store=store,
             transient=_TRANSIENT_ERRORS,
@@ -320,7 +316,7 @@ class ResilientTransport(*_BASES):  # type: ignore[misc]
 
     def _authenticates(self, request: httpx.Request) -> bool:
         """Whether ``request`` may carry the token; a request that may not loses any it has."""
-        if self._rules.auth_origins.allows(_origin(request.url), self.connector):
+        if self._calls.rules.auth_origins.allows(_origin(request.url), self.connector):
             return True
         request.headers.pop("Authorization", None)
         return False

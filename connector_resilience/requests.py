@@ -42,7 +42,6 @@ from connector_resilience._http import (
     DEFAULT_RETRY_STATUSES,
     IDEMPOTENT_METHODS,
     AuthOrigins,
-    HttpRules,
     SyncTokenSource,
     default_port,
     origin,
@@ -188,16 +187,13 @@ class ResilientAdapter(HTTPAdapter):
     ) -> None:
         self.connector = connector
         self.tokens = tokens
-        self._rules = HttpRules(
+        self._calls = HttpCalls(
+            connector,
             retry_statuses=retry_statuses,
             retry_methods=retry_methods,
             idempotency_header=idempotency_header,
             add_idempotency_key=add_idempotency_key,
             auth_origins=auth_origins,
-        )
-        self._calls = HttpCalls(
-            connector,
-            rules=self._rules,
             policy=policy,
             store=store,
             transient=_TRANSIENT_ERRORS,
@@ -253,7 +249,9 @@ class ResilientAdapter(HTTPAdapter):
 
             if tokens is None:
                 return once()
-            if not self._rules.auth_origins.allows(origin(scheme, host, port), self.connector):
+            if not self._calls.rules.auth_origins.allows(
+                origin(scheme, host, port), self.connector
+            ):
                 request.headers.pop("Authorization", None)
                 return once()
 
