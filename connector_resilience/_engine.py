@@ -11,7 +11,9 @@ function or HTTP client needs for one connector, once.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping, MutableMapping
 from dataclasses import dataclass
@@ -97,6 +99,12 @@ class CallSpec:
             request body), or ``None`` when it can.
         headers: the outgoing request's headers: a traced call puts each
             attempt's trace context (``traceparent``) there.
+        wait: this call's wait rule, instead of the engine's backoff:
+            ``(attempt, previous_s, outcome, elapsed_s)`` to seconds, or to
+            ``None`` or ``math.inf`` to stop (a server asked for longer than
+            the policy allows).
+        result_labels: the labels of an attempt that returned ``result``
+            (an HTTP response's status code), instead of ``labels``.
     """
 
     max_attempts: int | None = None
@@ -104,6 +112,8 @@ class CallSpec:
     labels: Mapping[str, str] | None = None
     can_retry: Callable[[], str | None] | None = None
     headers: MutableMapping[str, str] | None = None
+    wait: Callable[[int, float | None, Any, float], float | None] | None = None
+    result_labels: Callable[[Any], Mapping[str, str]] | None = None
 
 
 _NO_SPEC = CallSpec()
@@ -305,7 +315,13 @@ class Engine:
         while True:
             duration_ms = (end - start) * 1000.0
             error_name: str | None
-            attempt_labels = _with_status(labels, value) if ok else labels
+            attempt_labels: Mapping[str, str] | None
+            if not ok:
+                attempt_labels = labels
+            elif spec.result_labels is not None:
+                attempt_labels = spec.result_labels(value)
+            else:
+                attempt_labels = _with_status(labels, value)
             if ok:
                 retry = self.retry_result is not None and bool(self.retry_result(value))
                 failed = retry or (self.failure_result is not None and self.failure_result(value))
@@ -332,18 +348,24 @@ class Engine:
             delay: float | None = None
             if retry and attempt < max_attempts:
                 elapsed = _clock.monotonic() - began
-                delay = max(0.0, self.delay_s(attempt, previous, value, elapsed))
-                past_deadline = deadline is not None and _clock.monotonic() + delay > deadline
-                stopped = self.stop is not None and self.stop(
-                    _tenacity_state(attempt, value, previous, elapsed, ok=ok)
-                )
-                refusal = spec.can_retry() if spec.can_retry is not None else None
-                if refusal is not None:
-                    logger.warning(
-                        "%s.%s: not retried: %s", self.connector, self.operation, refusal
+                if spec.wait is not None:
+                    asked = spec.wait(attempt, previous, value, elapsed)
+                else:
+                    asked = self.delay_s(attempt, previous, value, elapsed)
+                # A wait of None or infinity: the wait rule gives up with this outcome.
+                delay = None if asked is None or asked == math.inf else max(0.0, asked)
+                if delay is not None:
+                    past_deadline = deadline is not None and _clock.monotonic() + delay > deadline
+                    stopped = self.stop is not None and self.stop(
+                        _tenacity_state(attempt, value, previous, elapsed, ok=ok)
                     )
-                if past_deadline or stopped or refusal is not None:
-                    delay = None
+                    refusal = spec.can_retry() if spec.can_retry is not None else None
+                    if refusal is not None:
+                        logger.warning(
+                            "%s.%s: not retried: %s", self.connector, self.operation, refusal
+                        )
+                    if past_deadline or stopped or refusal is not None:
+                        delay = None
             final = delay is None
             self.row(duration_ms, "error", error_name, attempt, final, labels=attempt_labels)
             if final:
@@ -381,6 +403,8 @@ class Engine:
 
 def _result_name(value: Any) -> str:
     status = getattr(value, "status", None)
+    if not isinstance(status, int):
+        status = getattr(value, "status_code", None)  # httpx's and requests' responses
     if isinstance(status, int):
         return f"HTTP {status}"
     return "RetryableResult"
@@ -415,7 +439,15 @@ def _tenacity_state(
 # Drivers ------------------------------------------------------------------------
 
 
-def run_sync(plan: _Plan, fn: Callable[..., Any], args: Any, kwargs: Any, engine: Engine) -> Any:
+def run_sync(
+    plan: _Plan,
+    fn: Callable[..., Any],
+    args: Any,
+    kwargs: Any,
+    engine: Engine,
+    *,
+    discard: Callable[[Any], object] | None = None,
+) -> Any:
     perf = time.perf_counter
     answer: Any = None
     try:
@@ -423,6 +455,8 @@ def run_sync(plan: _Plan, fn: Callable[..., Any], args: Any, kwargs: Any, engine
             step = plan.send(answer)
             kind = step[0]
             if kind == _CALL:
+                if discard is not None and len(step) > 1 and step[1] is not None:
+                    discard(step[1])  # a result superseded by a retry (an HTTP response)
                 start = perf()
                 try:
                     answer = (True, fn(*args, **kwargs), start, perf())
@@ -456,7 +490,11 @@ async def run_async(
             kind = step[0]
             if kind == _CALL:
                 if discard is not None and len(step) > 1 and step[1] is not None:
-                    discard(step[1])  # a result superseded by a retry (an HTTP response)
+                    # A result superseded by a retry (an HTTP response); closing
+                    # an httpx async response is a coroutine.
+                    closing = discard(step[1])
+                    if inspect.isawaitable(closing):
+                        await closing
                 start = perf()
                 try:
                     answer = (True, await fn(*args, **kwargs), start, perf())

@@ -97,6 +97,13 @@ class RetryPolicy(BaseModel):
         "Whole-call budget in seconds: no retry sleep may end past it. Unset: no deadline.",
         gt=0,
     )
+    attempt_timeout_s: float | None = _env(
+        "RETRY_ATTEMPT_TIMEOUT_S",
+        None,
+        "HTTP adapters: longest time one attempt may take, through the client's own "
+        "timeouts and within the deadline. Unset: the client's timeouts alone.",
+        gt=0,
+    )
 
     @model_validator(mode="after")
     def _cap_not_below_base(self) -> Self:

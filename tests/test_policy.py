@@ -53,6 +53,7 @@ DESIGN_TABLE: list[tuple[str, str, str, object]] = [
 EXTRA_TABLE: list[tuple[str, str, str, object]] = [
     ("RETRY_JITTER", "retry", "jitter", "proportional"),
     ("RETRY_DEADLINE_S", "retry", "deadline_s", None),
+    ("RETRY_ATTEMPT_TIMEOUT_S", "retry", "attempt_timeout_s", None),
     ("CB_ENABLED", "circuit", "enabled", True),
     ("CB_HALF_OPEN_MAX_PROBES", "circuit", "half_open_max_probes", 1),
     ("CB_PROBE_LEASE_S", "circuit", "probe_lease_s", 30),
@@ -93,6 +94,7 @@ ENV_VALUES: dict[str, tuple[str, object]] = {
     "CONNECTOR_STORE_URL": ("memory://from-env", "memory://from-env"),
     "RETRY_JITTER": ("full", "full"),
     "RETRY_DEADLINE_S": ("12.5", 12.5),
+    "RETRY_ATTEMPT_TIMEOUT_S": ("2.5", 2.5),
     "CB_ENABLED": ("false", False),
     "CB_HALF_OPEN_MAX_PROBES": ("3", 3),
     "CB_PROBE_LEASE_S": ("5", 5.0),
@@ -757,6 +759,7 @@ BAD_VALUES: list[tuple[str, str]] = [
     ("RETRY_JITTER_PCT", "-0.1"),
     ("RETRY_JITTER", "random"),
     ("RETRY_DEADLINE_S", "0"),
+    ("RETRY_ATTEMPT_TIMEOUT_S", "0"),
     ("CB_ENABLED", "maybe"),
     ("CB_FAILURES_TO_OPEN", "0"),
     ("CB_COOLDOWN_S", "0"),

@@ -1,0 +1,445 @@
+"""The request flow the HTTP adapters share: engines, breaker admission, first attempt, retries.
+
+An adapter hands :class:`HttpCalls` its request as plain values and a
+``send(timeout_s)`` that makes one attempt with its client; the rules come
+from :mod:`connector_resilience._http`, the retry plan and its drivers from
+:mod:`connector_resilience._engine`. The first attempt runs inline, as under
+``@resilient``: the plan is only built once an attempt fails or answers with
+a status worth retrying.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+from collections.abc import Awaitable, Callable, Collection, MutableMapping
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from connector_resilience import _clock
+from connector_resilience._engine import (
+    CallSpec,
+    Engine,
+    EngineOptions,
+    RetryEvent,
+    build_engine,
+    run_async,
+    run_sync,
+)
+from connector_resilience._http import (
+    AsyncTokenSource,
+    HttpRules,
+    SyncTokenSource,
+    attempt_timeout_s,
+    is_transient_error,
+    server_wait_s,
+    status_of,
+)
+from connector_resilience.errors import CircuitOpenError
+
+if TYPE_CHECKING:
+    from connector_resilience.backends import Store
+    from connector_resilience.circuit import StateChange
+    from connector_resilience.policy import Policy
+
+__all__ = ["HttpCalls", "authenticated_async", "authenticated_sync"]
+
+logger = logging.getLogger("connector_resilience.http")
+
+
+class _Response(Protocol):
+    """What the flow reads of any client's response (and ``status`` or ``status_code``)."""
+
+    @property
+    def headers(self) -> Any:
+        """The response headers, case-insensitive."""
+        ...
+
+
+R = TypeVar("R", bound=_Response)
+
+
+class HttpCalls:
+    """One adapter's engines (per method, and per host if asked) and its request flow.
+
+    Args:
+        connector: the connector's name.
+        retry_statuses: statuses that are retried.
+        retry_methods: methods retried without an idempotency key.
+        idempotency_header: the header that makes a POST or PATCH retryable.
+        add_idempotency_key: add that header to POST and PATCH requests without one.
+        auth_origins: origins that may receive a token (``None``: the first seen).
+        policy: settings (the environment's policy, read at the first request, if ``None``).
+        store: a store or store URL (the policy's store if ``None``).
+        transient: the client's exception classes worth another attempt.
+        permanent: the client's exception classes never worth one.
+        caller_errors: the caller's mistakes: neither success nor failure for the breaker.
+        breaker_per_host: one breaker per host instead of one per connector.
+        max_attempts: attempts per request (``RETRY_MAX_ATTEMPTS`` if ``None``).
+        deadline_s: budget per request, on top of the policy's deadline.
+        attempt_timeout_s: longest attempt (``RETRY_ATTEMPT_TIMEOUT_S`` if ``None``).
+        metrics: record every attempt.
+        on_retry: hook before a retry.
+        on_state_change: hook when the breaker moves.
+        on_reject: hook for a refused request.
+    """
+
+    def __init__(
+        self,
+        connector: str,
+        *,
+        retry_statuses: Collection[int],
+        retry_methods: Collection[str],
+        idempotency_header: str,
+        add_idempotency_key: bool,
+        auth_origins: Collection[str] | None,
+        policy: Policy | None,
+        store: Store | str | None,
+        transient: tuple[type[BaseException], ...],
+        permanent: tuple[type[BaseException], ...],
+        caller_errors: tuple[type[BaseException], ...],
+        breaker_per_host: bool,
+        max_attempts: int | None,
+        deadline_s: float | None,
+        attempt_timeout_s: float | None,
+        metrics: bool,
+        on_retry: Callable[[RetryEvent], object] | None,
+        on_state_change: Callable[[StateChange], object] | None,
+        on_reject: Callable[[CircuitOpenError], object] | None,
+    ) -> None:
+        if not connector:
+            raise ValueError("an HTTP adapter needs a connector name")
+        for name, value in (("max_attempts", max_attempts),):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        for name, seconds in (("deadline_s", deadline_s), ("attempt_timeout_s", attempt_timeout_s)):
+            if seconds is not None and not seconds > 0:
+                raise ValueError(f"{name} must be > 0 seconds, got {seconds}")
+        self.connector = connector
+        self.rules = rules = HttpRules(
+            retry_statuses=retry_statuses,
+            retry_methods=retry_methods,
+            idempotency_header=idempotency_header,
+            add_idempotency_key=add_idempotency_key,
+            auth_origins=auth_origins,
+        )
+        self.breaker_per_host = breaker_per_host
+        self.deadline_s = deadline_s
+        self.attempt_timeout_s = attempt_timeout_s
+        self._policy = policy
+        self._store = store
+        self._options = EngineOptions(
+            retry_on=lambda exc: is_transient_error(exc, transient=transient, permanent=permanent),
+            retry_on_result=lambda r: rules.should_retry(status_of(r), r.headers),
+            failure_result=lambda r: rules.is_failure(status_of(r), r.headers),
+            failure_on=None,
+            ignore=caller_errors,
+            max_attempts=max_attempts,
+            deadline_s=None,
+            wait=None,
+            stop=None,
+            breaker=True,
+            metrics=metrics,
+            labels=None,
+            on_retry=on_retry,
+            on_state_change=on_state_change,
+            on_reject=on_reject,
+        )
+        self._engines: dict[tuple[str, str | None], Engine] = {}
+        self._lock = threading.Lock()
+
+    # Engines ---------------------------------------------------------------
+
+    def built(self, method: str, host: str) -> Engine | None:
+        """The engine for requests of ``method`` to ``host``, if already built."""
+        return self._engines.get((method, host if self.breaker_per_host else None))
+
+    def engine(self, method: str, host: str) -> Engine:
+        """The engine for requests of ``method`` to ``host``, built on first use (store I/O)."""
+        key = (method, host if self.breaker_per_host else None)
+        engine = self._engines.get(key)
+        if engine is None:
+            with self._lock:
+                engine = self._engines.get(key)
+                if engine is None:
+                    engine = build_engine(
+                        connector=self.connector,
+                        operation=method,
+                        policy=self._policy,
+                        store=self._store,
+                        options=self._options,
+                        breaker_name=f"{self.connector}@{host}" if key[1] is not None else None,
+                    )
+                    self._engines[key] = engine
+        return engine
+
+    # The flow, sync and async ------------------------------------------------
+
+    def call_sync(
+        self,
+        method: str,
+        host: str,
+        port: int | None,
+        headers: MutableMapping[str, Any],
+        send: Callable[[float | None], R],
+        *,
+        can_retry: Callable[[], str | None],
+        discard: Callable[[Any], object],
+        client_deadline_s: Callable[[], float | None] | None = None,
+    ) -> R:
+        """Send a request with the breaker, retries and metrics (a sync client)."""
+        engine = self.built(method, host) or self.engine(method, host)
+        breaker = engine.breaker
+        probe = None
+        if breaker is not None and (now := _clock.monotonic()) >= breaker.admit_until:
+            labels = self.rules.labels(method, host, port, None)
+            if now < breaker.refuse_until:
+                rejection = breaker.rejection()
+                engine.rejected(rejection, labels)
+                raise rejection
+            try:
+                probe = breaker.acquire()
+            except CircuitOpenError as exc:
+                engine.rejected(exc, labels)
+                raise
+        began, attempt = self._begin(engine, method, headers, send)
+        if engine.tracer is not None:  # traced: every attempt runs from the plan, in its span
+            deadline_s = self._deadline_s(client_deadline_s)
+            spec = self._spec(method, host, port, headers, can_retry, deadline_s, began, engine)
+            traced: R = run_sync(
+                engine.plan(probe, None, spec), attempt, (), {}, engine, discard=discard
+            )
+            return traced
+        start = time.perf_counter()
+        try:
+            response: R = attempt()
+        except BaseException as exc:
+            first: tuple[bool, Any, float, float] = (False, exc, start, time.perf_counter())
+        else:
+            end = time.perf_counter()
+            status = status_of(response)
+            if self.rules.plainly_settles(status) or self.rules.settles(status, response.headers):
+                if engine.succeeded(
+                    start, end, probe, self.rules.labels(method, host, port, status)
+                ):
+                    assert breaker is not None
+                    breaker.report(probe, "success", duration_ms=(end - start) * 1000.0)
+                return response
+            first = (True, response, start, end)
+        deadline_s = self._deadline_s(client_deadline_s)
+        spec = self._spec(method, host, port, headers, can_retry, deadline_s, began, engine)
+        result: R = run_sync(
+            engine.plan(probe, first, spec), attempt, (), {}, engine, discard=discard
+        )
+        return result
+
+    async def call_async(
+        self,
+        method: str,
+        host: str,
+        port: int | None,
+        headers: MutableMapping[str, Any],
+        send: Callable[[float | None], Awaitable[R]],
+        *,
+        can_retry: Callable[[], str | None],
+        discard: Callable[[Any], object],
+        client_deadline_s: Callable[[], float | None] | None = None,
+    ) -> R:
+        """:meth:`call_sync` for an async client; store I/O never blocks the event loop."""
+        engine = self.built(method, host)
+        if engine is None:
+            # Building an engine opens the store and reads the breaker (network
+            # I/O for Redis): the first request of a kind does it in a thread.
+            engine = await asyncio.to_thread(self.engine, method, host)
+        breaker = engine.breaker
+        probe = None
+        if breaker is not None and (now := _clock.monotonic()) >= breaker.admit_until:
+            labels = self.rules.labels(method, host, port, None)
+            if now < breaker.refuse_until:
+                rejection = breaker.rejection()
+                engine.rejected(rejection, labels)
+                raise rejection
+            try:
+                probe = await breaker.aacquire()
+            except CircuitOpenError as exc:
+                engine.rejected(exc, labels)
+                raise
+        began, attempt = self._begin(engine, method, headers, send)
+        if engine.tracer is not None:  # traced: every attempt runs from the plan, in its span
+            deadline_s = self._deadline_s(client_deadline_s)
+            spec = self._spec(method, host, port, headers, can_retry, deadline_s, began, engine)
+            traced: R = await run_async(
+                engine.plan(probe, None, spec), attempt, (), {}, engine, discard=discard
+            )
+            return traced
+        start = time.perf_counter()
+        try:
+            response: R = await attempt()
+        except BaseException as exc:
+            first: tuple[bool, Any, float, float] = (False, exc, start, time.perf_counter())
+        else:
+            end = time.perf_counter()
+            status = status_of(response)
+            if self.rules.plainly_settles(status) or self.rules.settles(status, response.headers):
+                if engine.succeeded(
+                    start, end, probe, self.rules.labels(method, host, port, status)
+                ):
+                    assert breaker is not None
+                    await breaker.areport(probe, "success", duration_ms=(end - start) * 1000.0)
+                return response
+            first = (True, response, start, end)
+        deadline_s = self._deadline_s(client_deadline_s)
+        spec = self._spec(method, host, port, headers, can_retry, deadline_s, began, engine)
+        result: R = await run_async(
+            engine.plan(probe, first, spec), attempt, (), {}, engine, discard=discard
+        )
+        return result
+
+    # What both flows share ------------------------------------------------------
+
+    def _deadline_s(self, client_deadline_s: Callable[[], float | None] | None) -> float | None:
+        """This request's own budget: ours, or the client's total timeout if shorter."""
+        client = client_deadline_s() if client_deadline_s is not None else None
+        return _min_or_none(self.deadline_s, client)
+
+    def _begin(
+        self,
+        engine: Engine,
+        method: str,
+        headers: MutableMapping[str, Any],
+        send: Callable[[float | None], Any],
+    ) -> tuple[float, Callable[[], Any]]:
+        """The call's start (monotonic) and its attempt function.
+
+        Adds an idempotency key if asked. An attempt is bounded by the per-attempt
+        timeout and by what is left of our own deadlines; the client's total
+        timeout (aiohttp's) is the client's to enforce and only bounds retry waits.
+        """
+        if self.rules.wants_idempotency_key(method):
+            # Before the first send, so that every attempt carries the same key.
+            import uuid
+
+            headers.setdefault(self.rules.idempotency_header, str(uuid.uuid4()))
+        began = _clock.monotonic()
+        configured = self.attempt_timeout_s
+        if configured is None:
+            configured = engine.policy.retry.attempt_timeout_s
+        own = _min_or_none(self.deadline_s, engine.deadline_s)
+        if configured is None and own is None:
+            return began, lambda: send(None)  # the client's own timeouts alone
+        own_at = None if own is None else began + own
+        return began, lambda: send(attempt_timeout_s(configured, own_at))
+
+    def _spec(  # noqa: PLR0917 - the slow path's one call site
+        self,
+        method: str,
+        host: str,
+        port: int | None,
+        headers: MutableMapping[str, Any],
+        can_retry: Callable[[], str | None],
+        deadline_s: float | None,
+        began: float,
+        engine: Engine,
+    ) -> CallSpec:
+        rules = self.rules
+        whole = _min_or_none(deadline_s, engine.deadline_s)
+        deadline_at = None if whole is None else began + whole
+        return CallSpec(
+            max_attempts=None if rules.retryable_request(method, headers) else 1,
+            deadline_s=deadline_s,
+            labels=rules.labels(method, host, port, None),
+            can_retry=can_retry,
+            wait=_server_aware_wait(engine, deadline_at),
+            result_labels=lambda response: rules.labels(method, host, port, status_of(response)),
+            headers=headers,
+        )
+
+
+def _server_aware_wait(
+    engine: Engine, deadline_at: float | None
+) -> Callable[[int, float | None, Any, float], float | None]:
+    """The engine's backoff, unless the response says when to come back.
+
+    A server's wait is honoured exactly (plus a small positive jitter), never
+    shortened: one longer than ``RETRY_CAP_MS`` or than the call's remaining
+    deadline ends the call at once with that response.
+    """
+    retry = engine.policy.retry
+    cap_s = retry.cap_ms / 1000.0
+    jitter_pct = 0.0 if retry.jitter == "none" else retry.jitter_pct
+
+    def wait(
+        attempt: int, previous_s: float | None, outcome: Any, elapsed_s: float
+    ) -> float | None:
+        if not isinstance(outcome, BaseException):
+            status = status_of(outcome)
+            asked = server_wait_s(status, outcome.headers, cap_s=cap_s, jitter_pct=jitter_pct)
+            if asked is not None:
+                remaining = None if deadline_at is None else deadline_at - _clock.monotonic()
+                if asked == math.inf or (remaining is not None and asked > remaining):
+                    logger.warning(
+                        "%s.%s: HTTP %d asks to wait longer than %s; not retried",
+                        engine.connector,
+                        engine.operation,
+                        status,
+                        f"RETRY_CAP_MS ({retry.cap_ms:g} ms)"
+                        if asked == math.inf
+                        else f"the call's remaining deadline ({remaining:.3f} s)",
+                    )
+                    return None
+                return asked
+        return engine.delay_s(attempt, previous_s, outcome, elapsed_s)
+
+    return wait
+
+
+def authenticated_sync(
+    tokens: SyncTokenSource,
+    send: Callable[[], R],
+    set_token: Callable[[str], None],
+    *,
+    rewind: Callable[[], str | None],
+    discard: Callable[[R], object],
+) -> R:
+    """One attempt with a bearer token; on a 401, refresh once and send once more.
+
+    ``rewind`` readies the body for a resend, or says why it cannot be resent
+    (then the 401 is the answer).
+    """
+    token = tokens.get_token()
+    set_token(token)
+    response = send()
+    if status_of(response) != 401 or rewind() is not None:
+        return response
+    discard(response)
+    set_token(tokens.refresh_after_unauthorized(token))
+    return send()
+
+
+async def authenticated_async(
+    tokens: AsyncTokenSource,
+    send: Callable[[], Awaitable[R]],
+    set_token: Callable[[str], None],
+    *,
+    rewind: Callable[[], str | None],
+    discard: Callable[[R], object],
+) -> R:
+    """:func:`authenticated_sync` for an async client."""
+    token = await tokens.aget_token()
+    set_token(token)
+    response = await send()
+    if status_of(response) != 401 or rewind() is not None:
+        return response
+    closing = discard(response)
+    if isinstance(closing, Awaitable):
+        await closing
+    set_token(await tokens.arefresh_after_unauthorized(token))
+    return await send()
+
+
+def _min_or_none(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    return a if b is None else min(a, b)
