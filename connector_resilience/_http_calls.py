@@ -13,9 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import operator
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Collection, MutableMapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from connector_resilience import _clock
@@ -59,6 +62,7 @@ class _Response(Protocol):
 
 
 R = TypeVar("R", bound=_Response)
+S = TypeVar("S")  # the client's request object, handed back to the adapter's rules
 
 
 class HttpCalls:
@@ -76,6 +80,8 @@ class HttpCalls:
         transient: the client's exception classes worth another attempt.
         permanent: the client's exception classes never worth one.
         caller_errors: the caller's mistakes: neither success nor failure for the breaker.
+        status_attribute: the response attribute holding the status, when the
+            client has one (``status``, ``status_code``); any client's otherwise.
         breaker_per_host: one breaker per host instead of one per connector.
         max_attempts: attempts per request (``RETRY_MAX_ATTEMPTS`` if ``None``).
         deadline_s: budget per request, on top of the policy's deadline.
@@ -100,6 +106,7 @@ class HttpCalls:
         transient: tuple[type[BaseException], ...],
         permanent: tuple[type[BaseException], ...],
         caller_errors: tuple[type[BaseException], ...],
+        status_attribute: str | None = None,
         breaker_per_host: bool,
         max_attempts: int | None,
         deadline_s: float | None,
@@ -147,23 +154,32 @@ class HttpCalls:
             on_state_change=on_state_change,
             on_reject=on_reject,
         )
-        self._engines: dict[tuple[str, str | None], Engine] = {}
+        # The client's own status attribute (``status`` on aiohttp, ``status_code``
+        # on httpx and requests) read at C speed; any client's otherwise.
+        self._status: Callable[[Any], int] = (
+            operator.attrgetter(status_attribute) if status_attribute else status_of
+        )
+        self._routes: dict[tuple[str, str | None], _Route] = {}
         self._lock = threading.Lock()
 
     # Engines ---------------------------------------------------------------
 
     def built(self, method: str, host: str) -> Engine | None:
         """The engine for requests of ``method`` to ``host``, if already built."""
-        return self._engines.get((method, host if self.breaker_per_host else None))
+        route = self._routes.get((method, host if self.breaker_per_host else None))
+        return None if route is None else route.engine
 
     def engine(self, method: str, host: str) -> Engine:
         """The engine for requests of ``method`` to ``host``, built on first use (store I/O)."""
+        return self._route(method, host).engine
+
+    def _route(self, method: str, host: str) -> _Route:
         key = (method, host if self.breaker_per_host else None)
-        engine = self._engines.get(key)
-        if engine is None:
+        route = self._routes.get(key)
+        if route is None:
             with self._lock:
-                engine = self._engines.get(key)
-                if engine is None:
+                route = self._routes.get(key)
+                if route is None:
                     engine = build_engine(
                         connector=self.connector,
                         operation=method,
@@ -172,8 +188,17 @@ class HttpCalls:
                         options=self._options,
                         breaker_name=f"{self.connector}@{host}" if key[1] is not None else None,
                     )
-                    self._engines[key] = engine
-        return engine
+                    configured = self.attempt_timeout_s
+                    if configured is None:
+                        configured = engine.policy.retry.attempt_timeout_s
+                    route = _Route(
+                        engine=engine,
+                        keyed=self.rules.wants_idempotency_key(method),
+                        attempt_s=configured,
+                        own_s=_min_or_none(self.deadline_s, engine.deadline_s),
+                    )
+                    self._routes[key] = route
+        return route
 
     # The flow, sync and async ------------------------------------------------
 
@@ -185,12 +210,16 @@ class HttpCalls:
         headers: MutableMapping[str, Any],
         send: Callable[[float | None], R],
         *,
-        can_retry: Callable[[], str | None],
+        subject: S,
+        can_retry: Callable[[S], str | None],
         discard: Callable[[Any], object],
-        client_deadline_s: Callable[[], float | None] | None = None,
+        client_deadline_s: Callable[[S], float | None] | None = None,
     ) -> R:
         """Send a request with the breaker, retries and metrics (a sync client)."""
-        engine = self.built(method, host) or self.engine(method, host)
+        route = self._routes.get((method, host if self.breaker_per_host else None))
+        if route is None:
+            route = self._route(method, host)
+        engine = route.engine
         breaker = engine.breaker
         probe = None
         if breaker is not None and (now := _clock.monotonic()) >= breaker.admit_until:
@@ -204,22 +233,33 @@ class HttpCalls:
             except CircuitOpenError as exc:
                 engine.rejected(exc, labels)
                 raise
-        began, attempt = self._begin(engine, method, headers, send)
+        if route.keyed:
+            # Before the first send, so that every attempt carries the same key.
+            headers.setdefault(self.rules.idempotency_header, str(uuid.uuid4()))
+        attempt: Callable[..., Any]
+        arg: tuple[float | None, ...]
+        if route.bounded:
+            began, attempt, arg = self._bounded(route, send)
+        else:  # the client's own timeouts alone: nothing to compute
+            began, attempt, arg = None, send, _NO_TIMEOUT
         if engine.tracer is not None:  # traced: every attempt runs from the plan, in its span
-            deadline_s = self._deadline_s(client_deadline_s)
-            spec = self._spec(method, host, port, headers, can_retry, deadline_s, began, engine)
+            deadline_s = self._deadline_s(client_deadline_s, subject)
+            began = _clock.monotonic() if began is None else began
+            spec = self._spec(
+                method, host, port, headers, lambda: can_retry(subject), deadline_s, began, engine
+            )
             traced: R = run_sync(
-                engine.plan(probe, None, spec), attempt, (), {}, engine, discard=discard
+                engine.plan(probe, None, spec), attempt, arg, {}, engine, discard=discard
             )
             return traced
         start = time.perf_counter()
         try:
-            response: R = attempt()
+            response: R = attempt(*arg)
         except BaseException as exc:
             first: tuple[bool, Any, float, float] = (False, exc, start, time.perf_counter())
         else:
             end = time.perf_counter()
-            status = status_of(response)
+            status = self._status(response)
             if self.rules.plainly_settles(status) or self.rules.settles(status, response.headers):
                 if engine.succeeded(
                     start, end, probe, self.rules.labels(method, host, port, status)
@@ -228,10 +268,14 @@ class HttpCalls:
                     breaker.report(probe, "success", duration_ms=(end - start) * 1000.0)
                 return response
             first = (True, response, start, end)
-        deadline_s = self._deadline_s(client_deadline_s)
-        spec = self._spec(method, host, port, headers, can_retry, deadline_s, began, engine)
+        if began is None:  # when the first attempt started, on the clock the plan uses
+            began = _clock.monotonic() - (first[3] - first[2])
+        deadline_s = self._deadline_s(client_deadline_s, subject)
+        spec = self._spec(
+            method, host, port, headers, lambda: can_retry(subject), deadline_s, began, engine
+        )
         result: R = run_sync(
-            engine.plan(probe, first, spec), attempt, (), {}, engine, discard=discard
+            engine.plan(probe, first, spec), attempt, arg, {}, engine, discard=discard
         )
         return result
 
@@ -243,16 +287,18 @@ class HttpCalls:
         headers: MutableMapping[str, Any],
         send: Callable[[float | None], Awaitable[R]],
         *,
-        can_retry: Callable[[], str | None],
+        subject: S,
+        can_retry: Callable[[S], str | None],
         discard: Callable[[Any], object],
-        client_deadline_s: Callable[[], float | None] | None = None,
+        client_deadline_s: Callable[[S], float | None] | None = None,
     ) -> R:
         """:meth:`call_sync` for an async client; store I/O never blocks the event loop."""
-        engine = self.built(method, host)
-        if engine is None:
+        route = self._routes.get((method, host if self.breaker_per_host else None))
+        if route is None:
             # Building an engine opens the store and reads the breaker (network
             # I/O for Redis): the first request of a kind does it in a thread.
-            engine = await asyncio.to_thread(self.engine, method, host)
+            route = await asyncio.to_thread(self._route, method, host)
+        engine = route.engine
         breaker = engine.breaker
         probe = None
         if breaker is not None and (now := _clock.monotonic()) >= breaker.admit_until:
@@ -266,22 +312,33 @@ class HttpCalls:
             except CircuitOpenError as exc:
                 engine.rejected(exc, labels)
                 raise
-        began, attempt = self._begin(engine, method, headers, send)
+        if route.keyed:
+            # Before the first send, so that every attempt carries the same key.
+            headers.setdefault(self.rules.idempotency_header, str(uuid.uuid4()))
+        attempt: Callable[..., Any]
+        arg: tuple[float | None, ...]
+        if route.bounded:
+            began, attempt, arg = self._bounded(route, send)
+        else:  # the client's own timeouts alone: nothing to compute
+            began, attempt, arg = None, send, _NO_TIMEOUT
         if engine.tracer is not None:  # traced: every attempt runs from the plan, in its span
-            deadline_s = self._deadline_s(client_deadline_s)
-            spec = self._spec(method, host, port, headers, can_retry, deadline_s, began, engine)
+            deadline_s = self._deadline_s(client_deadline_s, subject)
+            began = _clock.monotonic() if began is None else began
+            spec = self._spec(
+                method, host, port, headers, lambda: can_retry(subject), deadline_s, began, engine
+            )
             traced: R = await run_async(
-                engine.plan(probe, None, spec), attempt, (), {}, engine, discard=discard
+                engine.plan(probe, None, spec), attempt, arg, {}, engine, discard=discard
             )
             return traced
         start = time.perf_counter()
         try:
-            response: R = await attempt()
+            response: R = await attempt(*arg)
         except BaseException as exc:
             first: tuple[bool, Any, float, float] = (False, exc, start, time.perf_counter())
         else:
             end = time.perf_counter()
-            status = status_of(response)
+            status = self._status(response)
             if self.rules.plainly_settles(status) or self.rules.settles(status, response.headers):
                 if engine.succeeded(
                     start, end, probe, self.rules.labels(method, host, port, status)
@@ -290,47 +347,39 @@ class HttpCalls:
                     await breaker.areport(probe, "success", duration_ms=(end - start) * 1000.0)
                 return response
             first = (True, response, start, end)
-        deadline_s = self._deadline_s(client_deadline_s)
-        spec = self._spec(method, host, port, headers, can_retry, deadline_s, began, engine)
+        if began is None:  # when the first attempt started, on the clock the plan uses
+            began = _clock.monotonic() - (first[3] - first[2])
+        deadline_s = self._deadline_s(client_deadline_s, subject)
+        spec = self._spec(
+            method, host, port, headers, lambda: can_retry(subject), deadline_s, began, engine
+        )
         result: R = await run_async(
-            engine.plan(probe, first, spec), attempt, (), {}, engine, discard=discard
+            engine.plan(probe, first, spec), attempt, arg, {}, engine, discard=discard
         )
         return result
 
     # What both flows share ------------------------------------------------------
 
-    def _deadline_s(self, client_deadline_s: Callable[[], float | None] | None) -> float | None:
+    def _deadline_s(
+        self, client_deadline_s: Callable[[S], float | None] | None, subject: S
+    ) -> float | None:
         """This request's own budget: ours, or the client's total timeout if shorter."""
-        client = client_deadline_s() if client_deadline_s is not None else None
+        client = client_deadline_s(subject) if client_deadline_s is not None else None
         return _min_or_none(self.deadline_s, client)
 
-    def _begin(
-        self,
-        engine: Engine,
-        method: str,
-        headers: MutableMapping[str, Any],
-        send: Callable[[float | None], Any],
-    ) -> tuple[float, Callable[[], Any]]:
-        """The call's start (monotonic) and its attempt function.
+    def _bounded(
+        self, route: _Route, send: Callable[[float | None], Any]
+    ) -> tuple[float, Callable[..., Any], tuple[float | None, ...]]:
+        """The call's start (monotonic) and its attempt, bounded per attempt.
 
-        Adds an idempotency key if asked. An attempt is bounded by the per-attempt
-        timeout and by what is left of our own deadlines; the client's total
-        timeout (aiohttp's) is the client's to enforce and only bounds retry waits.
+        An attempt is bounded by the per-attempt timeout and by what is left of
+        our own deadlines; the client's total timeout (aiohttp's) is the
+        client's to enforce and only bounds retry waits.
         """
-        if self.rules.wants_idempotency_key(method):
-            # Before the first send, so that every attempt carries the same key.
-            import uuid
-
-            headers.setdefault(self.rules.idempotency_header, str(uuid.uuid4()))
         began = _clock.monotonic()
-        configured = self.attempt_timeout_s
-        if configured is None:
-            configured = engine.policy.retry.attempt_timeout_s
-        own = _min_or_none(self.deadline_s, engine.deadline_s)
-        if configured is None and own is None:
-            return began, lambda: send(None)  # the client's own timeouts alone
-        own_at = None if own is None else began + own
-        return began, lambda: send(attempt_timeout_s(configured, own_at))
+        configured = route.attempt_s
+        own_at = None if route.own_s is None else began + route.own_s
+        return began, lambda: send(attempt_timeout_s(configured, own_at)), ()
 
     def _spec(  # noqa: PLR0917 - the slow path's one call site
         self,
@@ -355,6 +404,31 @@ class HttpCalls:
             result_labels=lambda response: rules.labels(method, host, port, status_of(response)),
             headers=headers,
         )
+
+
+_NO_TIMEOUT: tuple[None] = (None,)
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """One engine and what its requests need, decided once: the hot path only reads it.
+
+    Attributes:
+        engine: the engine for requests of one method (and host, per host).
+        keyed: requests of this method get an idempotency key.
+        attempt_s: the per-attempt timeout, or ``None``.
+        own_s: our own whole-call budget, or ``None``.
+    """
+
+    engine: Engine
+    keyed: bool
+    attempt_s: float | None
+    own_s: float | None
+
+    @property
+    def bounded(self) -> bool:
+        """Whether an attempt has a timeout of ours to compute."""
+        return self.attempt_s is not None or self.own_s is not None
 
 
 def _server_aware_wait(

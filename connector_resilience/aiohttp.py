@@ -162,6 +162,7 @@ class ResilienceMiddleware:
             transient=_TRANSIENT_ERRORS,
             permanent=_PERMANENT_ERRORS,
             caller_errors=_CALLER_ERRORS,
+            status_attribute="status",
             breaker_per_host=breaker_per_host,
             max_attempts=max_attempts,
             deadline_s=deadline_s,
@@ -190,9 +191,10 @@ class ResilienceMiddleware:
             url.port,
             request.headers,
             send,
-            can_retry=lambda: _replay_refusal(request),
+            subject=request,
+            can_retry=_replay_refusal,
             discard=_release,
-            client_deadline_s=lambda: _session_total_timeout(request),
+            client_deadline_s=_session_total_timeout,
         )
 
     async def _bounded(

@@ -195,6 +195,7 @@ class ResilientTransport(*_BASES):  # type: ignore[misc]
             transient=_TRANSIENT_ERRORS,
             permanent=(),
             caller_errors=_CALLER_ERRORS,
+            status_attribute="status_code",
             breaker_per_host=breaker_per_host,
             max_attempts=max_attempts,
             deadline_s=deadline_s,
@@ -274,7 +275,8 @@ class ResilientTransport(*_BASES):  # type: ignore[misc]
             url.port or default_port(url.scheme),
             request.headers,
             send,
-            can_retry=lambda: _replay_refusal(request),
+            subject=request,
+            can_retry=_replay_refusal,
             discard=_close,
         )
 
@@ -310,7 +312,8 @@ class ResilientTransport(*_BASES):  # type: ignore[misc]
             url.port or default_port(url.scheme),
             request.headers,
             send,
-            can_retry=lambda: _replay_refusal(request),
+            subject=request,
+            can_retry=_replay_refusal,
             discard=_aclose,
         )
 

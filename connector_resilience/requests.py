@@ -199,6 +199,7 @@ class ResilientAdapter(HTTPAdapter):
             transient=_TRANSIENT_ERRORS,
             permanent=_PERMANENT_ERRORS,
             caller_errors=_CALLER_ERRORS,
+            status_attribute="status_code",
             breaker_per_host=breaker_per_host,
             max_attempts=max_attempts,
             deadline_s=deadline_s,
@@ -269,7 +270,8 @@ class ResilientAdapter(HTTPAdapter):
             port,
             request.headers,
             send,
-            can_retry=lambda: _rewind(request),
+            subject=request,
+            can_retry=_rewind,
             discard=_close,
         )
 
