@@ -414,7 +414,7 @@ class RedisStore:
         reload a script the server forgot.)
         """
         pipe.sadd(self.keys.circuit_index, connector)
-        pipe.eval(COMPARE_AND_SET_LUA, len(keys), *keys, *args)
+        pipe.execute_command("EVAL", COMPARE_AND_SET_LUA, len(keys), *keys, *args)
 
     def _compare_and_set_args(
         self, connector: str, expected_version: int, record: CircuitRecord
@@ -627,7 +627,7 @@ class RedisStore:
                 ((member, score),) = _batch_member(_rows(batch.records)).items()
                 args += [batch.seq, repr(score), member]
             keys = (self.keys.calls(connector), self.keys.batches(connector, writer))
-            pipe.eval(APPEND_CALLS_LUA, len(keys), *keys, *args)
+            pipe.execute_command("EVAL", APPEND_CALLS_LUA, len(keys), *keys, *args)
         # After the data: a compaction that just dropped the connector from
         # the index (its calls had all expired) cannot leave these unlisted.
         pipe.sadd(self.keys.call_index, *plan)

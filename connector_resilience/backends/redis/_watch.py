@@ -155,13 +155,16 @@ class CircuitWatcher:
                         pubsub = self._pubsub()
                         pubsub.subscribe(self._channel)
                         heard, asked = now, now
-                    elif asked and now - asked > PONG_DEADLINE_S:
+                    elif asked and now - asked >= PONG_DEADLINE_S:
                         raise _SilentError(f"no answer to a ping in {PONG_DEADLINE_S:g}s")
                     elif not asked and now - heard >= HEARTBEAT_S:
                         pubsub.ping()
                         asked = now
-                    wait = HEARTBEAT_S - (now - heard) if not asked else PONG_DEADLINE_S
-                    message = pubsub.get_message(timeout=max(0.01, min(_POLL_S, wait)))
+                    # Wake for the next message, the next ping or the deadline,
+                    # whichever is first (and now and then, to see ``stop``).
+                    due = asked + PONG_DEADLINE_S if asked else heard + HEARTBEAT_S
+                    wait = min(_POLL_S, due - time.monotonic())
+                    message = pubsub.get_message(timeout=max(0.001, wait))
                 except Exception as exc:
                     first_attempt.set()
                     may_have_missed = True
@@ -170,6 +173,10 @@ class CircuitWatcher:
                     if pubsub is not None:
                         _close_quietly(pubsub)
                         pubsub = None
+                    if isinstance(exc, _SilentError):
+                        # Redis answered before: try a new connection at once
+                        # (a silent one again takes a deadline to notice).
+                        continue
                     stop.wait(backoff)
                     backoff = min(backoff * 2, _BACKOFF_MAX_S)
                     continue
