@@ -169,9 +169,13 @@ def test_forced_states_reach_every_process_within_the_bound_under_each_fault(
                 assert inject() == _PROCESSES, fault
                 started = time.monotonic()
                 action()
-                assert _wait_for(
-                    lambda s=state, t=started: None not in watchers.seen_at(s, t), 10
-                ), f"{fault}: {state} did not reach every process: {watchers.lines}"
+
+                def everywhere(state: str = state, started: float = started) -> bool:
+                    return None not in watchers.seen_at(state, started)
+
+                assert _wait_for(everywhere, 10), (
+                    f"{fault}: {state} not everywhere: {watchers.lines}"
+                )
                 delays = [at - started for at in watchers.seen_at(state, started) if at]
                 measured[f"{fault} {state}"] = max(delays)
                 record_property(f"{fault}_{state}_max_ms", round(max(delays) * 1000, 1))

@@ -28,14 +28,16 @@ from tests import _workers
 from tests.conftest import LOCAL_BACKENDS, REDIS_DEPLOYMENTS, SHARED_BACKENDS, backend_url
 
 
-@pytest.fixture(params=LOCAL_BACKENDS + REDIS_DEPLOYMENTS)
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+# Private names, so that a module importing the suite (``from ... import *``,
+# as docs/stores.md shows) keeps its own ``store_url``.
+@pytest.fixture(name="store_url", params=LOCAL_BACKENDS + REDIS_DEPLOYMENTS)
+def _every_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Every backend, and Redis as deployed in production."""
     return backend_url(request, request.param, tmp_path)
 
 
-@pytest.fixture(params=SHARED_BACKENDS + REDIS_DEPLOYMENTS)
-def shared_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+@pytest.fixture(name="shared_store_url", params=SHARED_BACKENDS + REDIS_DEPLOYMENTS)
+def _every_shared_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Every backend several processes can share, and Redis as deployed in production."""
     return backend_url(request, request.param, tmp_path)
 
