@@ -312,13 +312,9 @@ class ClusterServers:
         for index in range(masters):
             folder = directory / f"node-{index}"
             folder.mkdir()
-            args: tuple[str, ...] = (
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-            )
-            args += ("--cluster-node-timeout", "5000", "--protected-mode", "no")
+            args: tuple[str, ...] = ("--cluster-enabled", "yes", "--cluster-node-timeout", "5000")
+            # The bus port defaults to port + 10000, which may be past 65535.
+            args += ("--cluster-config-file", "nodes.conf", "--cluster-port", str(_free_port()))
             self.nodes.append(RedisServer(executable, folder, extra_args=args))
 
     @property

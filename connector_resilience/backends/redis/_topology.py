@@ -12,6 +12,7 @@ import redis.asyncio.sentinel
 import redis.cluster
 import redis.sentinel
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from connector_resilience.backends.redis import _acl
@@ -69,14 +70,29 @@ def sync_client(target: Target) -> SyncClient:
             )
             client = sentinel.master_for(target.service, retry=retry, **_options(target))
         else:
-            nodes = [_ClusterNode(host, port) for host, port in target.nodes]
-            return redis.cluster.RedisCluster(startup_nodes=nodes, **_options(target))
+            return _cluster_client(target)
         pool = client.connection_pool
         # Built but not connected: an unknown URL option fails here, not on first use.
         pool.connection_class(**pool.connection_kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigurationError(f"bad option in a Redis store URL: {exc}") from None
     return client
+
+
+def _cluster_client(target: Target) -> redis.cluster.RedisCluster:
+    # Built but not connected first: an unknown URL option fails here, not
+    # as "cannot connect" (a Cluster client connects as it is built).
+    cast(Any, redis.Connection)(**{**_options(target), "host": "localhost"})
+    nodes = [_ClusterNode(host, port) for host, port in target.nodes]
+    try:
+        return redis.cluster.RedisCluster(startup_nodes=nodes, **_options(target))
+    except RedisClusterException as exc:
+        if "not enabled" in str(exc):
+            raise ConfigurationError(
+                f"a redis+cluster:// store URL names a server that is not a Cluster ({exc}); "
+                "use redis://HOST:PORT/DB"
+            ) from None
+        raise
 
 
 def async_client(target: Target) -> AsyncClient:
