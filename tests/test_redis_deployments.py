@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import redis
 
 from connector_resilience.backends import CallRecord, CircuitRecord
 from connector_resilience.backends.redis import RedisStore
@@ -133,29 +134,47 @@ def test_calls_go_on_through_a_sentinel_failover_and_state_resumes(
     assert writer.compare_and_set_circuit("api", 0, CircuitRecord(version=1))
     assert _wait_for(lambda: heard == ["api"], 2)
 
-    servers.failover()
+    # Writes go on while the sentinel fails the master over. Redis may lose
+    # writes that reach the old master before it is demoted (Sentinel's own
+    # trade-off); what must hold is that the same store object soon writes
+    # to the new master, with no restart.
+    failover = threading.Thread(target=servers.failover)
     started = time.monotonic()
-    # The same store objects, no restart: writes reach the new master...
-    version = 1
-    while time.monotonic() - started < 20:
+    failover.start()
+    errors = 0
+    landed_at: float | None = None
+    while landed_at is None:
+        assert time.monotonic() - started < 40, "no write reached the new master"
         try:
             current = writer.get_circuit("api") or CircuitRecord()
-            if writer.compare_and_set_circuit(
+            wrote = writer.compare_and_set_circuit(
                 "api", current.version, CircuitRecord(version=current.version + 1)
-            ):
-                version = current.version + 1
-                break
+            )
         except StoreError:
-            time.sleep(0.05)  # the old master is gone: retry, as the engine does
-    writes_back = time.monotonic() - started
-    assert version >= 2
+            errors += 1
+            time.sleep(0.01)  # the old master is gone: retry, as the engine does
+            continue
+        if wrote and not failover.is_alive():
+            new_master = redis.Redis(port=servers.current_master_port(), decode_responses=True)
+            on_new = new_master.hget(writer.keys.circuit("api"), "version")
+            new_master.close()
+            if on_new == str(current.version + 1):
+                landed_at = time.monotonic()
+    failover.join(40)
     # ...and the watcher hears changes again (from the new master).
-    assert _wait_for(lambda: heard[-1:] == ["api"] and len(heard) >= 2, 10)
+    heard.clear()
+    current = writer.get_circuit("api") or CircuitRecord()
+    assert writer.compare_and_set_circuit(
+        "api", current.version, CircuitRecord(version=current.version + 1)
+    )
+    assert _wait_for(lambda: "api" in heard, 10)
     pushes_back = time.monotonic() - started
-    record_property("writes_back_s", round(writes_back, 3))
-    record_property("pushes_back_s", round(pushes_back, 3))
-    assert writes_back < 5
-    assert pushes_back < 5
+    writes_back = landed_at - started
+    record_property("failover_to_write_on_new_master_s", round(writes_back, 3))
+    record_property("failover_to_push_s", round(pushes_back, 3))
+    record_property("failed_operations_during_failover", errors)
+    assert writes_back < 10
+    assert pushes_back < 10
     writer.close()
     watcher.close()
 

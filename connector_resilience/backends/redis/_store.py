@@ -10,6 +10,7 @@ import logging
 import os
 import secrets
 import threading
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, cast
@@ -47,7 +48,7 @@ from connector_resilience.backends.redis._target import (
     password_of,
 )
 from connector_resilience.backends.redis._topology import AsyncClient, SyncClient
-from connector_resilience.backends.redis._watch import ANY_CONNECTOR, CircuitWatcher
+from connector_resilience.backends.redis._watch import ANY_CONNECTOR, FOLLOW_S, CircuitWatcher
 from connector_resilience.errors import ConfigurationError, StoreError
 
 __all__ = ["ANY_CONNECTOR", "DEFAULT_PREFIX", "DEFAULT_RETENTION_S", "RedisStore"]
@@ -214,9 +215,15 @@ class RedisStore:
             self._read_server_time, describe=self.url, before_reading=self._check_if_put_off
         )
         self._watcher = CircuitWatcher(
-            self._new_pubsub, self.keys.circuit_channel, describe=self.url
+            self._new_pubsub,
+            self.keys.circuit_channel,
+            describe=self.url,
+            follow=self._follow_master if target.kind == "sentinel" else None,
         )
         self._async_clients: dict[asyncio.AbstractEventLoop, _AsyncClient] = {}
+        # Through a Sentinel: when to ask next where the master is (None: never).
+        self._follow_due: float | None = 0.0 if target.kind == "sentinel" else None
+        self._follow_lock = threading.Lock()
         self._open()
 
     @classmethod
@@ -273,6 +280,42 @@ class RedisStore:
 
     def _new_pubsub(self) -> Any:
         return cast(Any, self._client).pubsub()
+
+    def _follow_in_background(self) -> None:
+        """Start one check of where the master is (at most once a second, never waited on)."""
+        with self._follow_lock:
+            due = self._follow_due
+            if due is None or time.monotonic() < due:
+                return
+            self._follow_due = time.monotonic() + FOLLOW_S
+        threading.Thread(
+            target=self._follow_master, name="connector-resilience-redis-follow", daemon=True
+        ).start()
+
+    def _follow_master(self) -> bool:
+        """Ask the sentinels where the master is; move every connection if it moved.
+
+        A failover leaves the old master accepting writes until the
+        sentinels demote it (up to ~10 s): connections that stay on it would
+        share state with each other, not with the rest. Runs in the change
+        feed's thread, once a second.
+        """
+        pool: Any = cast(Any, self._client).connection_pool
+        before = pool.master_address
+        try:
+            # Disconnects the idle connections itself when the address changed.
+            after = pool.get_master_address()
+        except _FAULTS:
+            return False  # sentinels away: keep what we have
+        if before is None or after == before:
+            return False
+        for entry in list(self._async_clients.values()):
+            if entry.loop.is_running():
+                asyncio.run_coroutine_threadsafe(
+                    cast(Any, entry.client).connection_pool.get_master_address(), entry.loop
+                )
+        logger.warning("store %s: the master moved to %s:%s (failover)", self.url, *after)
+        return True
 
     def _check(self, *, raising: bool, at_open: bool) -> None:
         """Check the shape and the ACL rights; a ``redis://`` Cluster node switches to a Cluster.
@@ -344,6 +387,8 @@ class RedisStore:
         """Turn any Redis failure into a StoreError naming the redacted URL."""
         if self._misconfigured is not None:
             raise StoreError(f"Redis store {self.url}: {what} refused: {self._misconfigured}")
+        if self._follow_due is not None and time.monotonic() >= self._follow_due:
+            self._follow_in_background()
         try:
             yield
         except _FAULTS as exc:

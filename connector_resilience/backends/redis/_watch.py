@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
-__all__ = ["ANY_CONNECTOR", "SILENCE_BOUND_S", "CircuitWatcher"]
+__all__ = ["ANY_CONNECTOR", "FOLLOW_S", "SILENCE_BOUND_S", "CircuitWatcher"]
 
 logger = logging.getLogger("connector_resilience.store")
 
@@ -57,8 +57,12 @@ class _Subscription:
         self.callback = callback
 
 
+#: How often to ask whether the master moved (Sentinel), when asked to follow it.
+FOLLOW_S: Final = 1.0
+
+
 class _SilentError(Exception):
-    """The subscription answered nothing within the deadline."""
+    """The subscription answered nothing within the deadline (or its server is no master)."""
 
 
 class CircuitWatcher:
@@ -69,10 +73,20 @@ class CircuitWatcher:
             Cluster client); called again after each fault.
         channel: the channel the compare-and-set script publishes on.
         describe: the (redacted) store URL, for log messages.
+        follow: called every ``FOLLOW_S`` in the subscriber thread; True when
+            the master moved (a failover), so the subscription moves with it.
     """
 
-    def __init__(self, pubsub: Callable[[], Any], channel: str, *, describe: str) -> None:
+    def __init__(
+        self,
+        pubsub: Callable[[], Any],
+        channel: str,
+        *,
+        describe: str,
+        follow: Callable[[], bool] | None = None,
+    ) -> None:
         self._pubsub = pubsub
+        self._follow = follow
         self._channel = channel
         self._describe = describe
         self._lock = threading.Lock()
@@ -147,6 +161,7 @@ class CircuitWatcher:
         # When we last heard from the subscription, and when a ping (or the
         # subscribe request) went out unanswered, by the monotonic clock.
         heard = asked = 0.0
+        next_follow = time.monotonic() + FOLLOW_S
         try:
             while not stop.is_set():
                 try:
@@ -155,6 +170,10 @@ class CircuitWatcher:
                         pubsub = self._pubsub()
                         pubsub.subscribe(self._channel)
                         heard, asked = now, now
+                    elif self._follow is not None and now >= next_follow:
+                        next_follow = now + FOLLOW_S
+                        if self._follow():
+                            raise _SilentError("the master moved (failover)")
                     elif asked and now - asked >= PONG_DEADLINE_S:
                         raise _SilentError(f"no answer to a ping in {PONG_DEADLINE_S:g}s")
                     elif not asked and now - heard >= HEARTBEAT_S:
@@ -163,6 +182,8 @@ class CircuitWatcher:
                     # Wake for the next message, the next ping or the deadline,
                     # whichever is first (and now and then, to see ``stop``).
                     due = asked + PONG_DEADLINE_S if asked else heard + HEARTBEAT_S
+                    if self._follow is not None:
+                        due = min(due, next_follow)
                     wait = min(_POLL_S, due - time.monotonic())
                     message = pubsub.get_message(timeout=max(0.001, wait))
                 except Exception as exc:
