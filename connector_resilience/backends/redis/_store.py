@@ -10,7 +10,6 @@ import logging
 import os
 import secrets
 import threading
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, cast
@@ -154,6 +153,13 @@ class _AsyncClient:
     closer: AsyncGenerator[None, None]
 
 
+async def _move_async_pool(client: AsyncClient) -> None:
+    """:meth:`RedisStore._follow_master` for an asyncio client, in its own loop."""
+    pool: Any = cast(Any, client).connection_pool
+    with contextlib.suppress(*_FAULTS):
+        await pool.get_master_address()
+
+
 def _running_loop() -> asyncio.AbstractEventLoop | None:
     try:
         return asyncio.get_running_loop()
@@ -218,13 +224,17 @@ class RedisStore:
             self._new_pubsub,
             self.keys.circuit_channel,
             describe=self.url,
-            follow=self._follow_master if target.kind == "sentinel" else None,
         )
         self._async_clients: dict[asyncio.AbstractEventLoop, _AsyncClient] = {}
-        # Through a Sentinel: when to ask next where the master is (None: never).
-        self._follow_due: float | None = 0.0 if target.kind == "sentinel" else None
-        self._follow_lock = threading.Lock()
+        self._stop_following = threading.Event()
         self._open()
+        if target.kind == "sentinel":
+            threading.Thread(
+                target=self._follow_forever,
+                args=(self._stop_following,),
+                name="connector-resilience-redis-follow",
+                daemon=True,
+            ).start()
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
@@ -281,24 +291,19 @@ class RedisStore:
     def _new_pubsub(self) -> Any:
         return cast(Any, self._client).pubsub()
 
-    def _follow_in_background(self) -> None:
-        """Start one check of where the master is (at most once a second, never waited on)."""
-        with self._follow_lock:
-            due = self._follow_due
-            if due is None or time.monotonic() < due:
-                return
-            self._follow_due = time.monotonic() + FOLLOW_S
-        threading.Thread(
-            target=self._follow_master, name="connector-resilience-redis-follow", daemon=True
-        ).start()
+    def _follow_forever(self, stop: threading.Event) -> None:
+        """Ask where the master is every ``FOLLOW_S`` until the store closes (Sentinel only)."""
+        while not stop.wait(FOLLOW_S):
+            if self._sync is not None and self._follow_master():
+                self._watcher.resubscribe()
 
     def _follow_master(self) -> bool:
         """Ask the sentinels where the master is; move every connection if it moved.
 
         A failover leaves the old master accepting writes until the
         sentinels demote it (up to ~10 s): connections that stay on it would
-        share state with each other, not with the rest. Runs in the change
-        feed's thread, once a second.
+        share state with each other, not with the rest. Runs in the store's
+        follower thread, once a second.
         """
         pool: Any = cast(Any, self._client).connection_pool
         before = pool.master_address
@@ -309,11 +314,11 @@ class RedisStore:
             return False  # sentinels away: keep what we have
         if before is None or after == before:
             return False
+        # redis-py drops the idle connections now, and one in use by another
+        # thread when it comes back to the pool (it no longer "owns" it).
         for entry in list(self._async_clients.values()):
             if entry.loop.is_running():
-                asyncio.run_coroutine_threadsafe(
-                    cast(Any, entry.client).connection_pool.get_master_address(), entry.loop
-                )
+                asyncio.run_coroutine_threadsafe(_move_async_pool(entry.client), entry.loop)
         logger.warning("store %s: the master moved to %s:%s (failover)", self.url, *after)
         return True
 
@@ -387,8 +392,6 @@ class RedisStore:
         """Turn any Redis failure into a StoreError naming the redacted URL."""
         if self._misconfigured is not None:
             raise StoreError(f"Redis store {self.url}: {what} refused: {self._misconfigured}")
-        if self._follow_due is not None and time.monotonic() >= self._follow_due:
-            self._follow_in_background()
         try:
             yield
         except _FAULTS as exc:
@@ -801,6 +804,7 @@ class RedisStore:
 
     def close(self) -> None:
         """Stop the change feed and drop connections (a later call reconnects)."""
+        self._stop_following.set()
         self._watcher.stop()
         self._clock.close()
         self._close_async_clients()

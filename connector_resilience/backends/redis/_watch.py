@@ -57,7 +57,7 @@ class _Subscription:
         self.callback = callback
 
 
-#: How often to ask whether the master moved (Sentinel), when asked to follow it.
+#: How often a Sentinel store asks whether the master moved.
 FOLLOW_S: Final = 1.0
 
 
@@ -73,20 +73,11 @@ class CircuitWatcher:
             Cluster client); called again after each fault.
         channel: the channel the compare-and-set script publishes on.
         describe: the (redacted) store URL, for log messages.
-        follow: called every ``FOLLOW_S`` in the subscriber thread; True when
-            the master moved (a failover), so the subscription moves with it.
     """
 
-    def __init__(
-        self,
-        pubsub: Callable[[], Any],
-        channel: str,
-        *,
-        describe: str,
-        follow: Callable[[], bool] | None = None,
-    ) -> None:
+    def __init__(self, pubsub: Callable[[], Any], channel: str, *, describe: str) -> None:
         self._pubsub = pubsub
-        self._follow = follow
+        self._move = threading.Event()
         self._channel = channel
         self._describe = describe
         self._lock = threading.Lock()
@@ -125,6 +116,10 @@ class CircuitWatcher:
 
         return unsubscribe
 
+    def resubscribe(self) -> None:
+        """Move the subscription to a new connection soon (the master moved), then say ``"*"``."""
+        self._move.set()
+
     def stop(self) -> None:
         """Drop every callback and stop the thread."""
         with self._lock:
@@ -161,7 +156,6 @@ class CircuitWatcher:
         # When we last heard from the subscription, and when a ping (or the
         # subscribe request) went out unanswered, by the monotonic clock.
         heard = asked = 0.0
-        next_follow = time.monotonic() + FOLLOW_S
         try:
             while not stop.is_set():
                 try:
@@ -170,10 +164,9 @@ class CircuitWatcher:
                         pubsub = self._pubsub()
                         pubsub.subscribe(self._channel)
                         heard, asked = now, now
-                    elif self._follow is not None and now >= next_follow:
-                        next_follow = now + FOLLOW_S
-                        if self._follow():
-                            raise _SilentError("the master moved (failover)")
+                    elif self._move.is_set():
+                        self._move.clear()
+                        raise _SilentError("the master moved (failover)")
                     elif asked and now - asked >= PONG_DEADLINE_S:
                         raise _SilentError(f"no answer to a ping in {PONG_DEADLINE_S:g}s")
                     elif not asked and now - heard >= HEARTBEAT_S:
@@ -182,8 +175,6 @@ class CircuitWatcher:
                     # Wake for the next message, the next ping or the deadline,
                     # whichever is first (and now and then, to see ``stop``).
                     due = asked + PONG_DEADLINE_S if asked else heard + HEARTBEAT_S
-                    if self._follow is not None:
-                        due = min(due, next_follow)
                     wait = min(_POLL_S, due - time.monotonic())
                     message = pubsub.get_message(timeout=max(0.001, wait))
                 except Exception as exc:
