@@ -61,17 +61,21 @@ def test_a_user_with_exactly_the_documented_rights_does_everything(
     url = f"{redis_server.url}/0?prefix={tmp_path.name}"
     name, password = acl_user([redis_server], url)
     store = RedisStore(with_user(url, name, password))
-    _everything(store)
-    store.close()
+    try:
+        _everything(store)
+    finally:
+        store.close()
 
 
 def test_on_a_cluster_too(redis_cluster: ClusterServers, tmp_path: Path) -> None:
     url = f"{redis_cluster.url}?prefix={tmp_path.name}"
     name, password = acl_user(redis_cluster.nodes, url)
     store = RedisStore(with_user(url, name, password))
-    assert store.shape == "cluster"
-    _everything(store)
-    store.close()
+    try:
+        assert store.shape == "cluster"
+        _everything(store)
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize(

@@ -60,28 +60,30 @@ def test_a_silent_subscription_is_noticed_within_the_bound_and_replaced(
 ) -> None:
     watcher = RedisStore(_proxied_url(proxy, tmp_path))
     writer = RedisStore(f"{redis_server.url}/0?prefix={tmp_path.name}")
-    heard: list[tuple[str, float]] = []
-    watcher.watch_circuits(lambda name: heard.append((name, time.monotonic())))
-    writer.compare_and_set_circuit("api", 0, CircuitRecord(version=1))
-    assert _wait_for(lambda: [n for n, _ in heard] == ["api"], 2)
+    try:
+        heard: list[tuple[str, float]] = []
+        watcher.watch_circuits(lambda name: heard.append((name, time.monotonic())))
+        writer.compare_and_set_circuit("api", 0, CircuitRecord(version=1))
+        assert _wait_for(lambda: [n for n, _ in heard] == ["api"], 2)
 
-    with caplog.at_level(logging.WARNING, logger="connector_resilience.store"):
-        assert proxy.black_hole_subscriptions() == 1
-        silenced, silenced_wall = time.monotonic(), time.time()
-        # Published into the black hole: this one is lost...
-        writer.compare_and_set_circuit("api", 1, CircuitRecord(version=2))
-        # ...so the new subscription says "read everything".
-        assert _wait_for(lambda: any(n == ANY_CONNECTOR for n, _ in heard), 5)
-    (lost,) = [r for r in caplog.records if "change feed lost" in r.getMessage()]
-    assert "no answer to a ping" in lost.getMessage()
-    assert lost.created - silenced_wall <= SILENCE_BOUND_S
-    replaced = next(t for n, t in heard if n == ANY_CONNECTOR) - silenced
-    assert replaced <= _PROPAGATION_BOUND_S
-    # And the new subscription delivers again.
-    writer.compare_and_set_circuit("api", 2, CircuitRecord(version=3))
-    assert _wait_for(lambda: heard[-1][0] == "api", 2)
-    watcher.close()
-    writer.close()
+        with caplog.at_level(logging.WARNING, logger="connector_resilience.store"):
+            assert proxy.black_hole_subscriptions() == 1
+            silenced, silenced_wall = time.monotonic(), time.time()
+            # Published into the black hole: this one is lost...
+            writer.compare_and_set_circuit("api", 1, CircuitRecord(version=2))
+            # ...so the new subscription says "read everything".
+            assert _wait_for(lambda: any(n == ANY_CONNECTOR for n, _ in heard), 5)
+        lost = next(r for r in caplog.records if "change feed lost" in r.getMessage())
+        assert "no answer to a ping" in lost.getMessage()
+        assert lost.created - silenced_wall <= SILENCE_BOUND_S
+        replaced = next(t for n, t in heard if n == ANY_CONNECTOR) - silenced
+        assert replaced <= _PROPAGATION_BOUND_S
+        # And the new subscription delivers again.
+        writer.compare_and_set_circuit("api", 2, CircuitRecord(version=3))
+        assert _wait_for(lambda: heard[-1][0] == "api", 2)
+    finally:
+        watcher.close()
+        writer.close()
 
 
 class _Watchers:
