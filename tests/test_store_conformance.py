@@ -1,6 +1,7 @@
 """The contract every store backend must keep, run against each of them.
 
-A new backend joins by adding its URL to the ``store_url`` fixture.
+A new backend joins by adding its URL to the ``store_url`` fixture. Here the
+suite also runs on a Redis Cluster and through a Sentinel.
 """
 
 from __future__ import annotations
@@ -24,6 +25,21 @@ from connector_resilience.backends import (
     open_store,
 )
 from tests import _workers
+from tests.conftest import LOCAL_BACKENDS, REDIS_DEPLOYMENTS, SHARED_BACKENDS, backend_url
+
+
+# Private names, so that a module importing the suite (``from ... import *``,
+# as docs/stores.md shows) keeps its own ``store_url``.
+@pytest.fixture(name="store_url", params=LOCAL_BACKENDS + REDIS_DEPLOYMENTS)
+def _every_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Every backend, and Redis as deployed in production."""
+    return backend_url(request, request.param, tmp_path)
+
+
+@pytest.fixture(name="shared_store_url", params=SHARED_BACKENDS + REDIS_DEPLOYMENTS)
+def _every_shared_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Every backend several processes can share, and Redis as deployed in production."""
+    return backend_url(request, request.param, tmp_path)
 
 
 def _record(ts: float, connector: str = "api", **kw: object) -> CallRecord:
