@@ -36,11 +36,14 @@ ANY_CONNECTOR = "*"
 #: does not wait for it: a message wakes the thread as soon as it arrives.
 _POLL_S = 0.2
 #: Ping the subscription after this long without hearing from it...
-HEARTBEAT_S: Final = 0.5
+HEARTBEAT_S: Final = 0.4
 #: ...and give up on it if the ping has no answer this long after.
 PONG_DEADLINE_S: Final = 0.5
+#: Headroom for the thread to be scheduled once its timer is due: the bound
+#: below is a promise, so the timers alone must end a little before it.
+_SCHEDULING_MARGIN_S: Final = 0.1
 #: How soon after its last delivery a silent subscription is given up at most.
-SILENCE_BOUND_S: Final = HEARTBEAT_S + PONG_DEADLINE_S
+SILENCE_BOUND_S: Final = HEARTBEAT_S + PONG_DEADLINE_S + _SCHEDULING_MARGIN_S
 _BACKOFF_FIRST_S = 0.05
 _BACKOFF_MAX_S = 1.0
 #: How long ``add`` waits for the first subscription, so that a caller who
