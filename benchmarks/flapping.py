@@ -18,9 +18,9 @@ breaker runs the same schedule; the figure that matters is the number of calls
 that reached the dependency while it could not serve them (failed calls), and
 beside it the calls it did serve.
 
-Writes ``flapping.md`` (the table), ``flapping.json`` and ``flapping.png``
-(calls reaching the dependency per second, today's breaker against all the
-recovery options) into ``--out`` (docs/benchmarks by default).
+Prints the table (docs/breaker.md quotes it) and writes ``flapping.json`` and
+``flapping.png`` (calls reaching the dependency per second, today's breaker
+against all the recovery options) into ``--out`` (docs/benchmarks by default).
 """
 
 from __future__ import annotations
@@ -149,9 +149,10 @@ def simulate(
     processes: int = 10,
     rate: float = 20.0,
     seed: int = 1,
+    schedule: Schedule | None = None,
 ) -> Tally:
-    """Run the fleet against the schedule with these circuit settings."""
-    schedule = Schedule(load=processes * rate)
+    """Run the fleet against ``schedule`` (the default one for its load) with these settings."""
+    schedule = schedule or Schedule(load=processes * rate)
     tally = Tally(name=name, per_second=[0] * math.ceil(seconds))
     step = 1.0 / rate
     with testing.FakeClock(start=1_000_000.0) as clock:
@@ -221,6 +222,11 @@ def run_all(*, seconds: float, processes: int, rate: float) -> list[Tally]:
     ]
 
 
+def tallies_from_json(data: list[dict[str, Any]]) -> list[Tally]:
+    """Tallies back from ``flapping.json``."""
+    return [Tally(**{k: v for k, v in row.items() if k != "reached"}) for row in data]
+
+
 def table(tallies: Sequence[Tally]) -> str:
     """The results as a markdown table, failed calls relative to today's breaker."""
     base = tallies[0].failed or 1
@@ -245,7 +251,9 @@ def plot(tallies: Sequence[Tally], schedule: Schedule, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     seconds = range(len(tallies[0].per_second))
-    capacity = [min(schedule.capacity(s), schedule.load) for s in seconds]
+    capacity = [
+        min(schedule.capacity(s), schedule.load) * (1 - schedule.failing_share(s)) for s in seconds
+    ]
     fig, axes = plt.subplots(2, 1, figsize=(10, 6), sharex=True, sharey=True)
     for ax, tally in zip(axes, (tallies[0], tallies[-1]), strict=True):
         ax.fill_between(seconds, capacity, step="post", alpha=0.25, label="what it can serve")
@@ -271,12 +279,6 @@ def main(argv: list[str] | None = None) -> int:
     tallies = run_all(seconds=args.seconds, processes=args.processes, rate=args.rate)
     text = table(tallies)
     args.out.mkdir(parents=True, exist_ok=True)
-    settings = ", ".join(f"{k}={v}" for k, v in BASE_CIRCUIT.items())
-    (args.out / "flapping.md").write_text(
-        f"{args.processes} processes x {args.rate:g} calls/s for {args.seconds:g} s "
-        f"(simulated); every breaker: {settings}.\n\n{text}\n",
-        encoding="utf-8",
-    )
     data = [{**asdict(t), "reached": t.reached} for t in tallies]
     (args.out / "flapping.json").write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
     if not args.no_plot:
