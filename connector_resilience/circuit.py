@@ -220,6 +220,9 @@ class CircuitBreaker:
         # failing), or None while the store holds what this process decided.
         self._ahead_of: int | None = None
         self._listeners: list[Callable[[StateChange], object]] = []
+        # State changes waiting to be told to listeners, in the order they happened.
+        self._changes: collections.deque[StateChange] = collections.deque()
+        self._announce_lock = threading.RLock()
         self._pending_probe: str | None = None
         # This process's own view while its failures tripped the breaker below
         # quorum (CB_LOCAL_OPEN); None otherwise. Never written to the store.
@@ -387,7 +390,11 @@ class CircuitBreaker:
         self._drive(self._transition_steps("half_open"))
 
     def add_listener(self, listener: Callable[[StateChange], object]) -> None:
-        """Call ``listener`` on every state change this process makes or sees."""
+        """Call ``listener`` on every state change this process makes or sees.
+
+        Changes are told one at a time, in the order they happened, from the
+        thread that made or saw them: keep a listener quick.
+        """
         if listener not in self._listeners:
             self._listeners.append(listener)
 
@@ -665,8 +672,11 @@ class CircuitBreaker:
             self._set_fast_flags()
             previous = self._seen_state
             state = self._seen_state = effective_state(self._view()[0], now)
-        if state != previous:
-            self._announce(previous, state, reason, now, local=True)
+            if state != previous:
+                self._changes.append(
+                    StateChange(self.connector, previous, state, reason, now, True)
+                )
+        self._announce()
 
     def _override_steps(self, override: Any, reason: str | None) -> _Steps:
         for _ in range(_MAX_CAS_TRIES):
@@ -876,25 +886,32 @@ class CircuitBreaker:
             state = effective_state(view, now)
             self._seen_state = state
             self._set_fast_flags()
-        if state == previous:
-            return
-        if reason is None and state == "half_open" and view.state == "open":
-            reason = "cooldown over: probing"
-        self._announce(previous, state, reason or view.reason, now, local=local is not None)
+            if state != previous:
+                if reason is None and state == "half_open" and view.state == "open":
+                    reason = "cooldown over: probing"
+                change = StateChange(
+                    self.connector, previous, state, reason or view.reason, now, local is not None
+                )
+                self._changes.append(change)
+        self._announce()
 
-    def _announce(
-        self,
-        previous: CircuitState,
-        state: CircuitState,
-        reason: str | None,
-        now: float,
-        *,
-        local: bool,
-    ) -> None:
+    def _announce(self) -> None:
+        """Tell listeners of the changes made so far, in the order they were made.
+
+        Changes are queued under the adoption lock and told outside it (a
+        listener may call the breaker), one thread at a time, so that every
+        listener sees a chain even when threads adopt records at once.
+        """
+        with self._announce_lock:
+            while self._changes:
+                change = self._changes.popleft()
+                self._tell(change)
+
+    def _tell(self, change: StateChange) -> None:
+        previous, state = change.old, change.new
         if state == "closed" or (state == "open" and previous == "closed"):
             with self._window_lock:
                 self._window.clear()
-        change = StateChange(self.connector, previous, state, reason, now, local)
         level = logging.WARNING if state == "open" else logging.INFO
         logger.log(
             level,
