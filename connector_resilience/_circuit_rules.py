@@ -17,13 +17,14 @@ from connector_resilience.policy import CircuitPolicy
 __all__ = [
     "SLOW_START_FLOOR",
     "Refusal",
-    "admit_probe",
     "admitted_share",
     "closed",
     "cooldown_for",
     "effective_state",
+    "holding_probe",
     "opened",
     "probe_outcome",
+    "probe_refusal",
     "transition",
     "with_vote",
 ]
@@ -129,20 +130,28 @@ def closed(
     )
 
 
-def admit_probe(
-    record: CircuitRecord, now: float, cfg: CircuitPolicy, *, draw: float, probe: str
-) -> CircuitRecord | Refusal:
-    """A half-open admission: the record holding ``probe``'s slot, or why the call is refused.
+def probe_refusal(
+    record: CircuitRecord, now: float, cfg: CircuitPolicy, *, draw: float
+) -> Refusal | None:
+    """Why a half-open breaker refuses a call as a probe, or ``None`` when it may probe.
 
     Args:
         draw: a uniform random number in [0, 1): the call is picked as a probe
             when it is below ``CB_HALF_OPEN_PROB``.
     """
-    live = tuple(p for p in record.probes if p[1] > now)
+    live = [p[1] for p in record.probes if p[1] > now]
     if len(live) >= cfg.half_open_max_probes:
-        return min(p[1] for p in live), "half-open: every probe slot is taken"
+        return min(live), "half-open: every probe slot is taken"
     if draw >= cfg.half_open_prob:
         return now, "half-open: call not picked as a probe"
+    return None
+
+
+def holding_probe(
+    record: CircuitRecord, now: float, cfg: CircuitPolicy, *, probe: str
+) -> CircuitRecord:
+    """The record with ``probe`` holding a slot (expired slots dropped)."""
+    live = tuple(p for p in record.probes if p[1] > now)
     return dataclasses.replace(
         record,
         version=record.version + 1,

@@ -55,12 +55,13 @@ from typing import Any, Final, Literal
 
 from connector_resilience import _clock
 from connector_resilience._circuit_rules import (
-    admit_probe,
     admitted_share,
     closed,
     effective_state,
+    holding_probe,
     opened,
     probe_outcome,
+    probe_refusal,
     transition,
     with_vote,
 )
@@ -453,10 +454,11 @@ class CircuitBreaker:
                 return None
             if state == "open":
                 raise self._refusal(record, record.reopen_at, record.reason or "")
+            refusal = probe_refusal(record, now, self.config, draw=self._random())
+            if refusal is not None:
+                raise self._refusal(record, *refusal)
             probe = uuid.uuid4().hex[:12]
-            new = admit_probe(record, now, self.config, draw=self._random(), probe=probe)
-            if not isinstance(new, CircuitRecord):
-                raise self._refusal(record, *new)
+            new = holding_probe(record, now, self.config, probe=probe)
             written = yield (_CAS, record.version, new, "cooldown over: probing")
             if written is _STORE_DOWN:
                 # With the store down, the probe runs on local state alone.
@@ -630,11 +632,11 @@ class CircuitBreaker:
             state = effective_state(local, now)
             if state == "open":
                 raise self._refusal(local, local.reopen_at, local.reason or "")
+            refusal = probe_refusal(local, now, self.config, draw=self._random())
+            if refusal is not None:
+                raise self._refusal(local, *refusal)
             probe = _LOCAL_PROBE + uuid.uuid4().hex[:12]
-            new = admit_probe(local, now, self.config, draw=self._random(), probe=probe)
-            if not isinstance(new, CircuitRecord):
-                raise self._refusal(local, *new)
-            self._local = new
+            self._local = holding_probe(local, now, self.config, probe=probe)
         self._local_moved("cooldown over: probing (this process only)", now)
         return probe
 
