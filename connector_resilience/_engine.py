@@ -130,7 +130,7 @@ def _with_status(labels: Mapping[str, str] | None, value: Any) -> Mapping[str, s
 # One step of the retry plan, answered by a driver:
 #   (_CALL, superseded result or None) -> (ok, value or exception, start, end)
 #   (_SLEEP, seconds)                   -> None
-#   (_REPORT, probe, outcome, duration) -> None
+#   (_REPORT, probe, outcome, duration, failure) -> None  (failure: exception or result name)
 _Plan = Generator[tuple[Any, ...], Any, Any]
 
 
@@ -335,13 +335,19 @@ class Engine:
                         True,
                         labels=attempt_labels,
                     )
-                    yield (_REPORT, probe, "failure" if failed else "success", duration_ms)
+                    yield (
+                        _REPORT,
+                        probe,
+                        "failure" if failed else "success",
+                        duration_ms,
+                        _result_name(value) if failed else None,
+                    )
                     return value
                 error_name = _result_name(value)
                 outcome: Outcome = "failure"
             else:
                 if isinstance(value, _INTERRUPTIONS):
-                    yield (_REPORT, probe, "ignore", duration_ms)
+                    yield (_REPORT, probe, "ignore", duration_ms, None)
                     raise value
                 retry = self.should_retry(value)
                 outcome, error_name = self.classify(value), type(value).__name__
@@ -369,7 +375,7 @@ class Engine:
             final = delay is None
             self.row(duration_ms, "error", error_name, attempt, final, labels=attempt_labels)
             if final:
-                yield (_REPORT, probe, outcome, duration_ms)
+                yield (_REPORT, probe, outcome, duration_ms, error_name if ok else value)
                 if ok:
                     return value
                 raise value
@@ -467,7 +473,7 @@ def run_sync(
                 answer = None
             else:
                 if engine.breaker is not None:
-                    engine.breaker.report(step[1], step[2], duration_ms=step[3])
+                    engine.breaker.report(step[1], step[2], duration_ms=step[3], error=step[4])
                 answer = None
     except StopIteration as done:
         return done.value
@@ -505,7 +511,9 @@ async def run_async(
                 answer = None
             else:
                 if engine.breaker is not None:
-                    await engine.breaker.areport(step[1], step[2], duration_ms=step[3])
+                    await engine.breaker.areport(
+                        step[1], step[2], duration_ms=step[3], error=step[4]
+                    )
                 answer = None
     except StopIteration as done:
         return done.value

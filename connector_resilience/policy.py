@@ -124,7 +124,11 @@ class CircuitPolicy(BaseModel):
         "CB_FAILURES_TO_OPEN", 5, "Consecutive failures that open the circuit.", ge=1
     )
     cooldown_s: float = _env(
-        "CB_COOLDOWN_S", 60.0, "Seconds an open circuit waits before probing.", gt=0
+        "CB_COOLDOWN_S",
+        60.0,
+        "Seconds an open circuit waits before probing.",
+        gt=0,
+        allow_inf_nan=False,
     )
     half_open_prob: float = _env(
         "CB_HALF_OPEN_PROB",
@@ -181,6 +185,58 @@ class CircuitPolicy(BaseModel):
         "Longest a process trusts its cached breaker state before re-reading a shared store.",
         ge=0,
     )
+    half_open_successes: int = _env(
+        "CB_HALF_OPEN_SUCCESSES",
+        1,
+        "Probe successes that close a half-open circuit; with CB_MODEL count or time, "
+        "the failure rate over this many probes decides.",
+        ge=1,
+        le=1000,
+    )
+    cooldown_multiplier: float = _env(
+        "CB_COOLDOWN_MULTIPLIER",
+        1.0,
+        "Each reopen without a close in between multiplies the open time by this (1: fixed).",
+        ge=1,
+        le=100,
+        allow_inf_nan=False,
+    )
+    cooldown_max_s: float = _env(
+        "CB_COOLDOWN_MAX_S",
+        600.0,
+        "Longest open time that CB_COOLDOWN_MULTIPLIER can grow to.",
+        gt=0,
+        allow_inf_nan=False,
+    )
+    slow_start_s: float = _env(
+        "CB_SLOW_START_S",
+        0.0,
+        "After a close, admission ramps from 10% to 100% of calls over this many seconds (0: off).",
+        ge=0,
+        le=86_400,
+        allow_inf_nan=False,
+    )
+    quorum: int = _env(
+        "CB_QUORUM",
+        1,
+        "Distinct processes whose failures it takes to open a shared circuit for everyone.",
+        ge=1,
+        le=64,
+    )
+    local_open: bool = _env(
+        "CB_LOCAL_OPEN",
+        True,
+        "Below CB_QUORUM, a process whose own failures trip the circuit opens it for itself.",
+    )
+
+    @model_validator(mode="after")
+    def _growth_cap_not_below_cooldown(self) -> Self:
+        if self.cooldown_multiplier > 1 and self.cooldown_max_s < self.cooldown_s:
+            raise ValueError(
+                f"CB_COOLDOWN_MAX_S ({self.cooldown_max_s:g}) must be >= CB_COOLDOWN_S "
+                f"({self.cooldown_s:g}) when CB_COOLDOWN_MULTIPLIER is above 1"
+            )
+        return self
 
 
 class HealthPolicy(BaseModel):

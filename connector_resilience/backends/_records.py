@@ -139,6 +139,22 @@ class CircuitRecord:
         override: ``"forced_open"`` or ``"disabled"`` when an operator set one.
         reason: why it last opened.
         changed_at: when this record was written (store clock).
+        opens: times opened since the breaker last closed; the open
+            time grows with it (``CB_COOLDOWN_MULTIPLIER``). 0 when never opened.
+        probe_successes: half-open probes that succeeded since it last opened.
+        probe_failures: half-open probes that failed since it last opened
+            (failure-rate models; the consecutive model reopens at the first).
+        ramp_from: when the slow start after the last close began (store
+            clock), or ``None`` when no slow start was asked for.
+        ramp_until: when that slow start ends: from then on every call is admitted.
+        reporters: for a quorum (``CB_QUORUM``), the breakers (one per process)
+            that reported failures recently, as ``(reporter id, store time)``,
+            newest last, at most ``CB_QUORUM`` of them.
+        last_failure: ``(exception type, message)`` of the failure that opened
+            the breaker, the message with secrets masked, or ``None``.
+
+    A record written before a field existed reads with that field's default,
+    which means the behaviour of that time.
     """
 
     version: int = 0
@@ -150,10 +166,22 @@ class CircuitRecord:
     override: CircuitOverride | None = None
     reason: str | None = None
     changed_at: float = 0.0
+    opens: int = 0
+    probe_successes: int = 0
+    probe_failures: int = 0
+    ramp_from: float | None = None
+    ramp_until: float | None = None
+    reporters: tuple[tuple[str, float], ...] = ()
+    last_failure: tuple[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The record as a JSON-ready mapping."""
-        return {
+        """The record as a JSON-ready mapping.
+
+        Recovery fields are written only when they differ from their
+        defaults, so a record of a breaker that uses none of them is the one
+        earlier versions wrote.
+        """
+        out: dict[str, Any] = {
             "version": self.version,
             "state": self.state,
             "failures": self.failures,
@@ -164,6 +192,20 @@ class CircuitRecord:
             "reason": self.reason,
             "changed_at": self.changed_at,
         }
+        if self.opens:
+            out["opens"] = self.opens
+        if self.probe_successes:
+            out["probe_successes"] = self.probe_successes
+        if self.probe_failures:
+            out["probe_failures"] = self.probe_failures
+        if self.ramp_from is not None:
+            out["ramp_from"] = self.ramp_from
+            out["ramp_until"] = self.ramp_until
+        if self.reporters:
+            out["reporters"] = [list(r) for r in self.reporters]
+        if self.last_failure is not None:
+            out["last_failure"] = {"type": self.last_failure[0], "message": self.last_failure[1]}
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> CircuitRecord:
@@ -189,7 +231,71 @@ class CircuitRecord:
             override=override,
             reason=data.get("reason") if isinstance(data.get("reason"), str) else None,
             changed_at=float(data.get("changed_at") or 0.0),
+            **_recovery_fields(data),
         )
+
+
+#: Bounds on what a circuit record may hold, so a damaged or hostile record
+#: cannot make every process carry megabytes around.
+MAX_REPORTERS = 64
+MAX_REPORTER_ID = 200
+MAX_FAILURE_TYPE = 200
+MAX_FAILURE_MESSAGE = 500
+
+
+def _recovery_fields(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The recovery fields of a circuit record (absent: their defaults), strictly checked."""
+    out: dict[str, Any] = {}
+    for name in ("opens", "probe_successes", "probe_failures"):
+        if name in data:
+            out[name] = _count(data[name], name)
+    ramp_from, ramp_until = data.get("ramp_from"), data.get("ramp_until")
+    if ramp_from is not None or ramp_until is not None:
+        start, end = _finite(ramp_from, "ramp_from"), _finite(ramp_until, "ramp_until")
+        if end < start:
+            raise ValueError("ramp_until must not be before ramp_from")
+        out["ramp_from"], out["ramp_until"] = start, end
+    reporters = data.get("reporters")
+    if reporters is not None:
+        if not isinstance(reporters, list) or len(reporters) > MAX_REPORTERS:
+            raise ValueError(f"reporters must be a list of at most {MAX_REPORTERS} entries")
+        out["reporters"] = tuple(_reporter(entry) for entry in reporters)
+    failure = data.get("last_failure")
+    if failure is not None:
+        if not isinstance(failure, dict):
+            raise TypeError("last_failure must be an object")
+        kind, message = failure.get("type"), failure.get("message")
+        if not isinstance(kind, str) or not isinstance(message, str):
+            raise TypeError("last_failure needs a string type and message")
+        if not kind or len(kind) > MAX_FAILURE_TYPE or len(message) > MAX_FAILURE_MESSAGE:
+            raise ValueError("last_failure type or message empty or too long")
+        out["last_failure"] = (kind, message)
+    return out
+
+
+def _count(value: Any, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0")
+    return value
+
+
+def _finite(value: Any, name: str) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite")
+    return float(value)
+
+
+def _reporter(entry: Any) -> tuple[str, float]:
+    if not isinstance(entry, list) or len(entry) != 2:
+        raise ValueError("a reporter is [id, time]")
+    reporter, at = entry
+    if not isinstance(reporter, str) or not reporter or len(reporter) > MAX_REPORTER_ID:
+        raise ValueError("a reporter id is a non-empty string")
+    return reporter, _finite(at, "reporter time")
 
 
 def _opt_float(value: Any) -> float | None:
