@@ -130,7 +130,7 @@ def open_store_file(path: Path, flags: int) -> int:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise StoreError(f"refusing {path}: it is not a regular file")
+            raise StoreError(f"cannot read or write {path}: it is not a regular file")
         if not _trusted_owner(st.st_uid):
             raise StoreError(
                 f"refusing {path}: it belongs to another user (uid {st.st_uid}, this "

@@ -101,8 +101,6 @@ class _LockedFile:
 
     def open_for_reading(self) -> IO[bytes]:
         """The file, opened without following a link (``FileNotFoundError`` if absent)."""
-        if self.secret:
-            self.check_folder()
         return os.fdopen(open_store_file(self.path, os.O_RDONLY), "rb")
 
     @contextlib.contextmanager
@@ -190,6 +188,8 @@ class _LastWins:
     def refresh(self) -> dict[str, Any]:
         """Read what was appended since the last call (or everything after a rewrite)."""
         with self._lock:
+            if self.file.secret:
+                self.file.check_folder()
             try:
                 # lstat: a link put in the file's place reads as changed, and is
                 # then refused when opened.
