@@ -72,6 +72,10 @@ class _Deadline:
     def start(self, budget_s: float) -> None:
         self.at, self.budget_s = time.monotonic() + budget_s, budget_s
 
+    def suspend(self) -> None:
+        """Let our own statements (a PRAGMA, a ROLLBACK) run to the end."""
+        self.at = float("inf")
+
     def passed(self) -> int:
         """The progress handler: non-zero interrupts the statement."""
         return int(time.monotonic() > self.at)
@@ -193,7 +197,7 @@ class SqliteStore:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None and getattr(self._local, "pid", None) == pid:
             deadline: _Deadline = self._local.deadline
-            deadline.start(float("inf"))  # the PRAGMA below is ours: never cut short
+            deadline.suspend()
             if self._local.busy_ms != busy_ms:
                 conn.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
                 self._local.busy_ms = busy_ms
@@ -310,7 +314,7 @@ class SqliteStore:
             raise self._failure("write to", exc) from exc
 
     def _rollback(self, conn: sqlite3.Connection) -> None:
-        self._local.deadline.start(float("inf"))  # a rollback must not be interrupted
+        self._local.deadline.suspend()
         with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
 
