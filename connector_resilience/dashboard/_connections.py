@@ -52,9 +52,12 @@ class ConnectionGuard:
         self.timed_out = 0
 
     def __call__(self) -> asyncio.Protocol:
+        # Counted here, not in connection_made: the loop may accept a burst of
+        # connections (calling this for each) before any of them is made.
         if self.open >= self.max_connections:
             self.refused += 1
             return _Refused()
+        self.open += 1
         return _Guarded(self, self._factory())
 
 
@@ -76,13 +79,11 @@ class _Guarded(asyncio.Protocol):
         self._tail = b""
         self._timer: asyncio.TimerHandle | None = None
         self._transport: asyncio.Transport | None = None
-        self._counted = False
+        self._counted = True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        self._guard.open += 1
-        self._counted = True
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self._guard.header_timeout_s, self._late)
         self._inner.connection_made(transport)
