@@ -185,8 +185,13 @@ def hammer(
     seed: int,
     healthy: bool,
     results: Any,
+    hold_s: float = 0.0,
 ) -> None:
-    """``threads`` threads calling one breaker; report every write and StateChange seen."""
+    """``threads`` threads calling one breaker; report every write and StateChange seen.
+
+    ``hold_s``: how long each call takes (a slow dependency), so that probes
+    overlap and contend for the half-open slots.
+    """
     written: list[dict[str, Any]] = []
     lock = threading.Lock()
 
@@ -219,6 +224,8 @@ def hammer(
         on_state_change=on_change,
     )
     def call(fail: bool) -> int:
+        if hold_s:
+            time.sleep(hold_s)  # the dependency's own latency
         if fail:
             raise BoomError
         return 1
