@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -118,7 +119,7 @@ def test_jsonl_refuses_a_store_file_of_another_user(tmp_path: Path, kind: str) -
     planted.write_bytes(b"")
     planted.chmod(0o644)
     os.chown(planted, OTHER_UID, OTHER_UID)
-    write = {
+    write: Callable[[], object] = {
         "metrics": lambda: store.append_calls(
             [CallRecord(ts=1e9, connector="api", operation="op", duration_ms=1.0, status="ok")]
         ),

@@ -16,6 +16,7 @@ import sqlite3
 import tempfile
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -636,10 +637,11 @@ def test_every_sqlite_statement_ends_within_its_budget(
             + "); END"
         )
     record = CallRecord(ts=1.0, connector="api", operation="op", duration_ms=1.0, status="ok")
-    for operation in (
+    operations: list[Callable[[], object]] = [
         lambda: store.load_token("api"),
         lambda: store.append_calls([record]),
-    ):
+    ]
+    for operation in operations:
         started = time.monotonic()
         with pytest.raises(StoreError, match=r"ran past its 0\.3s limit"):
             operation()
@@ -702,7 +704,7 @@ def _plant_circuit(url: str, store: Any, connector: str, data: str) -> None:
 def test_metric_values_no_writer_produces_are_skipped(tmp_path: Path) -> None:
     """``final`` only true or false (not "no", not 1), counts never booleans: JSONL, SQLite."""
     good = CallRecord(ts=5.0, connector="m", operation="op", duration_ms=1.0, status="ok")
-    bad = [
+    bad: list[dict[str, Any]] = [
         {"final": "no"},
         {"final": 1},
         {"attempt": True},
