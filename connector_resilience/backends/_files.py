@@ -103,7 +103,14 @@ def check_folder(folder: Path, *, strict: bool, what: str) -> None:
 
 
 def open_store_file(path: Path, flags: int) -> int:
+    """:func:`open_checked`, without the file's status."""
+    return open_checked(path, flags)[0]
+
+
+def open_checked(path: Path, flags: int) -> tuple[int, os.stat_result]:
     """Open a store file without following a symbolic link; refuse a file of another user.
+
+    Returns the descriptor and the file's status.
 
     Args:
         path: the file.
@@ -139,14 +146,14 @@ def open_store_file(path: Path, flags: int) -> int:
     except BaseException:
         os.close(fd)
         raise
-    return fd
+    return fd, st
 
 
 def open_private_append(path: Path) -> int:
     """Open ``path`` to append (and read its tail), created 0600: never readable by others."""
-    fd = open_store_file(path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
+    fd, st = open_checked(path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
     try:
-        if os.fstat(fd).st_mode & 0o077:
+        if st.st_mode & 0o077:
             os.fchmod(fd, PRIVATE_FILE_MODE)
     except OSError:
         os.close(fd)

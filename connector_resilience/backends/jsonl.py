@@ -80,6 +80,7 @@ class _LockedFile:
         self.what = what
         self.durable = durable
         self.secret = secret
+        self._folder_checked = False
         self.stats = StoreStats()
         self._new_locks()
         _open_files.add(self)
@@ -96,8 +97,15 @@ class _LockedFile:
         )
 
     def check_folder(self) -> None:
-        """Refuse (tokens) or warn about (the rest) a folder other users can write to."""
+        """Refuse (tokens) or warn about (the rest) a folder other users can write to.
+
+        Tokens are checked at every use; the rest once per process (a warning
+        is all it would give, and metrics are written several times a second).
+        """
+        if self._folder_checked:
+            return
         check_folder(self.path.parent, strict=self.secret, what=self.what)
+        self._folder_checked = not self.secret
 
     def open_for_reading(self) -> IO[bytes]:
         """The file, opened without following a link (``FileNotFoundError`` if absent)."""
@@ -124,12 +132,12 @@ class _LockedFile:
             ValueError: a line is longer than readers accept (``MAX_LINE_BYTES``);
                 nothing is written.
         """
-        for line in lines:
-            if len(line) > MAX_LINE_BYTES + 1:  # + its newline
-                raise ValueError(
-                    f"a {self.what} record of {len(line)} bytes is longer than the "
-                    f"{MAX_LINE_BYTES} bytes a line may hold; it is not written"
-                )
+        longest = max(map(len, lines), default=0)
+        if longest > MAX_LINE_BYTES + 1:  # + its newline
+            raise ValueError(
+                f"a {self.what} record of {longest} bytes is longer than the "
+                f"{MAX_LINE_BYTES} bytes a line may hold; it is not written"
+            )
         fd = open_private_append(self.path)
         try:
             size = os.fstat(fd).st_size

@@ -60,6 +60,8 @@ wrong = st.sampled_from(
 )
 #: Bytes that can never parse as a JSON object (they start with a byte JSON forbids there).
 garbage = st.binary(max_size=200).map(lambda b: b"\x00" + b.replace(b"\n", b" "))
+#: A final line whose writer was killed: no newline in it (one would end the line).
+torn_tails = st.none() | st.binary(min_size=1, max_size=50).map(lambda b: b.replace(b"\n", b"x"))
 #: Too deep for any JSON parser's recursion: the classic "huge line" attack.
 nested = st.integers(min_value=5_000, max_value=200_000).map(lambda n: b"[" * n + b"]" * n)
 
@@ -258,7 +260,7 @@ def _fresh_jsonl() -> tuple[JsonlStore, Path]:
 
 
 @SETTINGS
-@given(st.lists(metric_lines(), max_size=30), st.none() | st.binary(min_size=1, max_size=50))
+@given(st.lists(metric_lines(), max_size=30), torn_tails)
 def test_jsonl_metrics_reads_keep_exactly_the_valid_records(
     lines: list[tuple[bytes, CallRecord | None]], tail: bytes | None
 ) -> None:
@@ -277,7 +279,7 @@ def test_jsonl_metrics_reads_keep_exactly_the_valid_records(
 
 
 @SETTINGS
-@given(st.lists(circuit_lines(), max_size=30), st.none() | st.binary(min_size=1, max_size=50))
+@given(st.lists(circuit_lines(), max_size=30), torn_tails)
 def test_jsonl_circuit_reads_keep_the_last_valid_record(
     lines: list[tuple[bytes, tuple[str, CircuitRecord] | None]], tail: bytes | None
 ) -> None:
@@ -294,7 +296,7 @@ def test_jsonl_circuit_reads_keep_the_last_valid_record(
 
 
 @SETTINGS
-@given(st.lists(token_lines(), max_size=30), st.none() | st.binary(min_size=1, max_size=50))
+@given(st.lists(token_lines(), max_size=30), torn_tails)
 def test_jsonl_tokens_are_whole_or_absent(
     lines: list[tuple[bytes, tuple[str, dict[str, Any] | None] | None]], tail: bytes | None
 ) -> None:
