@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 import tenacity
 
 from connector_resilience import _clock, _waits, tracing
+from connector_resilience._names import check_name
 from connector_resilience.backends import CallStatus, Store, open_store, store_for_policy
 from connector_resilience.circuit import CircuitBreaker, Outcome, StateChange, breaker_for
 from connector_resilience.errors import CircuitOpenError
@@ -551,6 +552,8 @@ def build_engine(
     breaker_name: str | None = None,
 ) -> Engine:
     """An engine with ``None`` policy and store resolved (environment, then policy's store)."""
+    check_name(connector, what="connector name")
+    check_name(operation, what="operation name")
     policy = policy or current_policy()
     if store is None:
         store = store_for_policy(policy.for_connector(connector))

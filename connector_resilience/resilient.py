@@ -36,6 +36,7 @@ from connector_resilience._engine import (
     run_async,
     run_sync,
 )
+from connector_resilience._names import check_name
 from connector_resilience.backends import Store
 from connector_resilience.circuit import StateChange
 from connector_resilience.errors import (
@@ -231,6 +232,10 @@ def resilient(
     """
     if callable(connector):
         return resilient()(connector)
+    if connector is not None:
+        check_name(connector, what="@resilient connector name")
+    if operation is not None:
+        check_name(operation, what="@resilient operation name")
     if max_attempts is not None and max_attempts < 1:
         raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
     if deadline_s is not None and not deadline_s > 0:

@@ -80,21 +80,20 @@ class CallRecord(NamedTuple):
         status = data["status"]
         if status not in ("ok", "error", "rejected"):
             raise ValueError(f"bad status {status!r}")
-        error = data.get("error")
+        error = _opt_str(data.get("error"), "error")
         labels = data.get("labels")
         if labels is not None and not (
             isinstance(labels, dict) and all(isinstance(v, str) for v in labels.values())
         ):
             raise ValueError("bad labels")
-        ts = data["ts"]
-        duration = data["duration_ms"]
-        attempt = data.get("attempt", 1)
-        if not isinstance(ts, int | float) or not isinstance(duration, int | float):
-            raise TypeError("ts and duration_ms must be numbers")
-        if not (math.isfinite(ts) and math.isfinite(duration)):
-            raise ValueError("ts and duration_ms must be finite")
-        if not isinstance(attempt, int) or isinstance(attempt, bool):
-            raise TypeError("attempt must be an integer")
+        ts = _finite(data["ts"], "ts")
+        duration = _finite(data["duration_ms"], "duration_ms")
+        if duration < 0:
+            raise ValueError("duration_ms must be >= 0")
+        attempt = _count(data.get("attempt", 1), "attempt")
+        final = data.get("final", True)
+        if not isinstance(final, bool):
+            raise TypeError("final must be true or false")
         connector, operation = data["connector"], data["operation"]
         if not isinstance(connector, str) or not isinstance(operation, str):
             raise TypeError("connector and operation must be strings")
@@ -104,14 +103,14 @@ class CallRecord(NamedTuple):
         if calls != 1 and status != "rejected":
             raise ValueError("only rejected records stand for more than one call")
         return cls(
-            ts=float(ts),
+            ts=ts,
             connector=connector,
             operation=operation,
-            duration_ms=float(duration),
+            duration_ms=duration,
             status=status,
-            error=error if isinstance(error, str) else None,
+            error=error,
             attempt=attempt,
-            final=bool(data.get("final", True)),
+            final=final,
             labels=labels,
             calls=calls,
         )
@@ -216,21 +215,18 @@ class CircuitRecord:
         override = data.get("override")
         if override not in (None, "forced_open", "disabled"):
             raise ValueError(f"bad override {override!r}")
-        version = data["version"]
-        failures = data.get("failures", 0)
-        if not isinstance(version, int) or not isinstance(failures, int):
-            raise TypeError("version and failures must be integers")
-        probes = tuple((str(p[0]), float(p[1])) for p in data.get("probes") or ())
+        version = _count(data["version"], "version")
+        failures = _count(data.get("failures", 0), "failures")
         return cls(
             version=version,
             state=state,
             failures=failures,
             opened_at=_opt_float(data.get("opened_at")),
             reopen_at=_opt_float(data.get("reopen_at")),
-            probes=probes,
+            probes=_probes(data.get("probes")),
             override=override,
-            reason=data.get("reason") if isinstance(data.get("reason"), str) else None,
-            changed_at=float(data.get("changed_at") or 0.0),
+            reason=_opt_str(data.get("reason"), "reason"),
+            changed_at=_opt_float(data.get("changed_at")) or 0.0,
             **_recovery_fields(data),
         )
 
@@ -273,22 +269,6 @@ def _recovery_fields(data: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _count(value: Any, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0")
-    return value
-
-
-def _finite(value: Any, name: str) -> float:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a number")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite")
-    return float(value)
-
-
 def _reporter(entry: Any) -> tuple[str, float]:
     if not isinstance(entry, list) or len(entry) != 2:
         raise ValueError("a reporter is [id, time]")
@@ -298,12 +278,49 @@ def _reporter(entry: Any) -> tuple[str, float]:
     return reporter, _finite(at, "reporter time")
 
 
-def _opt_float(value: Any) -> float | None:
-    if value is None:
-        return None
+# Strict field readers: a stored value no writer produces is refused, never
+# coerced (a NaN reopen time would keep a breaker open for ever, "no" read as
+# true, ``true`` as the integer 1).
+
+
+def _finite(value: Any, name: str) -> float:
     if not isinstance(value, int | float) or isinstance(value, bool):
-        raise TypeError("expected a number")
-    return float(value)
+        raise TypeError(f"{name} must be a number")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite")
+    return number
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else _finite(value, "a time")
+
+
+def _count(value: Any, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0")
+    return value
+
+
+def _opt_str(value: Any, name: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{name} must be a string")
+    return value
+
+
+def _probes(value: Any) -> tuple[tuple[str, float], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple):
+        raise TypeError("probes must be a list")
+    out: list[tuple[str, float]] = []
+    for probe in value:
+        if not isinstance(probe, list | tuple) or len(probe) != 2 or not isinstance(probe[0], str):
+            raise TypeError("a probe is [id, lease end]")
+        out.append((probe[0], _finite(probe[1], "a probe's lease end")))
+    return tuple(out)
 
 
 @dataclass(slots=True)

@@ -13,6 +13,7 @@ from connector_resilience.cli._common import (
     format_time,
     open_context,
     print_json,
+    printable,
     table,
 )
 from connector_resilience.metrics.overview import (
@@ -93,7 +94,7 @@ def _all(view: StoreView, ctx: Context, *, out: TextIO) -> None:
     if reasons:
         out.write("\n")
         for name, why in reasons:
-            out.write(f"{name}: {'; '.join(why)}\n")
+            out.write(printable(f"{name}: {'; '.join(why)}") + "\n")
 
 
 def _breaker(view: ConnectorView) -> str:
@@ -118,7 +119,8 @@ def _one(view: StoreView, one: ConnectorView, ctx: Context, *, out: TextIO) -> N
     s = one.summary
     now = view.generated_at
     out.write(
-        f"connector: {one.connector}   store: {view.store}   window: {view.window_s:g}s\n"
+        f"connector: {printable(one.connector)}   store: {view.store}   "
+        f"window: {view.window_s:g}s\n"
         f"verdict:   {one.status.value}"
         + (f" ({'; '.join(one.report.reasons)})" if one.report.reasons else "")
         + "\n"
@@ -128,7 +130,11 @@ def _one(view: StoreView, one: ConnectorView, ctx: Context, *, out: TextIO) -> N
             if one.circuit_since is not None
             else "(never tripped)"
         )
-        + (f": {one.circuit.reason}" if one.circuit is not None and one.circuit.reason else "")
+        + (
+            f": {printable(one.circuit.reason)}"
+            if one.circuit is not None and one.circuit.reason
+            else ""
+        )
         + "\n"
         f"calls:     {s.total_calls} ({s.errors} failed, {s.attempts} attempts, "
         f"{s.retries} retries, {s.rejected} rejected by the breaker)\n"
