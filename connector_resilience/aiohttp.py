@@ -37,6 +37,7 @@ network exchange. aiohttp runs middlewares again for each redirect hop.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 import uuid
@@ -64,6 +65,7 @@ from connector_resilience._engine import (
     run_async,
 )
 from connector_resilience.errors import CircuitOpenError
+from connector_resilience.retry import retry_after_from
 
 if TYPE_CHECKING:
     from connector_resilience.backends import Store
@@ -81,6 +83,8 @@ logger = logging.getLogger("connector_resilience.aiohttp")
 
 IDEMPOTENT_METHODS: frozenset[str] = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 DEFAULT_RETRY_STATUSES: frozenset[int] = frozenset({429, 502, 503, 504})
+#: Responses that may ask the whole connector to pause (a rate limit's 403 too).
+_PAUSE_STATUSES = frozenset({429, 403})
 #: Methods that are retried only when they carry an idempotency key.
 _KEYED_METHODS = frozenset({"POST", "PATCH"})
 
@@ -137,6 +141,9 @@ class ResilienceMiddleware:
         on_retry: called with a :class:`~connector_resilience.RetryEvent` before a retry.
         on_state_change: called when the breaker moves.
         on_reject: called with the :class:`CircuitOpenError` of a refused request.
+        fallback: called with the exception when the circuit is open, the rate
+            limiter, bulkhead or retry budget refuses, or retries run out; what
+            it returns (a ``ClientResponse``, sync or awaited) is the answer.
     """
 
     def __init__(
@@ -158,6 +165,7 @@ class ResilienceMiddleware:
         on_retry: Callable[[RetryEvent], object] | None = None,
         on_state_change: Callable[[StateChange], object] | None = None,
         on_reject: Callable[[CircuitOpenError], object] | None = None,
+        fallback: Callable[[BaseException], Any] | None = None,
     ) -> None:
         if not connector:
             raise ValueError("ResilienceMiddleware needs a connector name")
@@ -190,6 +198,7 @@ class ResilienceMiddleware:
             on_retry=on_retry,
             on_state_change=on_state_change,
             on_reject=on_reject,
+            fallback=fallback,
         )
         self._engines: dict[tuple[str, str | None], Engine] = {}
         self._statuses = statuses
@@ -198,7 +207,9 @@ class ResilienceMiddleware:
     def __repr__(self) -> str:
         return f"ResilienceMiddleware({self.connector!r})"
 
-    async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+    async def __call__(
+        self, request: ClientRequest, handler: ClientHandlerType, *, _admitted: bool = False
+    ) -> ClientResponse:
         """Send ``request`` through ``handler`` with retries, the breaker, metrics and auth."""
         host = request.url.host or ""
         key = (request.method, host if self.breaker_per_host else None)
@@ -207,6 +218,13 @@ class ResilienceMiddleware:
         engine = self._engines.get(key)
         if engine is None:
             engine = await asyncio.to_thread(self._engine, *key)
+        if engine.admission is not None and not _admitted:
+            try:
+                return await engine.admission.acall(self.__call__, request, handler, _admitted=True)
+            except Exception as exc:
+                if not engine.wants_fallback(exc):
+                    raise
+                return await self._fallback(engine, exc)
         method = request.method
         breaker = engine.breaker
         probe = None
@@ -215,7 +233,9 @@ class ResilienceMiddleware:
                 probe = await breaker.aacquire()
             except CircuitOpenError as exc:
                 engine.rejected(exc, self._labels(method, host, None))
-                raise
+                if engine.fallback is None or _admitted:
+                    raise
+                return await self._fallback(engine, exc)
         if self.add_idempotency_key and method in _KEYED_METHODS:
             # Before the first send, so that every attempt carries the same key.
             request.headers.setdefault(self.idempotency_header, str(uuid.uuid4()))
@@ -231,6 +251,8 @@ class ResilienceMiddleware:
         else:
             end = time.perf_counter()
             status = response.status
+            if status in _PAUSE_STATUSES:
+                await self._learn_pause(engine, response)
             if status < 500 and status not in self._statuses:
                 if engine.succeeded(start, end, probe, self._labels(method, host, status)):
                     assert breaker is not None
@@ -243,15 +265,42 @@ class ResilienceMiddleware:
             labels=self._labels(method, host, None),
             can_retry=lambda: _replay_refusal(request),
         )
-        retried: ClientResponse = await run_async(
-            engine.plan(probe, first, spec),
-            self._send,
-            (request, handler),
-            {},
-            engine,
-            discard=_release,
-        )
+        try:
+            retried: ClientResponse = await run_async(
+                engine.plan(probe, first, spec),
+                self._send_learning,
+                (engine, request, handler),
+                {},
+                engine,
+                discard=_release,
+            )
+        except Exception as exc:
+            if _admitted or not engine.wants_fallback(exc):
+                raise
+            return await self._fallback(engine, exc)
         return retried
+
+    async def _send_learning(
+        self, engine: Engine, request: ClientRequest, handler: ClientHandlerType
+    ) -> ClientResponse:
+        """A retry's attempt: :meth:`_send`, then learn a pause the server asked for."""
+        response = await self._send(request, handler)
+        if response.status in _PAUSE_STATUSES:
+            await self._learn_pause(engine, response)
+        return response
+
+    async def _learn_pause(self, engine: Engine, response: ClientResponse) -> None:
+        # Until the shared HTTP rules land, Retry-After alone says when to come back.
+        seconds = retry_after_from(response)
+        if seconds is not None and seconds > 0:
+            await engine.load.apause(until=_clock.wall() + seconds)
+
+    async def _fallback(self, engine: Engine, exc: BaseException) -> ClientResponse:
+        assert engine.fallback is not None
+        engine.refused("FallbackUsed")
+        answer = engine.fallback(exc)
+        response: ClientResponse = await answer if inspect.isawaitable(answer) else answer
+        return response
 
     def _labels(self, method: str, host: str, status: int | None) -> dict[str, str]:
         """Metric labels, made once per (method, host, status): a request's hot path."""

@@ -33,6 +33,7 @@ from filelock import FileLock, Timeout
 
 from connector_resilience import _clock
 from connector_resilience.backends import PARSE_ERRORS, CallRecord, CircuitRecord, StoreStats
+from connector_resilience.backends import _limit_state as limit_state
 from connector_resilience.backends._files import (
     PRIVATE_FILE_MODE,
     atomic_write_lines,
@@ -184,7 +185,7 @@ class _LastWins:
             return self.values
 
 
-class JsonlStore:
+class JsonlStore(limit_state.LimitSteps):
     """The JSONL store: metrics, circuit state and tokens in three files.
 
     Args:
@@ -206,6 +207,7 @@ class JsonlStore:
         self._metrics = _LockedFile(Path(metrics_path))
         self._circuits_file = _LockedFile(Path(circuit_path))
         self._tokens_file = _LockedFile(Path(token_path), durable=True)
+        self._limits_file = _LockedFile(Path(circuit_path).with_name("load_control.json"))
         self.url = url or self.key_for_paths(
             metrics=metrics_path, circuits=circuit_path, tokens=token_path
         )
@@ -443,6 +445,53 @@ class JsonlStore:
 
     def close(self) -> None:
         """Nothing stays open between calls."""
+
+    # Load control -------------------------------------------------------
+
+    def _limit_step(self, key: str, step: limit_state.Step[T]) -> T:
+        """Run one load-control step on ``key`` with the state file locked.
+
+        The file holds seconds-old counters, not history: it is replaced
+        whole (temp file, rename) without an fsync, since losing it in a crash
+        costs a few seconds of budget, and an unreadable one starts afresh.
+        """
+        file = self._limits_file
+        with file.locked():
+            try:
+                states = _read_limit_states(file.path)
+            except OSError as exc:
+                raise StoreError(f"cannot read {file.path}: {exc}") from exc
+            new_state, answer = step(states.get(key), _clock.wall())
+            states[key] = new_state
+            tmp = file.path.with_name(f".{file.path.name}.{os.getpid()}.tmp")
+            try:
+                fd = os.open(
+                    tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, PRIVATE_FILE_MODE
+                )
+                try:
+                    write_all(fd, _ENCODER.encode(states).encode())
+                finally:
+                    os.close(fd)
+                os.replace(tmp, file.path)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise StoreError(f"cannot write {file.path}: {exc}") from exc
+        return answer
+
+
+def _read_limit_states(path: Path) -> dict[str, Any]:
+    """The load-control states in ``path``; an empty mapping if absent or unreadable."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    try:
+        states = json.loads(data)
+    except ValueError:
+        logger.warning("%s is unreadable; load-control counters start afresh", path)
+        return {}
+    return states if isinstance(states, dict) else {}
 
 
 def _retained(path: Path, cutoff: float, tally: dict[str, int]) -> Iterator[bytes]:

@@ -18,7 +18,7 @@ import redis
 import redis.asyncio
 import redis.asyncio.retry
 from redis.backoff import NoBackoff
-from redis.commands.core import AsyncScript
+from redis.commands.core import AsyncScript, Script
 from redis.exceptions import LockError, RedisError
 from redis.retry import Retry
 
@@ -28,9 +28,12 @@ from connector_resilience.backends import (
     PARSE_ERRORS,
     CallRecord,
     CircuitRecord,
+    LeaseGrant,
     StoreStats,
+    TokenGrant,
     redact_url,
 )
+from connector_resilience.backends.redis import _limit_scripts
 from connector_resilience.backends.redis._clock import ServerClock
 from connector_resilience.backends.redis._watch import ANY_CONNECTOR, CircuitWatcher
 from connector_resilience.errors import ConfigurationError, StoreError
@@ -273,6 +276,8 @@ class RedisStore:
         self._password = self._client.connection_pool.connection_kwargs.get("password") or ""
         self._compare_and_set = self._client.register_script(_COMPARE_AND_SET_LUA)
         self._trim = self._client.register_script(_TRIM_LUA)
+        self._limit_scripts = {n: self._client.register_script(s) for n, s in _LIMIT_LUA.items()}
+        self._alimit_scripts: dict[str, AsyncScript] = {}
         self._clock = ServerClock(self._read_server_time, describe=self.url)
         self._watcher = CircuitWatcher(self._client, self._keys.circuit_channel, describe=self.url)
         self._async_clients: dict[asyncio.AbstractEventLoop, _AsyncClient] = {}
@@ -790,3 +795,117 @@ class RedisStore:
                 await lock.release()
             except (LockError, RedisError, OSError) as exc:
                 self._lock_release_failed(connector, exc)
+
+    # Load control -------------------------------------------------------
+    #
+    # Each rule is one Lua script run on the server's clock (_limit_scripts).
+
+    def _limit_call(self, name: str, key: str, args: Sequence[str | int | float]) -> Any:
+        script: Script = self._limit_scripts[name]
+        with self._failing_as_store_error("updating load-control state"):
+            return script(keys=[f"{self.prefix}:limits:{key}"], args=list(args))
+
+    async def _alimit_call(self, name: str, key: str, args: Sequence[str | int | float]) -> Any:
+        client = (await self._async_client()).client
+        script = self._alimit_scripts.get(name)
+        if script is None:
+            # One script object serves every loop's client: it is only text and a hash.
+            script = self._alimit_scripts[name] = AsyncScript(client, _LIMIT_LUA[name])
+        with self._failing_as_store_error("updating load-control state"):
+            return await script(
+                keys=[f"{self.prefix}:limits:{key}"], args=list(args), client=client
+            )
+
+    def spend_retry_budget(
+        self,
+        key: str,
+        *,
+        calls: int,
+        retry: bool,
+        ratio: float,
+        min_per_s: float,
+        window_s: float,
+    ) -> bool:
+        """Count calls and maybe take a retry from ``key``'s budget (one script, one round trip)."""
+        args = _budget_args(calls, retry, ratio, min_per_s, window_s)
+        return bool(self._limit_call("budget", f"budget:{key}", args))
+
+    async def aspend_retry_budget(
+        self,
+        key: str,
+        *,
+        calls: int,
+        retry: bool,
+        ratio: float,
+        min_per_s: float,
+        window_s: float,
+    ) -> bool:
+        """:meth:`spend_retry_budget` without blocking the event loop."""
+        args = _budget_args(calls, retry, ratio, min_per_s, window_s)
+        return bool(await self._alimit_call("budget", f"budget:{key}", args))
+
+    def take_token(
+        self, key: str, *, rate_per_s: float, burst: float, max_wait_s: float
+    ) -> TokenGrant:
+        """Reserve the next token of ``key``'s bucket, by the server's clock."""
+        reply = self._limit_call("token", f"bucket:{key}", [rate_per_s, burst, max_wait_s])
+        return _token_grant(reply)
+
+    async def atake_token(
+        self, key: str, *, rate_per_s: float, burst: float, max_wait_s: float
+    ) -> TokenGrant:
+        """:meth:`take_token` without blocking the event loop."""
+        reply = await self._alimit_call("token", f"bucket:{key}", [rate_per_s, burst, max_wait_s])
+        return _token_grant(reply)
+
+    def pause_tokens(self, key: str, *, seconds: float, rate_per_s: float, burst: float) -> None:
+        """Hand out no token of ``key``'s bucket for ``seconds`` of the server's clock."""
+        self._limit_call("pause", f"bucket:{key}", [seconds, rate_per_s, burst])
+
+    async def apause_tokens(
+        self, key: str, *, seconds: float, rate_per_s: float, burst: float
+    ) -> None:
+        """:meth:`pause_tokens` without blocking the event loop."""
+        await self._alimit_call("pause", f"bucket:{key}", [seconds, rate_per_s, burst])
+
+    def acquire_lease(self, key: str, *, limit: int, lease_s: float, holder: str) -> LeaseGrant:
+        """Give ``holder`` a slot of ``key`` if one is free; leases end by the server's clock."""
+        return _lease_grant(self._limit_call("acquire", f"leases:{key}", [limit, lease_s, holder]))
+
+    async def aacquire_lease(
+        self, key: str, *, limit: int, lease_s: float, holder: str
+    ) -> LeaseGrant:
+        """:meth:`acquire_lease` without blocking the event loop."""
+        reply = await self._alimit_call("acquire", f"leases:{key}", [limit, lease_s, holder])
+        return _lease_grant(reply)
+
+    def release_lease(self, key: str, *, holder: str) -> None:
+        """Give ``holder``'s slot of ``key`` back."""
+        self._limit_call("release", f"leases:{key}", [holder])
+
+    async def arelease_lease(self, key: str, *, holder: str) -> None:
+        """:meth:`release_lease` without blocking the event loop."""
+        await self._alimit_call("release", f"leases:{key}", [holder])
+
+
+_LIMIT_LUA: Final = {
+    "budget": _limit_scripts.SPEND_RETRY_BUDGET,
+    "token": _limit_scripts.TAKE_TOKEN,
+    "pause": _limit_scripts.PAUSE_TOKENS,
+    "acquire": _limit_scripts.ACQUIRE_LEASE,
+    "release": _limit_scripts.RELEASE_LEASE,
+}
+
+
+def _budget_args(
+    calls: int, retry: bool, ratio: float, min_per_s: float, window_s: float
+) -> list[str | int | float]:
+    return [calls, 1 if retry else 0, repr(float(ratio)), repr(float(min_per_s)), window_s]
+
+
+def _token_grant(reply: Any) -> TokenGrant:
+    return TokenGrant(bool(int(reply[0])), float(reply[1]))
+
+
+def _lease_grant(reply: Any) -> LeaseGrant:
+    return LeaseGrant(bool(int(reply[0])), float(reply[1]) if reply[1] else None)
