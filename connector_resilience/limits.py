@@ -95,7 +95,7 @@ class _Burst:
     def granted(self) -> None:
         if self.refused:
             count, self.refused = self.refused, 0
-            logger.warning("%s: %s no more, after %d refusal(s)", self.connector, self.what, count)
+            logger.warning("%s: %s: over after %d refusal(s)", self.connector, self.what, count)
 
 
 class _Shared:
@@ -185,7 +185,7 @@ class RetryBudget:
             _Shared(store, "sharing the retry budget") if settings.budget_scope == "store" else None
         )
         self._unsent = 0
-        self._burst = _Burst(connector, "retry budget exhausted: retries are refused")
+        self._burst = _Burst(connector, "retry budget exhausted, retries refused")
         if self._shared is not None and self.enabled:
             _depositor.add(self)
 
@@ -350,7 +350,7 @@ class RateLimiter:
         self._shared = (
             _Shared(store, "sharing the rate limit") if settings.rate_scope == "store" else None
         )
-        self._burst = _Burst(connector, "rate limited: calls are refused")
+        self._burst = _Burst(connector, "rate limited, calls refused")
 
     def _take_args(self, max_wait_s: float) -> dict[str, Any]:
         return {
@@ -446,7 +446,7 @@ class Bulkhead:
         self._shared = (
             _Shared(store, "sharing the bulkhead") if settings.bulkhead_scope == "store" else None
         )
-        self._burst = _Burst(connector, "bulkhead full: calls are refused")
+        self._burst = _Burst(connector, "bulkhead full, calls refused")
 
     # A slot is a holder id: a lease in the store, or "" for a local slot.
 
