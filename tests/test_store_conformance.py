@@ -20,6 +20,7 @@ import pytest
 from connector_resilience.backends import (
     CallRecord,
     CircuitRecord,
+    LeaseGrant,
     LimitStore,
     Store,
     close_all_stores,
@@ -457,17 +458,20 @@ def test_pause_stops_tokens_until_it_ends(store_url: str) -> None:
 def test_leases_cap_holders_and_free_a_slot_on_release(store_url: str) -> None:
     store = open_store(store_url)
     assert isinstance(store, LimitStore)
-    lease = {"limit": 2, "lease_s": 30.0}
-    assert store.acquire_lease("api", holder="a", **lease).granted
-    assert store.acquire_lease("api", holder="b", **lease).granted
-    full = store.acquire_lease("api", holder="c", **lease)
+
+    def take(holder: str, key: str = "api") -> LeaseGrant:
+        return store.acquire_lease(key, holder=holder, limit=2, lease_s=30.0)
+
+    assert take("a").granted
+    assert take("b").granted
+    full = take("c")
     assert not full.granted
     assert full.free_in_s is not None
     assert 29.0 < full.free_in_s <= 30.0
-    assert store.acquire_lease("api", holder="a", **lease).granted  # a holder renews
+    assert take("a").granted  # a holder renews
     store.release_lease("api", holder="a")
-    assert store.acquire_lease("api", holder="c", **lease).granted
-    assert store.acquire_lease("other", holder="a", **lease).granted
+    assert take("c").granted
+    assert take("a", "other").granted
 
 
 def test_a_lease_whose_holder_never_returns_ends_by_itself(store_url: str) -> None:
