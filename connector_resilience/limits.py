@@ -42,6 +42,7 @@ from connector_resilience import _clock, _waits
 from connector_resilience._faults import FaultLog
 from connector_resilience.backends import LeaseGrant, LimitStore, Store, TokenGrant
 from connector_resilience.backends import _limit_state as limit_state
+from connector_resilience.backends._limit_state import GRANTED_NOW
 from connector_resilience.errors import BulkheadFullError, RateLimitExceededError
 from connector_resilience.policy import LimitsPolicy, Policy
 
@@ -334,6 +335,9 @@ class RateLimiter:
         connector: the connector's name.
         settings: the connector's load-control settings (``rate_per_s`` set).
         store: the store a shared bucket lives in.
+
+    Attributes:
+        local: the bucket is this process's own (``RATE_LIMIT_SCOPE=process``).
     """
 
     def __init__(self, connector: str, settings: LimitsPolicy, store: Store) -> None:
@@ -346,10 +350,14 @@ class RateLimiter:
             else max(1.0, math.floor(self.rate_per_s))
         )
         self.max_wait_s = settings.rate_max_wait_s
-        self._local = _Local()
+        self._interval, self._tolerance = limit_state.bucket_shape(self.rate_per_s, self.burst)
+        # This process's bucket: the whole limiter per process, the stand-in when shared.
+        self._full_at = 0.0
+        self._lock = threading.Lock()
         self._shared = (
             _Shared(store, "sharing the rate limit") if settings.rate_scope == "store" else None
         )
+        self.local = self._shared is None
         self._burst = _Burst(connector, "rate limited, calls refused")
 
     def _take_args(self, max_wait_s: float) -> dict[str, Any]:
@@ -360,27 +368,43 @@ class RateLimiter:
             "max_wait_s": max_wait_s,
         }
 
-    def _take_locally(self, max_wait_s: float) -> TokenGrant:
-        def step(state: limit_state.State | None, now: float) -> tuple[Any, TokenGrant]:
-            return limit_state.take_token(
-                state, now, rate_per_s=self.rate_per_s, burst=self.burst, max_wait_s=max_wait_s
-            )
-
-        return self._local.step(step)
+    def take_locally(self, max_wait_s: float) -> TokenGrant:
+        """Reserve a token of this process's own bucket (the hot path of a local limiter)."""
+        now = _clock.monotonic()
+        with self._lock:
+            # limit_state.reserve's rule, inlined: this runs on every call.
+            full_at = self._full_at if self._full_at > now else now
+            if full_at - self._tolerance <= now:
+                self._full_at = full_at + self._interval
+                if not self._burst.refused:
+                    return GRANTED_NOW
+                grant = GRANTED_NOW
+            else:
+                self._full_at, grant = limit_state.reserve(
+                    self._full_at, now, self._interval, self._tolerance, max_wait_s
+                )
+        return self._settle(grant)
 
     def take(self, max_wait_s: float | None = None) -> TokenGrant:
-        """Reserve a token due within ``max_wait_s`` (``RATE_LIMIT_MAX_WAIT_S`` if ``None``)."""
+        """Reserve a token due within ``max_wait_s`` (``RATE_LIMIT_MAX_WAIT_S`` if ``None``).
+
+        Returns:
+            The grant: granted, with the seconds to wait before using the
+            token; or refused, with the seconds until a token is due.
+        """
         wait = self.max_wait_s if max_wait_s is None else max_wait_s
-        grant = self._shared.run("take_token", **self._take_args(wait)) if self._shared else None
-        return self._settle(grant if grant is not None else self._take_locally(wait))
+        if self._shared is None:
+            return self.take_locally(wait)
+        grant = self._shared.run("take_token", **self._take_args(wait))
+        return self._settle(grant) if grant is not None else self.take_locally(wait)
 
     async def atake(self, max_wait_s: float | None = None) -> TokenGrant:
         """:meth:`take` for coroutines: a shared bucket never blocks the loop."""
         wait = self.max_wait_s if max_wait_s is None else max_wait_s
-        grant = (
-            await self._shared.arun("take_token", **self._take_args(wait)) if self._shared else None
-        )
-        return self._settle(grant if grant is not None else self._take_locally(wait))
+        if self._shared is None:
+            return self.take_locally(wait)
+        grant = await self._shared.arun("take_token", **self._take_args(wait))
+        return self._settle(grant) if grant is not None else self.take_locally(wait)
 
     def _settle(self, grant: TokenGrant) -> TokenGrant:
         if grant.granted:
@@ -394,13 +418,9 @@ class RateLimiter:
         return RateLimitExceededError(self.connector, retry_at=_clock.wall() + grant.wait_s)
 
     def _pause_locally(self, seconds: float) -> None:
-        def step(state: limit_state.State | None, now: float) -> tuple[Any, None]:
-            paused = limit_state.pause_tokens(
-                state, now, seconds=seconds, rate_per_s=self.rate_per_s, burst=self.burst
-            )
-            return paused, None
-
-        self._local.step(step)
+        now = _clock.monotonic()
+        with self._lock:
+            self._full_at = limit_state.paused(self._full_at, now, seconds, self._tolerance)
 
     def _pause_args(self, seconds: float) -> dict[str, Any]:
         return {
@@ -429,10 +449,20 @@ class RateLimiter:
 class Bulkhead:
     """A cap on one connector's calls in flight: per process, or leased through the store.
 
+    A slot is a holder id: a lease in the store, or ``""`` for a slot of this
+    process's own cap (the whole bulkhead per process, the stand-in while a
+    shared one's store is down). This process's slots are a list of tokens:
+    ``list.pop`` and ``list.append`` are atomic, so taking and giving back a
+    slot needs no lock; only a call that waits for one uses a condition.
+
     Args:
         connector: the connector's name.
         settings: the connector's load-control settings (``bulkhead_max_concurrent`` set).
         store: the store shared slots are leased in.
+
+    Attributes:
+        local: the cap is this process's own (``BULKHEAD_SCOPE=process``).
+        free: this process's free slots (one token each).
     """
 
     def __init__(self, connector: str, settings: LimitsPolicy, store: Store) -> None:
@@ -441,25 +471,54 @@ class Bulkhead:
         self.limit = settings.bulkhead_max_concurrent
         self.max_wait_s = settings.bulkhead_max_wait_s
         self.lease_s = settings.bulkhead_lease_s
-        self.in_flight = 0
-        self._freed = threading.Condition()
+        self._new_slots()
         self._shared = (
             _Shared(store, "sharing the bulkhead") if settings.bulkhead_scope == "store" else None
         )
+        self.local = self._shared is None
         self._burst = _Burst(connector, "bulkhead full, calls refused")
 
-    # A slot is a holder id: a lease in the store, or "" for a local slot.
+    def _new_slots(self) -> None:
+        self.free: list[None] = [None] * self.limit
+        self._freed = threading.Condition()
+        self.waiting = 0
 
-    def _try_local(self) -> bool:
-        with self._freed:
-            if self.in_flight < self.limit:
-                self.in_flight += 1
-                return True
+    @property
+    def in_flight(self) -> int:
+        """Calls holding one of this process's own slots."""
+        return self.limit - len(self.free)
+
+    def try_local(self) -> bool:
+        """Take one of this process's own slots if one is free, without waiting."""
+        try:
+            self.free.pop()
+        except IndexError:
             return False
+        return True
 
-    def _release_local(self) -> None:
+    def _wait_locally(self, deadline: float) -> bool:
         with self._freed:
-            self.in_flight -= 1
+            self.waiting += 1
+            try:
+                while not self.try_local():
+                    left = deadline - _clock.monotonic()
+                    if left <= 0:
+                        return False
+                    # Bounded: a give-back that raced past the count still wakes us.
+                    self._freed.wait(min(left, _SLOT_POLL_MAX_S))
+                return True
+            finally:
+                self.waiting -= 1
+
+    def give_back_local(self) -> None:
+        """Return one of this process's own slots, waking a waiter if there is one."""
+        self.free.append(None)
+        if self.waiting:
+            self.wake()
+
+    def wake(self) -> None:
+        """Wake one call waiting for a slot of this process's own."""
+        with self._freed:
             self._freed.notify()
 
     def _lease_args(self, holder: str) -> dict[str, Any]:
@@ -478,13 +537,10 @@ class Bulkhead:
         """
         deadline = _clock.monotonic() + (self.max_wait_s if max_wait_s is None else max_wait_s)
         if self._shared is None:
-            with self._freed:
-                while self.in_flight >= self.limit:
-                    left = deadline - _clock.monotonic()
-                    if (left <= 0 or not self._freed.wait(left)) and self.in_flight >= self.limit:
-                        raise self._refuse(None)
-                self.in_flight += 1
-            self._burst.granted()
+            if not (self.try_local() or self._wait_locally(deadline)):
+                raise self._refuse(None)
+            if self._burst.refused:
+                self._burst.granted()
             return ""
         holder, delay = uuid.uuid4().hex, 0.002
         while True:
@@ -519,18 +575,13 @@ class Bulkhead:
         """The slot a lease request got: the lease, a local slot (no store), or ``None``."""
         if grant is None:
             # Per process, or the store is down: this process's own cap stands in.
-            if not self._try_local():
+            if not self.try_local():
                 return None
             holder = ""
         elif not grant.granted:
             return None
         self._burst.granted()
         return holder
-
-    def after_fork(self) -> None:
-        """A child starts with no calls in flight (the parent's are the parent's)."""
-        self.in_flight = 0
-        self._freed = threading.Condition()
 
     def _refuse(self, free_in_s: float | None) -> BulkheadFullError:
         self._burst.refusal(f" ({self.limit} in flight)")
@@ -540,16 +591,20 @@ class Bulkhead:
     def release(self, holder: str) -> None:
         """Give a slot back (a lease the store cannot take back ends by itself)."""
         if not holder:
-            self._release_local()
+            self.give_back_local()
         elif self._shared is not None:
             self._shared.run("release_lease", key=self.connector, holder=holder)
 
     async def arelease(self, holder: str) -> None:
         """:meth:`release` for coroutines."""
-        if not holder:
-            self._release_local()
-        elif self._shared is not None:
+        if not holder or self._shared is None:
+            self.release(holder)
+        else:
             await self._shared.arun("release_lease", key=self.connector, holder=holder)
+
+    def after_fork(self) -> None:
+        """A child starts with no calls in flight (the parent's are the parent's)."""
+        self._new_slots()
 
 
 # One connector's controls, and the admission step ---------------------------------
@@ -651,11 +706,24 @@ class Admission:
         refused: Callable[[Refusal], object],
     ) -> None:
         self.control = control
-        self.deadline_s = deadline_s
+        self._limiter = control.limiter
+        self._bulkhead = control.bulkhead
         self._refused = refused
 
-    def _bound(self, wait_s: float) -> float:
-        return wait_s if self.deadline_s is None else min(wait_s, self.deadline_s)
+        def bound(wait_s: float) -> float:
+            return wait_s if deadline_s is None else min(wait_s, deadline_s)
+
+        self._token_wait = bound(self._limiter.max_wait_s) if self._limiter else 0.0
+        limiter = self._limiter
+        self._take = (
+            None if limiter is None else limiter.take_locally if limiter.local else limiter.take
+        )
+        self._slot_wait = bound(self._bulkhead.max_wait_s) if self._bulkhead else 0.0
+
+    def _refuse_token(self, grant: TokenGrant) -> RateLimitExceededError:
+        assert self._limiter is not None
+        self._refused("RateLimitExceededError")
+        return self._limiter.refusal(grant)
 
     def call(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run ``fn`` once admitted; refusals raise before it runs.
@@ -664,47 +732,73 @@ class Admission:
             RateLimitExceededError: no token within the wait allowed.
             BulkheadFullError: no slot within the wait allowed.
         """
-        limiter, bulkhead = self.control.limiter, self.control.bulkhead
-        if limiter is not None:
-            grant = limiter.take(self._bound(limiter.max_wait_s))
-            if not grant.granted:
-                self._refused("RateLimitExceededError")
-                raise limiter.refusal(grant)
-            if grant.wait_s > 0:
+        take = self._take
+        if take is not None:
+            grant = take(self._token_wait)
+            if grant is not GRANTED_NOW:  # a refusal, or a token for later
+                if not grant.granted:
+                    raise self._refuse_token(grant)
                 _waits.sleep(grant.wait_s)
+        bulkhead = self._bulkhead
         if bulkhead is None:
             return fn(*args, **kwargs)
-        try:
-            holder = bulkhead.acquire(self._bound(bulkhead.max_wait_s))
-        except BulkheadFullError:
-            self._refused("BulkheadFullError")
-            raise
+        if bulkhead.local and bulkhead.free:
+            try:
+                bulkhead.free.pop()  # atomic: a free slot, unless another thread took it first
+            except IndexError:
+                holder = self._slot(bulkhead)
+            else:
+                holder = ""
+        else:
+            holder = self._slot(bulkhead)
         try:
             return fn(*args, **kwargs)
         finally:
-            bulkhead.release(holder)
+            if holder:
+                bulkhead.release(holder)
+            else:
+                bulkhead.free.append(None)
+                if bulkhead.waiting:
+                    bulkhead.wake()
+
+    def _slot(self, bulkhead: Bulkhead) -> str:
+        try:
+            return bulkhead.acquire(self._slot_wait)
+        except BulkheadFullError:
+            self._refused("BulkheadFullError")
+            raise
 
     async def acall(self, fn: Callable[P, Awaitable[R]], *args: P.args, **kwargs: P.kwargs) -> R:
         """:meth:`call` for coroutines: no wait blocks the event loop."""
-        limiter, bulkhead = self.control.limiter, self.control.bulkhead
+        limiter = self._limiter
         if limiter is not None:
-            grant = await limiter.atake(self._bound(limiter.max_wait_s))
-            if not grant.granted:
-                self._refused("RateLimitExceededError")
-                raise limiter.refusal(grant)
-            if grant.wait_s > 0:
+            grant = (
+                limiter.take_locally(self._token_wait)
+                if limiter.local
+                else await limiter.atake(self._token_wait)
+            )
+            if grant is not GRANTED_NOW:
+                if not grant.granted:
+                    raise self._refuse_token(grant)
                 await _waits.asleep(grant.wait_s)
+        bulkhead = self._bulkhead
         if bulkhead is None:
             return await fn(*args, **kwargs)
-        try:
-            holder = await bulkhead.aacquire(self._bound(bulkhead.max_wait_s))
-        except BulkheadFullError:
-            self._refused("BulkheadFullError")
-            raise
+        if bulkhead.local and bulkhead.try_local():
+            holder = ""
+        else:
+            try:
+                holder = await bulkhead.aacquire(self._slot_wait)
+            except BulkheadFullError:
+                self._refused("BulkheadFullError")
+                raise
         try:
             return await fn(*args, **kwargs)
         finally:
-            await bulkhead.arelease(holder)
+            if holder:
+                await bulkhead.arelease(holder)
+            else:
+                bulkhead.release(holder)
 
 
 # The registry -----------------------------------------------------------------------

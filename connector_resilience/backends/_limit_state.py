@@ -83,10 +83,40 @@ def spend_budget(
     return {"slots": [[i, seen, spent] for i, (seen, spent) in sorted(slots.items())]}, granted
 
 
-def _bucket_shape(rate_per_s: float, burst: float) -> tuple[float, float]:
+def bucket_shape(rate_per_s: float, burst: float) -> tuple[float, float]:
     """(interval between tokens, tolerance): the generic cell rate algorithm's two numbers."""
     interval = 1.0 / rate_per_s
     return interval, (max(burst, 1.0) - 1.0) * interval
+
+
+#: A token for now: the answer of nearly every request, made once.
+GRANTED_NOW: Final = TokenGrant(True, 0.0)
+
+
+def reserve(
+    full_at: float, now: float, interval: float, tolerance: float, max_wait_s: float
+) -> tuple[float, TokenGrant]:
+    """One token request against a bucket that is full again at ``full_at``.
+
+    The bucket is that one number (GCRA's theoretical arrival time): a
+    reservation pushes it one interval on, so waiters are served in order,
+    each at its own time, with no stampede. Returns the new ``full_at`` and
+    the answer; a refusal reserves nothing.
+    """
+    full_at = max(full_at, now)
+    wait = full_at - tolerance - now
+    if wait > max_wait_s:
+        return full_at, TokenGrant(False, wait)
+    return full_at + interval, GRANTED_NOW if wait <= 0 else TokenGrant(True, wait)
+
+
+def paused(full_at: float, now: float, seconds: float, tolerance: float) -> float:
+    """``full_at`` after a pause of ``seconds``: no token until then, then refilling from empty.
+
+    Starting empty, not full, after a server asked us to wait keeps the
+    fleet from sending a whole burst the instant the pause ends.
+    """
+    return max(full_at, now + seconds + tolerance)
 
 
 def take_token(
@@ -97,18 +127,12 @@ def take_token(
     burst: float,
     max_wait_s: float,
 ) -> tuple[State, TokenGrant]:
-    """Reserve the next token if it is due within ``max_wait_s``.
-
-    The bucket is one number, the time it will be full again (GCRA's
-    theoretical arrival time): a reservation pushes it one interval on, so
-    waiters are served in order, each at its own time, with no stampede.
-    """
-    interval, tolerance = _bucket_shape(rate_per_s, burst)
-    full_at = max(float((state or {}).get("tat", now)), now)
-    wait = full_at - tolerance - now
-    if wait > max_wait_s:
-        return {"tat": full_at}, TokenGrant(False, wait)
-    return {"tat": full_at + interval}, TokenGrant(True, max(0.0, wait))
+    """:func:`reserve` on a stored bucket state."""
+    interval, tolerance = bucket_shape(rate_per_s, burst)
+    full_at, grant = reserve(
+        float((state or {}).get("tat", now)), now, interval, tolerance, max_wait_s
+    )
+    return {"tat": full_at}, grant
 
 
 def pause_tokens(
@@ -119,14 +143,9 @@ def pause_tokens(
     rate_per_s: float,
     burst: float,
 ) -> State:
-    """Hand out no token for ``seconds``; after that the bucket refills from empty.
-
-    Starting empty, not full, after a server asked us to wait keeps the
-    fleet from sending a whole burst the instant the pause ends.
-    """
-    _, tolerance = _bucket_shape(rate_per_s, burst)
-    full_at = max(float((state or {}).get("tat", now)), now)
-    return {"tat": max(full_at, now + seconds + tolerance)}
+    """:func:`paused` on a stored bucket state."""
+    _, tolerance = bucket_shape(rate_per_s, burst)
+    return {"tat": paused(float((state or {}).get("tat", now)), now, seconds, tolerance)}
 
 
 def acquire_lease(
