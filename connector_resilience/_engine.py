@@ -175,16 +175,17 @@ class Engine:
         # admission runs before the breaker, and each retry asks ``load`` first.
         self.load = load_control_for(connector, policy=view, store=store)
         self.budget = self.load.budget
-        self.admission = (
-            Admission(self.load, deadline_s=deadline, refused=self.refused)
-            if self.load.admits
-            else None
-        )
         self.fallback = options.fallback
         self.attempt_timeout_s = (
             options.attempt_timeout_s
             if options.attempt_timeout_s is not None
             else view.retry.attempt_timeout_s
+        )
+        # A call with something to admit (or a per-attempt timeout) takes the admitted path.
+        self.admission = (
+            Admission(self.load, deadline_s=deadline, refused=self.refused)
+            if self.load.admits or self.attempt_timeout_s is not None
+            else None
         )
 
     # Bookkeeping ----------------------------------------------------------
@@ -463,7 +464,6 @@ async def run_async(
     engine: Engine,
     *,
     discard: Callable[[Any], object] | None = None,
-    attempt_timeout_s: float | None = None,
 ) -> Any:
     perf = time.perf_counter
     answer: Any = None
@@ -476,10 +476,7 @@ async def run_async(
                     discard(step[1])  # a result superseded by a retry (an HTTP response)
                 start = perf()
                 try:
-                    call = fn(*args, **kwargs)
-                    if attempt_timeout_s is not None:
-                        call = within(attempt_timeout_s, call)
-                    answer = (True, await call, start, perf())
+                    answer = (True, await fn(*args, **kwargs), start, perf())
                 except BaseException as exc:
                     answer = (False, exc, start, perf())
             elif kind == _SLEEP:

@@ -356,7 +356,9 @@ def _async_wrapper(
     fn: Callable[P, Awaitable[R]], engines: _Engines, *, admit: bool = True
 ) -> Callable[P, Awaitable[R]]:
     perf = time.perf_counter
-    admitted = _async_wrapper(fn, engines, admit=False) if admit else None
+    # Admitted calls (and calls with a per-attempt timeout) run this wrapper again,
+    # each attempt cut short by the engine's timeout: the hot path pays for neither.
+    admitted = _async_wrapper(_timed(fn, engines), engines, admit=False) if admit else None
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -381,24 +383,16 @@ def _async_wrapper(
             except CircuitOpenError as exc:
                 engine.rejected(exc)
                 raise
-        timeout = engine.attempt_timeout_s
         start = perf()
         try:
-            if timeout is None:
-                result = await fn(*args, **kwargs)
-            else:
-                result = await within(timeout, fn(*args, **kwargs))
+            result = await fn(*args, **kwargs)
         except BaseException as exc:
             plan = engine.plan(probe, (False, exc, start, perf()))
-            return cast(
-                R, await run_async(plan, fn, args, kwargs, engine, attempt_timeout_s=timeout)
-            )
+            return cast(R, await run_async(plan, fn, args, kwargs, engine))
         end = perf()
         if engine.retry_result is not None and engine.retry_result(result):
             plan = engine.plan(probe, (True, result, start, end))
-            return cast(
-                R, await run_async(plan, fn, args, kwargs, engine, attempt_timeout_s=timeout)
-            )
+            return cast(R, await run_async(plan, fn, args, kwargs, engine))
         if engine.succeeded(start, end, probe):
             assert breaker is not None
             await breaker.areport(probe, "success", duration_ms=(end - start) * 1000.0)
@@ -463,3 +457,18 @@ def _async_fallback(
             return cast(R, await value if is_async else value)
 
     return with_fallback
+
+
+def _timed(fn: Callable[P, Awaitable[R]], engines: _Engines) -> Callable[P, Awaitable[R]]:
+    """``fn``, each call cancelled after its engine's ``attempt_timeout_s`` (if any)."""
+
+    @functools.wraps(fn)
+    async def attempt(*args: P.args, **kwargs: P.kwargs) -> R:
+        engine = engines.fixed or engines.built(args)
+        timeout = engine.attempt_timeout_s if engine is not None else None
+        if timeout is None:
+            return await fn(*args, **kwargs)
+        result: R = await within(timeout, fn(*args, **kwargs))
+        return result
+
+    return attempt
