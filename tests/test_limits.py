@@ -480,3 +480,20 @@ def test_a_shared_budget_fails_open_to_the_process_when_the_store_is_down(
     # The local budget (0.2/s x 10 s = 2 retries) decided, not the unreachable store.
     assert flaky.calls == 3 + 2
     assert caplog.text.count("sharing the retry budget failed") == 1
+
+
+def test_an_outer_layer_never_retries_a_refusal(waits: list[float]) -> None:
+    inner_policy = _policy(rate_per_s=0.01, rate_burst=1, rate_max_wait_s=0)
+    inner = resilient("inner", policy=inner_policy)(lambda: "ok")
+    inner()
+    outer_calls = 0
+
+    @resilient("outer", policy=_policy())
+    def outer() -> str:
+        nonlocal outer_calls
+        outer_calls += 1
+        return inner()
+
+    with pytest.raises(RateLimitExceededError):
+        outer()
+    assert outer_calls == 1  # retrying would only add to the overload
