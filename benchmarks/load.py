@@ -405,7 +405,7 @@ def _markdown(data: dict[str, Any]) -> str:
         "",
         f"## Fleet: {CLIENTS} processes, the dependency down for {meta['run_s']:g} s",
         "",
-        f"Each process starts {FLEET_RATE_PER_S:g} logical calls a second; 3 attempts, "
+        f"Each process starts up to {FLEET_RATE_PER_S:g} logical calls a second; 3 attempts, "
         "20 ms base backoff, breaker off.",
         "",
         "The budget's own bound: 1 + 0.2 + (10 retries/s x the run) / logical calls, the",
