@@ -12,9 +12,11 @@ from importlib.metadata import PackageNotFoundError, version
 from connector_resilience.backends import open_store, register_backend
 from connector_resilience.circuit import CircuitBreaker, StateChange
 from connector_resilience.errors import (
+    BulkheadFullError,
     CircuitOpenError,
     ConfigurationError,
     InvalidGrantError,
+    RateLimitExceededError,
     ResilienceError,
     StoreError,
     TokenDecryptionError,
@@ -44,6 +46,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 logging.getLogger("connector_resilience").addHandler(logging.NullHandler())
 
 __all__ = [
+    "BulkheadFullError",
     "CircuitBreaker",
     "CircuitOpenError",
     "ConfigurationError",
@@ -52,6 +55,7 @@ __all__ = [
     "OAuth2Config",
     "OAuth2Token",
     "Policy",
+    "RateLimitExceededError",
     "ResilienceError",
     "RetryEvent",
     "StateChange",

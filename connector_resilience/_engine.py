@@ -17,7 +17,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import tenacity
 
@@ -25,7 +25,8 @@ from connector_resilience import _clock, _waits, tracing
 from connector_resilience._names import check_name
 from connector_resilience.backends import CallStatus, Store, open_store, store_for_policy
 from connector_resilience.circuit import CircuitBreaker, Outcome, StateChange, breaker_for
-from connector_resilience.errors import CircuitOpenError
+from connector_resilience.errors import BulkheadFullError, CircuitOpenError, RateLimitExceededError
+from connector_resilience.limits import Admission, Refusal, load_control_for
 from connector_resilience.metrics import buffer_for
 from connector_resilience.policy import Policy, current_policy
 from connector_resilience.retry import exception_predicate, wait_backoff
@@ -49,6 +50,7 @@ logger = logging.getLogger("connector_resilience")
 _CALL: Final = 0
 _SLEEP: Final = 1
 _REPORT: Final = 2
+_SPEND: Final = 3
 
 #: Interruptions, not failures of the connector: never retried, never recorded,
 #: never counted by the breaker (a probe slot they held is given back).
@@ -186,6 +188,22 @@ class Engine:
         # None unless OpenTelemetry tracing is on: then callers run every attempt
         # through the plan, each in its own span.
         self.tracer = tracing.call_tracer(connector, operation, breaker=self.breaker)
+        # Load control (limits.py): the budget counts logical calls (``budget.calls``),
+        # admission runs before the breaker, and each retry asks ``load`` first.
+        self.load = load_control_for(connector, policy=view, store=store)
+        self.budget = self.load.budget
+        self.fallback = options.fallback
+        self.attempt_timeout_s = (
+            options.attempt_timeout_s
+            if options.attempt_timeout_s is not None
+            else view.retry.attempt_timeout_s
+        )
+        # A call with something to admit (or a per-attempt timeout) takes the admitted path.
+        self.admission = (
+            Admission(self.load, deadline_s=deadline, refused=self.refused)
+            if self.load.admits or self.attempt_timeout_s is not None
+            else None
+        )
 
     # Bookkeeping ----------------------------------------------------------
 
@@ -223,6 +241,7 @@ class Engine:
     ) -> bool:
         """Record a first-attempt success; True if the breaker must hear of it."""
         duration_ms = (end - start) * 1000.0
+        self.budget.calls += 1
         rows = self.rows
         if rows is not None:
             rows.append(
@@ -245,12 +264,25 @@ class Engine:
         # The hot path of an open circuit: one append; the buffer counts them and
         # writes one record per (operation, labels) per flush.
         if self.rejections is not None:
-            self.rejections.append((self.connector, self.operation, labels or self.labels))
+            self.rejections.append(
+                (self.connector, self.operation, labels or self.labels, "CircuitOpenError")
+            )
         if self.tracer is not None:
             self.tracer.rejected(exc, labels or self.labels)
         hook = self.options.on_reject
         if hook is not None:
             _safely(hook, exc, "on_reject")
+
+    def refused(self, kind: Refusal, labels: Mapping[str, str] | None = None) -> None:
+        """Count a load-control refusal (or a fallback used) in the metrics."""
+        if self.rejections is not None:
+            self.rejections.append((self.connector, self.operation, labels or self.labels, kind))
+
+    def wants_fallback(self, exc: BaseException) -> bool:
+        """Whether ``exc`` ends the call in the fallback: a refusal, or retries that ran out."""
+        if self.fallback is None:
+            return False
+        return isinstance(exc, _REFUSALS) or self.should_retry(exc)
 
     def classify(self, exc: BaseException) -> Outcome:
         """What a raised exception means to the breaker."""
@@ -307,6 +339,7 @@ class Engine:
         labels = self.labels if spec.labels is None else {**(self.labels or {}), **spec.labels}
         if first is None:
             first = yield (_CALL,)
+        self.budget.calls += 1
         ok, value, start, end = first
         attempt = 1
         began = _clock.monotonic() - (end - start)
@@ -373,6 +406,14 @@ class Engine:
                         )
                     if past_deadline or stopped or refusal is not None:
                         delay = None
+            if delay is not None and self.load.gates_retries:
+                left = None if deadline is None else deadline - _clock.monotonic()
+                verdict = yield (_SPEND, delay, left)
+                if isinstance(verdict, str):
+                    self.refused(cast(Refusal, verdict), attempt_labels)
+                    delay = None
+                else:
+                    delay = verdict
             final = delay is None
             self.row(duration_ms, "error", error_name, attempt, final, labels=attempt_labels)
             if final:
@@ -472,6 +513,8 @@ def run_sync(
             elif kind == _SLEEP:
                 _waits.sleep(step[1])
                 answer = None
+            elif kind == _SPEND:
+                answer = engine.load.retry_verdict(step[1], step[2])
             else:
                 if engine.breaker is not None:
                     engine.breaker.report(step[1], step[2], duration_ms=step[3], error=step[4])
@@ -510,6 +553,8 @@ async def run_async(
             elif kind == _SLEEP:
                 await _waits.asleep(step[1])
                 answer = None
+            elif kind == _SPEND:
+                answer = await engine.load.aretry_verdict(step[1], step[2])
             else:
                 if engine.breaker is not None:
                     await engine.breaker.areport(
@@ -518,6 +563,20 @@ async def run_async(
                 answer = None
     except StopIteration as done:
         return done.value
+
+
+async def within(timeout_s: float, awaitable: Awaitable[Any]) -> Any:
+    """Await ``awaitable``, cancelling it with ``TimeoutError`` after ``timeout_s`` seconds."""
+    async with asyncio.timeout(timeout_s):
+        return await awaitable
+
+
+#: Load control's own refusals: the fallback takes them, no retry repeats them.
+_REFUSALS: tuple[type[BaseException], ...] = (
+    CircuitOpenError,
+    RateLimitExceededError,
+    BulkheadFullError,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -540,6 +599,8 @@ class EngineOptions:
     on_state_change: Callable[[StateChange], object] | None
     on_reject: Callable[[CircuitOpenError], object] | None
     tokens: TokenSource | None = None
+    fallback: Callable[[BaseException], Any] | None = None
+    attempt_timeout_s: float | None = None
 
 
 def build_engine(

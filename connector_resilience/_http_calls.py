@@ -11,6 +11,7 @@ a status worth retrying.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import math
 import operator
@@ -37,6 +38,7 @@ from connector_resilience._http import (
     SyncTokenSource,
     attempt_timeout_s,
     is_transient_error,
+    retry_at,
     server_wait_s,
     status_of,
 )
@@ -90,6 +92,9 @@ class HttpCalls:
         on_retry: hook before a retry.
         on_state_change: hook when the breaker moves.
         on_reject: hook for a refused request.
+        fallback: called with the exception when load control or the breaker
+            refuses a request, or retries of a failing request run out; what it
+            returns (awaited if need be) is the answer.
     """
 
     def __init__(
@@ -115,6 +120,7 @@ class HttpCalls:
         on_retry: Callable[[RetryEvent], object] | None,
         on_state_change: Callable[[StateChange], object] | None,
         on_reject: Callable[[CircuitOpenError], object] | None,
+        fallback: Callable[[BaseException], Any] | None = None,
     ) -> None:
         if not connector:
             raise ValueError("an HTTP adapter needs a connector name")
@@ -153,6 +159,7 @@ class HttpCalls:
             on_retry=on_retry,
             on_state_change=on_state_change,
             on_reject=on_reject,
+            fallback=fallback,
         )
         # The client's own status attribute (``status`` on aiohttp, ``status_code``
         # on httpx and requests) read at C speed; any client's otherwise.
@@ -196,6 +203,7 @@ class HttpCalls:
                         keyed=self.rules.wants_idempotency_key(method),
                         attempt_s=configured,
                         own_s=_min_or_none(self.deadline_s, engine.deadline_s),
+                        guards=engine.load.admits or engine.fallback is not None,
                     )
                     self._routes[key] = route
         return route
@@ -214,12 +222,30 @@ class HttpCalls:
         can_retry: Callable[[S], str | None],
         discard: Callable[[Any], object],
         client_deadline_s: Callable[[S], float | None] | None = None,
+        _guarded: bool = False,
     ) -> R:
         """Send a request with the breaker, retries and metrics (a sync client)."""
         route = self._routes.get((method, host if self.breaker_per_host else None))
         if route is None:
             route = self._route(method, host)
         engine = route.engine
+        if route.guards and not _guarded:
+            return self._guard_sync(
+                engine,
+                lambda learning_send: self.call_sync(
+                    method,
+                    host,
+                    port,
+                    headers,
+                    learning_send,
+                    subject=subject,
+                    can_retry=can_retry,
+                    discard=discard,
+                    client_deadline_s=client_deadline_s,
+                    _guarded=True,
+                ),
+                send,
+            )
         breaker = engine.breaker
         probe = None
         if breaker is not None and (now := _clock.monotonic()) >= breaker.admit_until:
@@ -291,6 +317,7 @@ class HttpCalls:
         can_retry: Callable[[S], str | None],
         discard: Callable[[Any], object],
         client_deadline_s: Callable[[S], float | None] | None = None,
+        _guarded: bool = False,
     ) -> R:
         """:meth:`call_sync` for an async client; store I/O never blocks the event loop."""
         route = self._routes.get((method, host if self.breaker_per_host else None))
@@ -299,6 +326,23 @@ class HttpCalls:
             # I/O for Redis): the first request of a kind does it in a thread.
             route = await asyncio.to_thread(self._route, method, host)
         engine = route.engine
+        if route.guards and not _guarded:
+            return await self._guard_async(
+                engine,
+                lambda learning_send: self.call_async(
+                    method,
+                    host,
+                    port,
+                    headers,
+                    learning_send,
+                    subject=subject,
+                    can_retry=can_retry,
+                    discard=discard,
+                    client_deadline_s=client_deadline_s,
+                    _guarded=True,
+                ),
+                send,
+            )
         breaker = engine.breaker
         probe = None
         if breaker is not None and (now := _clock.monotonic()) >= breaker.admit_until:
@@ -357,6 +401,76 @@ class HttpCalls:
             engine.plan(probe, first, spec), attempt, arg, {}, engine, discard=discard
         )
         return result
+
+    # Load control around the flow -------------------------------------------------
+
+    def _guard_sync(
+        self,
+        engine: Engine,
+        flow: Callable[[Callable[[float | None], R]], R],
+        send: Callable[[float | None], R],
+    ) -> R:
+        """The flow inside load control: admission, a pause learnt from the server, fallback."""
+        control = engine.load
+        if control.limiter is not None:
+            plain = send
+
+            def send(timeout_s: float | None) -> R:
+                response = plain(timeout_s)
+                until = self._pause_asked(response)
+                if until is not None:
+                    control.pause(until=until)
+                return response
+
+        try:
+            if engine.admission is not None and control.admits:
+                return engine.admission.call(flow, send)
+            return flow(send)
+        except Exception as exc:
+            if not engine.wants_fallback(exc):
+                raise
+            assert engine.fallback is not None
+            engine.refused("FallbackUsed")
+            answer: R = engine.fallback(exc)
+            return answer
+
+    async def _guard_async(
+        self,
+        engine: Engine,
+        flow: Callable[[Callable[[float | None], Awaitable[R]]], Awaitable[R]],
+        send: Callable[[float | None], Awaitable[R]],
+    ) -> R:
+        """:meth:`_guard_sync` for an async client; no store I/O blocks the event loop."""
+        control = engine.load
+        if control.limiter is not None:
+            plain = send
+
+            async def send(timeout_s: float | None) -> R:
+                response = await plain(timeout_s)
+                until = self._pause_asked(response)
+                if until is not None:
+                    await control.apause(until=until)
+                return response
+
+        try:
+            if engine.admission is not None and control.admits:
+                return await engine.admission.acall(flow, send)
+            return await flow(send)
+        except Exception as exc:
+            if not engine.wants_fallback(exc):
+                raise
+            assert engine.fallback is not None
+            engine.refused("FallbackUsed")
+            answer = engine.fallback(exc)
+            result: R = await answer if inspect.isawaitable(answer) else answer
+            return result
+
+    def _pause_asked(self, response: Any) -> float | None:
+        """When a rate-limit answer (a 429, a rate-limit 403) asks the connector to come back."""
+        status = self._status(response)
+        if status not in {429, 403}:
+            return None
+        return retry_at(status, response.headers, now=_clock.wall())
 
     # What both flows share ------------------------------------------------------
 
@@ -418,12 +532,14 @@ class _Route:
         keyed: requests of this method get an idempotency key.
         attempt_s: the per-attempt timeout, or ``None``.
         own_s: our own whole-call budget, or ``None``.
+        guards: load control wraps the flow (a rate limiter, a bulkhead, a fallback).
     """
 
     engine: Engine
     keyed: bool
     attempt_s: float | None
     own_s: float | None
+    guards: bool
 
     @property
     def bounded(self) -> bool:

@@ -125,6 +125,9 @@ class ResilienceMiddleware:
         on_retry: called with a :class:`~connector_resilience.RetryEvent` before a retry.
         on_state_change: called when the breaker moves.
         on_reject: called with the :class:`CircuitOpenError` of a refused request.
+        fallback: called with the exception when the circuit is open, the rate
+            limiter, bulkhead or retry budget refuses, or retries run out; what
+            it returns (a ``ClientResponse``, sync or awaited) is the answer.
     """
 
     def __init__(
@@ -147,6 +150,7 @@ class ResilienceMiddleware:
         on_retry: Callable[[RetryEvent], object] | None = None,
         on_state_change: Callable[[StateChange], object] | None = None,
         on_reject: Callable[[CircuitOpenError], object] | None = None,
+        fallback: Callable[[BaseException], Any] | None = None,
     ) -> None:
         self.connector = connector
         self.tokens = tokens
@@ -171,6 +175,7 @@ class ResilienceMiddleware:
             on_retry=on_retry,
             on_state_change=on_state_change,
             on_reject=on_reject,
+            fallback=fallback,
         )
 
     def __repr__(self) -> str:

@@ -14,10 +14,12 @@ from typing import Any, Final
 from connector_resilience import _clock
 
 __all__ = [
+    "BulkheadFullError",
     "CircuitOpenError",
     "CircuitTransitionError",
     "ConfigurationError",
     "InvalidGrantError",
+    "RateLimitExceededError",
     "ResilienceError",
     "RetryBodyNotReplayableError",
     "StoreError",
@@ -302,3 +304,63 @@ def _rebuild_transition_error(
     connector: str, action: str, state: str, hint: str
 ) -> CircuitTransitionError:
     return CircuitTransitionError(connector, action=action, state=state, hint=hint)
+
+
+class _RefusalError(ResilienceError):
+    """A call load control refused before it reached the connector (``connector``, ``retry_at``)."""
+
+    _what = "refused"
+
+    def __init__(self, connector: str, retry_at: float | None = None) -> None:
+        super().__init__(connector, retry_at)
+
+    @property
+    def connector(self) -> str:
+        """The connector the call was for."""
+        value: str = self.args[0]
+        return value
+
+    @property
+    def retry_at(self) -> float | None:
+        """Wall-clock time (seconds since the epoch) to try again at, or ``None`` if unknown."""
+        value: float | None = self.args[1] if len(self.args) > 1 else None
+        return value
+
+    def __str__(self) -> str:
+        if self.retry_at is None:
+            return f"connector {self.connector!r}: {self._what}"
+        stamp = _dt.datetime.fromtimestamp(self.retry_at, tz=_dt.UTC)
+        when = stamp.isoformat(timespec="milliseconds")
+        return f"connector {self.connector!r}: {self._what} until {when}"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.connector, self.retry_at))
+
+
+class RateLimitExceededError(_RefusalError):
+    """The connector's rate limiter had no token for this call within its deadline.
+
+    The call was not sent. Raised also while the connector is paused because
+    the server answered 429 (or a rate-limit 403) with a time to come back.
+
+    Attributes:
+        connector: the connector the call was for.
+        retry_at: wall-clock time (seconds since the epoch) when a token is due.
+    """
+
+    _what = "rate limit reached, no token"
+
+
+class BulkheadFullError(_RefusalError):
+    """Every slot of the connector's bulkhead was taken for longer than the call may wait.
+
+    The call was not sent.
+
+    Attributes:
+        connector: the connector the call was for.
+        retry_at: for a bulkhead shared through the store, the time by which a
+            slot is sure to be free (the earliest lease end); ``None`` for a
+            per-process bulkhead, where it depends on calls in flight.
+    """
+
+    _what = "bulkhead full, no free slot"

@@ -155,6 +155,10 @@ class ResilientTransport(*_BASES):  # type: ignore[misc]
         on_retry: called with a :class:`~connector_resilience.RetryEvent` before a retry.
         on_state_change: called when the breaker moves.
         on_reject: called with the :class:`CircuitOpenError` of a refused request.
+        fallback: called with the exception when the circuit is open, the rate
+            limiter, bulkhead or retry budget refuses, or retries run out; what
+            it returns (an ``httpx.Response``, awaited first on an async client
+            when it is awaitable) is the answer.
     """
 
     def __init__(
@@ -178,6 +182,7 @@ class ResilientTransport(*_BASES):  # type: ignore[misc]
         on_retry: Callable[[RetryEvent], object] | None = None,
         on_state_change: Callable[[StateChange], object] | None = None,
         on_reject: Callable[[CircuitOpenError], object] | None = None,
+        fallback: Callable[[BaseException], Any] | None = None,
     ) -> None:
         self.connector = connector
         self.tokens = tokens
@@ -204,6 +209,7 @@ class ResilientTransport(*_BASES):  # type: ignore[misc]
             on_retry=on_retry,
             on_state_change=on_state_change,
             on_reject=on_reject,
+            fallback=fallback,
         )
 
     def __repr__(self) -> str:

@@ -156,6 +156,9 @@ class ResilientAdapter(HTTPAdapter):
         on_retry: called with a :class:`~connector_resilience.RetryEvent` before a retry.
         on_state_change: called when the breaker moves.
         on_reject: called with the :class:`CircuitOpenError` of a refused request.
+        fallback: called with the exception when the circuit is open, the rate
+            limiter, bulkhead or retry budget refuses, or retries run out; what
+            it returns (a ``requests.Response``) is the answer.
         pool_connections: urllib3 pools to cache (``HTTPAdapter``'s option).
         pool_maxsize: connections kept per pool (``HTTPAdapter``'s option).
         pool_block: wait for a free connection instead of opening another.
@@ -181,6 +184,7 @@ class ResilientAdapter(HTTPAdapter):
         on_retry: Callable[[RetryEvent], object] | None = None,
         on_state_change: Callable[[StateChange], object] | None = None,
         on_reject: Callable[[CircuitOpenError], object] | None = None,
+        fallback: Callable[[BaseException], Any] | None = None,
         pool_connections: int = requests.adapters.DEFAULT_POOLSIZE,
         pool_maxsize: int = requests.adapters.DEFAULT_POOLSIZE,
         pool_block: bool = requests.adapters.DEFAULT_POOLBLOCK,
@@ -208,6 +212,7 @@ class ResilientAdapter(HTTPAdapter):
             on_retry=on_retry,
             on_state_change=on_state_change,
             on_reject=on_reject,
+            fallback=fallback,
         )
         super().__init__(
             pool_connections=pool_connections,

@@ -57,7 +57,7 @@ _mode: _Mode = "auto"
 _provider: Any = None
 
 # The plan's steps, as connector_resilience._engine numbers them.
-_CALL, _SLEEP, _REPORT = 0, 1, 2
+_CALL, _SLEEP, _REPORT, _SPEND = 0, 1, 2, 3
 
 #: The call span a breaker report is being made for (state changes become its events).
 _reporting: contextvars.ContextVar[Any] = contextvars.ContextVar(
@@ -197,6 +197,11 @@ class CallTracer:
             while True:
                 step = steps.send(answer)
                 kind_of_step = step[0]
+                if kind_of_step == _SPEND:
+                    # The retry budget's verdict: the step after it (a wait, a call,
+                    # or the final report) says what became of the attempt.
+                    answer = yield step
+                    continue
                 if pending is not None:
                     # What comes after an attempt says whether it failed: a retry, or a
                     # failure reported to the breaker.

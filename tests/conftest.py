@@ -11,7 +11,7 @@ import pytest
 from connector_resilience.backends import close_all_stores
 
 #: Environment variables a test must not inherit from the developer's shell.
-_OWN_PREFIXES = ("CONNECTOR_", "RETRY_", "CB_", "OAUTH", "CIRCUIT_")
+_OWN_PREFIXES = ("CONNECTOR_", "RETRY_", "CB_", "OAUTH", "CIRCUIT_", "RATE_LIMIT_", "BULKHEAD_")
 #: ... except the CI flag, which turns a missing redis-server or browser into a failure.
 _KEEP = frozenset({"CONNECTOR_RESILIENCE_CI"})
 

@@ -43,10 +43,16 @@ class Driver:
         options: the adapter's keyword options (the same for every kind).
     """
 
-    def __init__(self, kind: str, connector: str, **options: Any) -> None:
+    def __init__(
+        self, kind: str, connector: str, *, fallback_url: str | None = None, **options: Any
+    ) -> None:
         self.kind = kind
         self.adapter: Any
         self._client: Any
+        #: What the fallback was called with (``fallback_url``: it answers from there).
+        self.fallback_seen: list[BaseException] = []
+        if fallback_url is not None:
+            options["fallback"] = self._fallback_from(fallback_url)
         if kind == "aiohttp":
             self.adapter = ResilienceMiddleware(connector, **options)
             self._client = None  # made inside the running loop
@@ -112,6 +118,43 @@ class Driver:
         data: Any = body if stream is None else _agen(stream)
         async with self._client.request(method, url, data=data, headers=headers) as r:
             return Answer(r.status, await r.text(), _lower(r.headers))
+
+    def _fallback_from(self, url: str) -> Any:
+        """A fallback that answers with a plain client of this kind fetching ``url``."""
+        seen = self.fallback_seen
+        if self.kind == "aiohttp":
+
+            async def from_aiohttp(exc: BaseException) -> aiohttp.ClientResponse:
+                seen.append(exc)
+                async with aiohttp.ClientSession() as session:
+                    response = await session.get(url)
+                    await response.read()  # the body outlives the session
+                    return response
+
+            return from_aiohttp
+        if self.kind == "requests":
+
+            def from_requests(exc: BaseException) -> requests.Response:
+                seen.append(exc)
+                return requests.get(url, timeout=10)
+
+            return from_requests
+        module: Any = httpx2 if self.kind == "httpx2" else httpx
+        if self.kind == "httpx-async":
+
+            async def from_httpx_async(exc: BaseException) -> httpx.Response:
+                seen.append(exc)
+                async with httpx.AsyncClient() as client:
+                    return await client.get(url)
+
+            return from_httpx_async
+
+        def from_httpx(exc: BaseException) -> Any:
+            seen.append(exc)
+            with module.Client() as client:
+                return client.get(url)
+
+        return from_httpx
 
     async def close(self) -> None:
         """Close the client (and through it, the adapter)."""

@@ -100,7 +100,7 @@ def test_health_of_one_connector_per_operation_and_errors_by_type(filled: str) -
     out = result.stdout
     assert "breaker:   open since" in out
     assert "3 consecutive failures" in out
-    assert "calls:     3 (3 failed, 6 attempts, 3 retries, 2 rejected by the breaker)" in out
+    assert "calls:     3 (3 failed, 6 attempts, 3 retries, 2 refused before sending)" in out
     assert _rows(out)["get_item"][1:5] == ["3", "100.0%", "100.0%", "3"]
     assert "recent errors by type" in out
     assert _rows(out)["ConnectionError"][1] == "6"

@@ -80,7 +80,8 @@ def test_prometheus_counts_calls_retries_rejections_and_durations(
     )
     assert value(calls, inventory) == 3
     op = {"connector": "inventory", "operation": "get_item"}
-    assert value("connector_resilience_rejected_calls_total", op) == 2
+    rejected = {**op, "reason": "CircuitOpenError"}
+    assert value("connector_resilience_rejected_calls_total", rejected) == 2
     assert value("connector_resilience_retries_total", op) == 3
     search_op = {"connector": "search", "operation": "query"}
     assert value("connector_resilience_retries_total", search_op) == 4
@@ -123,6 +124,7 @@ def test_prometheus_text_is_valid_and_low_cardinality(
         "server_address",
         "server_port",
         "state",
+        "reason",
         "le",
     }
     for family in families.values():
@@ -160,6 +162,46 @@ def _http_records() -> list[CallRecord]:
         )
     )
     return out
+
+
+def _refusal_records() -> list[CallRecord]:
+    """Load control's records: refused calls by guard, then the two notes on calls that ran."""
+
+    def refused(kind: str | None, calls: int) -> CallRecord:
+        return CallRecord(
+            ts=1.0,
+            connector="prices",
+            operation="quote",
+            duration_ms=0.0,
+            status="rejected",
+            error=kind,
+            calls=calls,
+        )
+
+    return [
+        refused("RateLimitExceededError", 3),
+        refused("BulkheadFullError", 2),
+        refused(None, 1),  # written before load control: the breaker refused it
+        refused("RetryBudgetExhausted", 4),
+        refused("FallbackUsed", 5),
+    ]
+
+
+def test_refused_calls_are_counted_by_guard_and_notes_apart(
+    url: str, prometheus: tuple[CollectorRegistry, PrometheusCollector]
+) -> None:
+    registry, collector = prometheus
+    collector.observe(_refusal_records())
+    value = registry.get_sample_value
+    op = {"connector": "prices", "operation": "quote"}
+    rejected = "connector_resilience_rejected_calls_total"
+    assert value(rejected, {**op, "reason": "RateLimitExceededError"}) == 3
+    assert value(rejected, {**op, "reason": "BulkheadFullError"}) == 2
+    assert value(rejected, {**op, "reason": "CircuitOpenError"}) == 1
+    assert value(rejected, {**op, "reason": "RetryBudgetExhausted"}) is None
+    assert value(rejected, {**op, "reason": "FallbackUsed"}) is None
+    assert value("connector_resilience_retry_budget_refusals_total", op) == 4
+    assert value("connector_resilience_fallbacks_total", op) == 5
 
 
 def test_prometheus_labels_follow_the_http_client_conventions(
@@ -372,8 +414,8 @@ def test_opentelemetry_through_its_prometheus_exporter_gives_the_collector_s_ser
     telemetry = OpenTelemetryMetrics(meter_provider=provider, store=url, policy=policy_for(url))
     try:
         Connectors(url).run()
-        collector.observe(_http_records())
-        telemetry.observe(_http_records())
+        collector.observe(_http_records() + _refusal_records())
+        telemetry.observe(_http_records() + _refusal_records())
         ours = _samples(generate_latest(registry).decode())
         theirs = _samples(generate_latest(otel_registry).decode())
     finally:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from connector_resilience import CircuitOpenError, summarize, testing
+from connector_resilience import CircuitOpenError, RateLimitExceededError, summarize, testing
 from connector_resilience.backends import store_for_policy
 from connector_resilience.policy import Policy
 from tests.http_clients import KINDS, Driver
@@ -63,6 +63,52 @@ def _policy(**groups: Any) -> Policy:
     circuit = {"failures_to_open": 3, "cooldown_s": 30, "half_open_prob": 1.0}
     circuit.update(groups.pop("circuit", {}))
     return testing.memory_policy(retry=retry, circuit=circuit, **groups)
+
+
+# Load control through every adapter ------------------------------------------------
+
+
+async def test_a_fallback_answers_when_retries_run_out(
+    make: Make, server: FaultServer, waits: list[float]
+) -> None:
+    server.script("/data", [Action(reset=True), Action(reset=True)])
+    server.script("/cache", [], then=Action(200, body="cached"))
+    policy = _policy(retry={"max_attempts": 2})
+    client = make("fb", policy=policy, fallback_url=server.url + "/cache")
+    answer = await client.request("GET", server.url + "/data")
+    assert (answer.status, answer.text) == (200, "cached")
+    assert server.hits("/data") == 2
+    assert len(client.fallback_seen) == 1
+    assert summarize("fb", policy=policy, store=store_for_policy(policy)).refusals == {
+        "FallbackUsed": 1
+    }
+
+
+async def test_a_fallback_answers_an_open_circuit_without_a_server_hit(
+    make: Make, server: FaultServer, waits: list[float]
+) -> None:
+    server.script("/data", [Action(503)])
+    server.script("/cache", [], then=Action(200, body="cached"))
+    policy = _policy(retry={"max_attempts": 1}, circuit={"failures_to_open": 1})
+    client = make("fb-open", policy=policy, fallback_url=server.url + "/cache")
+    assert (await client.request("GET", server.url + "/data")).status == 503  # opens it
+    answer = await client.request("GET", server.url + "/data")
+    assert (answer.status, answer.text) == (200, "cached")
+    assert server.hits("/data") == 1
+    assert len(client.fallback_seen) == 1
+    assert isinstance(client.fallback_seen[0], CircuitOpenError)
+
+
+async def test_a_429_pauses_the_rate_limiter_for_the_next_request(
+    make: Make, server: FaultServer, waits: list[float]
+) -> None:
+    server.script("/items", [Action(429, headers={"Retry-After": "30"})], then=Action(200))
+    policy = _policy(retry={"max_attempts": 1}, limits={"rate_per_s": 100, "rate_max_wait_s": 0})
+    client = make("paused", policy=policy)
+    assert (await client.request("GET", server.url + "/items")).status == 429
+    with pytest.raises(RateLimitExceededError):
+        await client.request("GET", server.url + "/items")
+    assert server.hits("/items") == 1  # the second request never left
 
 
 # Which requests are retried -------------------------------------------------------

@@ -78,6 +78,18 @@ EXTRA_TABLE: list[tuple[str, str, str, object]] = [
     ("CONNECTOR_METRICS_RETENTION_S", "store", "metrics_retention_s", 7 * 86400),
     ("CONNECTOR_METRICS_FLUSH_S", "store", "flush_interval_s", 0.5),
     ("CONNECTOR_METRICS_BUFFER_MAX", "store", "buffer_max", 50_000),
+    ("RETRY_BUDGET_RATIO", "limits", "budget_ratio", 0.2),
+    ("RETRY_BUDGET_MIN_PER_S", "limits", "budget_min_per_s", 10),
+    ("RETRY_BUDGET_WINDOW_S", "limits", "budget_window_s", 10),
+    ("RETRY_BUDGET_SCOPE", "limits", "budget_scope", "process"),
+    ("RATE_LIMIT_PER_S", "limits", "rate_per_s", None),
+    ("RATE_LIMIT_BURST", "limits", "rate_burst", None),
+    ("RATE_LIMIT_SCOPE", "limits", "rate_scope", "process"),
+    ("RATE_LIMIT_MAX_WAIT_S", "limits", "rate_max_wait_s", 10),
+    ("BULKHEAD_MAX_CONCURRENT", "limits", "bulkhead_max_concurrent", None),
+    ("BULKHEAD_MAX_WAIT_S", "limits", "bulkhead_max_wait_s", 0),
+    ("BULKHEAD_SCOPE", "limits", "bulkhead_scope", "process"),
+    ("BULKHEAD_LEASE_S", "limits", "bulkhead_lease_s", 60),
 ]
 
 #: A valid non-default value for every variable, as the environment spells it, and
@@ -125,6 +137,18 @@ ENV_VALUES: dict[str, tuple[str, object]] = {
     "CONNECTOR_METRICS_RETENTION_S": ("86400", 86400.0),
     "CONNECTOR_METRICS_FLUSH_S": ("2", 2.0),
     "CONNECTOR_METRICS_BUFFER_MAX": ("10", 10),
+    "RETRY_BUDGET_RATIO": ("0.5", 0.5),
+    "RETRY_BUDGET_MIN_PER_S": ("0", 0.0),
+    "RETRY_BUDGET_WINDOW_S": ("30", 30.0),
+    "RETRY_BUDGET_SCOPE": ("store", "store"),
+    "RATE_LIMIT_PER_S": ("12.5", 12.5),
+    "RATE_LIMIT_BURST": ("20", 20.0),
+    "RATE_LIMIT_SCOPE": ("store", "store"),
+    "RATE_LIMIT_MAX_WAIT_S": ("0.5", 0.5),
+    "BULKHEAD_MAX_CONCURRENT": ("8", 8),
+    "BULKHEAD_MAX_WAIT_S": ("1.5", 1.5),
+    "BULKHEAD_SCOPE": ("store", "store"),
+    "BULKHEAD_LEASE_S": ("30", 30.0),
 }
 
 _WHERE = {env: (group, name) for env, group, name, _ in DESIGN_TABLE + EXTRA_TABLE}

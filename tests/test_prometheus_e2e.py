@@ -58,7 +58,7 @@ class Response:
 
 
 class Scenario:
-    """Seven connectors with known outcomes (per round):
+    """Eight connectors with known outcomes (per round):
 
     * billing: 10 calls, all succeed;
     * search: 4 calls, each fails once (TimeoutError) and its retry succeeds;
@@ -67,7 +67,9 @@ class Scenario:
     * ledger: 2 calls, refused: an operator forced its breaker open;
     * payments: every call fails; its breaker opens in the first round after
       3 failed calls, then refuses 2 calls per round;
-    * archive: 2 successful calls in the first round, none in the second.
+    * archive: 2 successful calls in the first round, none in the second;
+    * reports: 3 calls, each failing; its retry budget (``RETRY_BUDGET_RATIO=0``)
+      refuses each retry.
     """
 
     def __init__(self, url: str) -> None:
@@ -117,8 +119,19 @@ class Scenario:
         def read() -> None:
             pass
 
+        no_retries = Policy(
+            store={"url": url},
+            retry={"max_attempts": 2, "base_ms": 1},
+            circuit={"failures_to_open": 1000},
+            limits={"budget_ratio": 0.0},
+        )
+
+        @resilient("reports", policy=no_retries)
+        def report() -> None:
+            raise ConnectionError("unreachable")
+
         self.calls = {"charge": charge, "query": query, "get_item": get_item, "post": post}
-        self.fetch, self.pay, self.read = fetch, pay, read
+        self.fetch, self.pay, self.read, self.report = fetch, pay, read, report
         self.github_answers = github_answers
         CircuitBreaker("inventory", policy=policy).disable()
         CircuitBreaker("ledger", policy=policy).force_open(reason="maintenance")
@@ -148,6 +161,9 @@ class Scenario:
             for _ in range(2):
                 with pytest.raises(CircuitOpenError):
                     self.pay()
+            for _ in range(3):
+                with pytest.raises(ConnectionError):
+                    self.report()
         assert flush_metrics()
 
 
@@ -537,6 +553,7 @@ def test_the_shipped_rules_load_evaluate_and_fire_for_the_right_connectors(resul
         "ConnectorCircuitForced": "ok",
         "ConnectorErrorRatioHigh": "ok",
         "ConnectorLatencyP95High": "ok",
+        "ConnectorRetryBudgetExhausted": "ok",
         "ConnectorNoCalls": "ok",
     }
     rules = {
@@ -548,8 +565,9 @@ def test_the_shipped_rules_load_evaluate_and_fire_for_the_right_connectors(resul
     assert firing == {
         "ConnectorCircuitOpen": [("payments",)],
         "ConnectorCircuitForced": [("inventory",), ("ledger",)],
-        "ConnectorErrorRatioHigh": [("github",), ("inventory",)],
+        "ConnectorErrorRatioHigh": [("github",), ("inventory",), ("reports",)],
         "ConnectorLatencyP95High": slow,
+        "ConnectorRetryBudgetExhausted": [("reports",)],
         "ConnectorNoCalls": [("archive",)],
     }
 
@@ -573,4 +591,4 @@ def test_promtool_accepts_the_shipped_rules(tmp_path: Path) -> None:
     rules.write_text(prometheus_rules())
     checked = promtool("check", "rules", str(rules))
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 5 rules found" in checked.stdout
+    assert "SUCCESS: 6 rules found" in checked.stdout

@@ -169,12 +169,14 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def atomic_write_lines(path: Path, lines: Iterable[bytes]) -> None:
+def atomic_write_lines(path: Path, lines: Iterable[bytes], *, durable: bool = True) -> None:
     """Replace ``path`` with ``lines``: temp file, fsync, rename, fsync the folder.
 
     The temporary file has an unpredictable name and is created exclusively
     (``mkstemp``: ``O_EXCL``, ``O_NOFOLLOW``, 0600), so nothing planted in
     the folder can make this write anywhere but a new file of its own.
+    ``durable=False`` skips both fsyncs, for state worth only seconds (the
+    rename is still atomic: a reader sees the old file or the new one).
     """
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -188,7 +190,8 @@ def atomic_write_lines(path: Path, lines: Iterable[bytes]) -> None:
                 buffer.clear()
                 size = 0
         write_all(fd, b"".join(buffer))
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):
@@ -196,7 +199,8 @@ def atomic_write_lines(path: Path, lines: Iterable[bytes]) -> None:
         raise
     os.close(fd)
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def fsync_dir(folder: Path) -> None:

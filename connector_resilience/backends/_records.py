@@ -23,6 +23,14 @@ PARSE_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+#: ``error`` of a ``rejected`` record that notes what became of a call instead of
+#: counting refused calls: a retry the budget refused (the call itself ran), a
+#: fallback that answered. Every other ``rejected`` record counts calls refused
+#: before they went out (``CircuitOpenError``, ``RateLimitExceededError``,
+#: ``BulkheadFullError``).
+CALL_NOTES: frozenset[str] = frozenset({"RetryBudgetExhausted", "FallbackUsed"})
+
+
 class CallRecord(NamedTuple):
     """One attempt of a call to a connector, or one call refused by an open circuit.
 
@@ -34,8 +42,9 @@ class CallRecord(NamedTuple):
         connector: connector name.
         operation: operation name (the function name by default).
         duration_ms: how long the attempt took.
-        status: ``"ok"``, ``"error"`` or ``"rejected"`` (refused by the breaker).
-        error: the exception's type name for an error, else ``None``.
+        status: ``"ok"``, ``"error"`` or ``"rejected"`` (refused by the breaker,
+            the rate limiter or the bulkhead, or a note in :data:`CALL_NOTES`).
+        error: the exception's type name for an error; for ``rejected``, why.
         attempt: 1 for the first attempt of a call, 2 for its first retry, ...;
             0 for a call the breaker refused (it made no attempt).
         final: True on the last attempt of a logical call, so that summing

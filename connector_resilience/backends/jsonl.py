@@ -37,6 +37,7 @@ from filelock import FileLock, Timeout
 
 from connector_resilience import _clock
 from connector_resilience.backends import PARSE_ERRORS, CallRecord, CircuitRecord, StoreStats
+from connector_resilience.backends import _limit_state as limit_state
 from connector_resilience.backends._files import (
     PRIVATE_FILE_MODE,
     atomic_write_lines,
@@ -241,7 +242,7 @@ class _LastWins:
             return self.values
 
 
-class JsonlStore:
+class JsonlStore(limit_state.LimitSteps):
     """The JSONL store: metrics, circuit state and tokens in three files.
 
     Args:
@@ -263,6 +264,9 @@ class JsonlStore:
         self._metrics = _LockedFile(Path(metrics_path), what="metrics")
         self._circuits_file = _LockedFile(Path(circuit_path), what="circuit states")
         self._tokens_file = _LockedFile(Path(token_path), what="tokens", durable=True, secret=True)
+        self._limits_file = _LockedFile(
+            Path(circuit_path).with_name("load_control.json"), what="load-control counters"
+        )
         self.url = url or self.key_for_paths(
             metrics=metrics_path, circuits=circuit_path, tokens=token_path
         )
@@ -484,6 +488,44 @@ class JsonlStore:
 
     def close(self) -> None:
         """Nothing stays open between calls."""
+
+    # Load control -------------------------------------------------------
+
+    def _limit_step(self, key: str, step: limit_state.Step[T]) -> T:
+        """Run one load-control step on ``key`` with the state file locked.
+
+        The file holds seconds-old counters, not history: it is replaced
+        whole (temp file, rename) without an fsync, since losing it in a crash
+        costs a few seconds of budget, and an unreadable one starts afresh.
+        """
+        file = self._limits_file
+        with file.locked():
+            try:
+                states = _read_limit_states(file)
+            except OSError as exc:
+                raise StoreError(f"cannot read {file.path}: {exc}") from exc
+            new_state, answer = step(states.get(key), _clock.wall())
+            states[key] = new_state
+            try:
+                atomic_write_lines(file.path, [_ENCODER.encode(states).encode()], durable=False)
+            except OSError as exc:
+                raise StoreError(f"cannot write {file.path}: {exc}") from exc
+        return answer
+
+
+def _read_limit_states(file: _LockedFile) -> dict[str, Any]:
+    """The load-control states in the file; an empty mapping if absent or unreadable."""
+    try:
+        with file.open_for_reading() as handle:
+            data = handle.read(MAX_LINE_BYTES + 1)
+    except FileNotFoundError:
+        return {}
+    try:
+        states = json.loads(data)
+    except ValueError:  # also a file past the bound, cut short: a few seconds of counters
+        logger.warning("%s is unreadable; load-control counters start afresh", file.path)
+        return {}
+    return states if isinstance(states, dict) else {}
 
 
 def _retained(file: _LockedFile, cutoff: float, tally: dict[str, int]) -> Iterator[bytes]:

@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from connector_resilience import _clock
 from connector_resilience.backends import (
@@ -34,6 +34,7 @@ from connector_resilience.backends import (
     CircuitRecord,
     StoreStats,
 )
+from connector_resilience.backends import _limit_state as limit_state
 from connector_resilience.backends._files import (
     PRIVATE_FILE_MODE,
     check_folder,
@@ -117,6 +118,14 @@ CREATE TABLE IF NOT EXISTS locks (
 );
 """
 
+#: Load-control state: a table of its own, made on first use. Older versions
+#: ignore a table they do not know, so it needs no schema version of its own.
+_LOAD_CONTROL_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS load_control (key TEXT PRIMARY KEY, data TEXT NOT NULL)"
+)
+
+T = TypeVar("T")
+
 _COLUMNS = "ts, connector, operation, duration_ms, status, error, attempt, final, labels, calls"
 
 #: What each older schema version needs to become the current one.
@@ -155,7 +164,7 @@ def _stored_bool(value: Any) -> bool:
     raise ValueError(f"expected 0 or 1, got {type(value).__name__}")
 
 
-class SqliteStore:
+class SqliteStore(limit_state.LimitSteps):
     """A store in one SQLite database file.
 
     Args:
@@ -170,6 +179,7 @@ class SqliteStore:
         self._local = threading.local()
         self._init_lock = threading.Lock()
         self._initialised_pid: int | None = None
+        self._load_control_ready = False
 
     @classmethod
     def from_url(cls, url: str) -> SqliteStore:
@@ -551,3 +561,31 @@ class SqliteStore:
         if conn is not None and getattr(self._local, "pid", None) == os.getpid():
             conn.close()
         self._local = threading.local()
+
+    # Load control -------------------------------------------------------
+
+    def _limit_step(self, key: str, step: limit_state.Step[T]) -> T:
+        """Run one load-control step on ``key`` in one write transaction."""
+        if not self._load_control_ready:
+            with self._transaction(_STATE_BUSY_MS) as conn:
+                conn.execute(_LOAD_CONTROL_SCHEMA)
+            self._load_control_ready = True
+        with self._transaction(_STATE_BUSY_MS) as conn:
+            try:
+                row = conn.execute("SELECT data FROM load_control WHERE key = ?", (key,)).fetchone()
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot read {self.path}: {exc}") from exc
+            try:
+                state = json.loads(row[0]) if row else None
+            except PARSE_ERRORS:
+                state = None  # seconds-old counters: starting afresh is harmless
+            new_state, answer = step(state if isinstance(state, dict) else None, _clock.wall())
+            try:
+                conn.execute(
+                    "INSERT INTO load_control (key, data) VALUES (?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET data = excluded.data",
+                    (key, json.dumps(new_state, separators=(",", ":"))),
+                )
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot write to {self.path}: {exc}") from exc
+        return answer

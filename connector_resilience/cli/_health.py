@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from typing import TextIO
 
 from connector_resilience.cli._common import (
@@ -137,8 +138,9 @@ def _one(view: StoreView, one: ConnectorView, ctx: Context, *, out: TextIO) -> N
         )
         + "\n"
         f"calls:     {s.total_calls} ({s.errors} failed, {s.attempts} attempts, "
-        f"{s.retries} retries, {s.rejected} rejected by the breaker)\n"
-        f"last call: {format_time(s.last_call_at, now=now)}\n\n"
+        f"{s.retries} retries, {s.rejected} refused before sending)\n"
+        + _refusals_line(s.refusals)
+        + f"last call: {format_time(s.last_call_at, now=now)}\n\n"
     )
     if operations:
         rows = [
@@ -193,3 +195,10 @@ def _one(view: StoreView, one: ConnectorView, ctx: Context, *, out: TextIO) -> N
         out.write(table(["ERROR", "COUNT", "LAST SEEN", "OPERATIONS"], rows, right=("COUNT",)))
     else:
         out.write("no errors in the window\n")
+
+
+def _refusals_line(refusals: Mapping[str, int]) -> str:
+    """What load control refused, by kind, when it refused anything."""
+    if not refusals:
+        return ""
+    return "refused:   " + ", ".join(f"{n} {kind}" for kind, n in sorted(refusals.items())) + "\n"

@@ -18,7 +18,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any, TextIO
 
 from connector_resilience._extras import require
-from connector_resilience.backends import CallRecord, Store
+from connector_resilience.backends import CALL_NOTES, CallRecord, Store
 from connector_resilience.metrics import HealthStatus, percentile
 from connector_resilience.metrics.overview import StoreView, read_view
 from connector_resilience.policy import Policy
@@ -65,7 +65,8 @@ def time_series(
     for record in records:
         index = min(buckets - 1, max(0, int((record.ts - start) / width)))
         if record.status == "rejected":
-            rejected[index] += record.calls
+            if record.error not in CALL_NOTES:  # notes are not refused calls
+                rejected[index] += record.calls
             continue
         durations[index].append(record.duration_ms)
         errors[index] += record.status == "error"

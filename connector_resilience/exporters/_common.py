@@ -29,11 +29,13 @@ __all__ = [
     "DURATION_BUCKETS_S",
     "OPERATION_ATTRIBUTES",
     "PREFIX",
+    "REJECTED_ATTRIBUTES",
     "attempt_attributes",
     "call_attributes",
     "circuit_state",
     "label_name",
     "read_circuit_states",
+    "refusal_counter",
     "resolve_store",
 ]
 
@@ -76,6 +78,27 @@ ATTEMPT_ATTRIBUTES: Final = (
 CALL_ATTRIBUTES: Final = ("connector", "operation", "outcome", "retried", _semconv.ERROR_TYPE)
 #: Attributes of retries and rejections.
 OPERATION_ATTRIBUTES: Final = ("connector", "operation")
+#: Attributes of a refused call: which guard refused it.
+REJECTED_ATTRIBUTES: Final = ("connector", "operation", "reason")
+
+#: Refusals that are notes on calls which ran, each with a counter of its own
+#: (suffix of the metric name): the ``rejected_calls`` counter is calls that never went out.
+_NOTE_COUNTERS: Final = {
+    "RetryBudgetExhausted": "retry_budget_refusals",
+    "FallbackUsed": "fallbacks",
+}
+
+
+def refusal_counter(record: CallRecord) -> tuple[str, str]:
+    """Where a ``rejected`` record is counted: (metric suffix, reason).
+
+    Calls refused before they went out are ``rejected_calls`` with the
+    refusing guard as ``reason`` (records from before load control name none:
+    the breaker refused them). A retry the budget refused and a fallback used
+    are counted apart, so that neither poses as a refused call.
+    """
+    reason = record.error or "CircuitOpenError"
+    return _NOTE_COUNTERS.get(reason, "rejected_calls"), reason
 
 
 def label_name(attribute: str) -> str:

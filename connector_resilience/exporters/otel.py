@@ -8,7 +8,9 @@ same queries and dashboards work on both pipelines::
 
     connector_resilience.call.duration   histogram, s        every attempt
     connector_resilience.calls           counter, {call}     calls that ran, final outcome
-    connector_resilience.rejected_calls  counter, {call}     refused by an open circuit
+    connector_resilience.rejected_calls  counter, {call}     refused before they went out
+    connector_resilience.retry_budget_refusals  counter, {retry}  retries the budget refused
+    connector_resilience.fallbacks       counter, {call}     calls answered by their fallback
     connector_resilience.retries         counter, {retry}    attempts after the first
     connector_resilience.circuit.state   gauge, {state}      1 for the current state
 
@@ -17,8 +19,10 @@ error) and, following the HTTP client conventions, ``error.type`` (the status
 code for an HTTP status >= 400, else the exception's type name),
 ``http.request.method``, ``http.response.status_code``, ``server.address`` and
 ``server.port`` when known. The calls counter has ``connector``, ``operation``,
-``outcome``, ``retried`` and ``error.type``; the circuit gauge ``connector`` and
-``state`` (closed, open, half_open, forced_open, disabled).
+``outcome``, ``retried`` and ``error.type``; the rejected counter ``connector``,
+``operation`` and ``reason`` (``CircuitOpenError``, ``RateLimitExceededError``,
+``BulkheadFullError``); the circuit gauge ``connector`` and ``state`` (closed,
+open, half_open, forced_open, disabled).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from connector_resilience.exporters._common import (
     attempt_attributes,
     call_attributes,
     read_circuit_states,
+    refusal_counter,
 )
 from connector_resilience.metrics import add_observer, remove_observer
 from connector_resilience.policy import Policy
@@ -95,8 +100,20 @@ class OpenTelemetryMetrics:
         self._rejected = meter.create_counter(
             f"{PREFIX}.rejected_calls",
             unit="{call}",
-            description="Calls an open circuit refused without running them.",
+            description="Calls refused without running them, by the guard that refused.",
         )
+        self._notes = {
+            "retry_budget_refusals": meter.create_counter(
+                f"{PREFIX}.retry_budget_refusals",
+                unit="{retry}",
+                description="Retries the retry budget refused.",
+            ),
+            "fallbacks": meter.create_counter(
+                f"{PREFIX}.fallbacks",
+                unit="{call}",
+                description="Calls answered by their fallback.",
+            ),
+        }
         self._retries = meter.create_counter(
             f"{PREFIX}.retries", unit="{retry}", description="Attempts after the first."
         )
@@ -119,7 +136,11 @@ class OpenTelemetryMetrics:
         for record in batch:
             base = {"connector": record.connector, "operation": record.operation}
             if record.status == "rejected":
-                self._rejected.add(record.calls, base)
+                counter, reason = refusal_counter(record)
+                if counter == "rejected_calls":
+                    self._rejected.add(record.calls, {**base, "reason": reason})
+                else:
+                    self._notes[counter].add(record.calls, base)
                 continue
             self._duration.record(record.duration_ms / 1000.0, attempt_attributes(record))
             if record.final:

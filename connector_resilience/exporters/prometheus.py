@@ -20,7 +20,9 @@ Metric names (labels in braces; every series is in docs/operations.md)::
         error_type, http_request_method, http_response_status_code, server_address, server_port}
     connector_resilience_calls_total            counter   {connector, operation, outcome,
                                                             retried, error_type}
-    connector_resilience_rejected_calls_total   counter   {connector, operation}
+    connector_resilience_rejected_calls_total   counter   {connector, operation, reason}
+    connector_resilience_retry_budget_refusals_total  counter  {connector, operation}
+    connector_resilience_fallbacks_total        counter   {connector, operation}
     connector_resilience_retries_total          counter   {connector, operation}
     connector_resilience_circuit_state          gauge     {connector, state}
     connector_resilience_store_*                gauges    (store view)
@@ -43,10 +45,12 @@ from connector_resilience.exporters._common import (
     DURATION_BUCKETS_S,
     OPERATION_ATTRIBUTES,
     PREFIX,
+    REJECTED_ATTRIBUTES,
     attempt_attributes,
     call_attributes,
     label_name,
     read_circuit_states,
+    refusal_counter,
     resolve_store,
 )
 from connector_resilience.metrics import HealthStatus, add_observer, remove_observer
@@ -114,7 +118,12 @@ class PrometheusCollector:
         self._bounds = tuple(sorted(buckets))
         self._lock = threading.Lock()
         self._calls: collections.Counter[tuple[str, ...]] = collections.Counter()
+        # Refused calls by (connector, operation, reason); notes by metric suffix.
         self._rejected: collections.Counter[tuple[str, ...]] = collections.Counter()
+        self._notes: dict[str, collections.Counter[tuple[str, ...]]] = {
+            "retry_budget_refusals": collections.Counter(),
+            "fallbacks": collections.Counter(),
+        }
         self._retries: collections.Counter[tuple[str, ...]] = collections.Counter()
         self._durations: dict[tuple[str, ...], _Histogram] = {}
         self._connectors: set[str] = set()
@@ -131,7 +140,11 @@ class PrometheusCollector:
                 self._connectors.add(record.connector)
                 operation_key = (record.connector, record.operation)
                 if record.status == "rejected":
-                    self._rejected[operation_key] += record.calls
+                    counter, reason = refusal_counter(record)
+                    if counter == "rejected_calls":
+                        self._rejected[(*operation_key, reason)] += record.calls
+                    else:
+                        self._notes[counter][operation_key] += record.calls
                     continue
                 if record.attempt > 1:
                     self._retries[operation_key] += 1
@@ -173,9 +186,21 @@ class PrometheusCollector:
         )
         rejected = CounterMetricFamily(
             f"{PREFIX}_rejected_calls",
-            "Calls an open circuit refused without running them.",
-            labels=_OPERATION_LABELS,
+            "Calls refused without running them (reason: breaker, rate limiter or bulkhead).",
+            labels=list(REJECTED_ATTRIBUTES),
         )
+        notes = {
+            "retry_budget_refusals": CounterMetricFamily(
+                f"{PREFIX}_retry_budget_refusals",
+                "Retries the retry budget refused (the call ended with its last outcome).",
+                labels=_OPERATION_LABELS,
+            ),
+            "fallbacks": CounterMetricFamily(
+                f"{PREFIX}_fallbacks",
+                "Calls answered by their fallback.",
+                labels=_OPERATION_LABELS,
+            ),
+        }
         retries = CounterMetricFamily(
             f"{PREFIX}_retries",
             "Attempts after the first (each retry of a call).",
@@ -191,6 +216,7 @@ class PrometheusCollector:
                 histograms = {k: (list(h.buckets), h.total) for k, h in self._durations.items()}
                 call_counts = dict(self._calls)
                 rejected_counts = dict(self._rejected)
+                note_counts = {name: dict(counts) for name, counts in self._notes.items()}
                 retry_counts = dict(self._retries)
                 connectors = sorted(self._connectors)
             for key, (buckets, total) in sorted(histograms.items()):
@@ -203,12 +229,15 @@ class PrometheusCollector:
                 calls.add_metric(list(key), n)
             for key, n in sorted(rejected_counts.items()):
                 rejected.add_metric(list(key), n)
+            for name, counts in note_counts.items():
+                for key, n in sorted(counts.items()):
+                    notes[name].add_metric(list(key), n)
             for key, n in sorted(retry_counts.items()):
                 retries.add_metric(list(key), n)
             _add_circuit_states(
                 state, read_circuit_states(self._store_arg, self._policy, connectors)
             )
-        yield from (duration, calls, rejected, retries, state)
+        yield from (duration, calls, rejected, *notes.values(), retries, state)
 
 
 class PrometheusStoreCollector:
@@ -279,7 +308,7 @@ def store_view_families(view: StoreView | None) -> list[Any]:
     attempts = gauge("window_attempts", f"Attempts, retries included{window}.", ["connector"])
     retries = gauge("window_retries", f"Retries{window}.", ["connector"])
     rejected = gauge(
-        "window_rejected_calls", f"Calls refused by the breaker{window}.", ["connector"]
+        "window_rejected_calls", f"Calls refused before they went out{window}.", ["connector"]
     )
     error_ratio = gauge(
         "window_attempt_error_ratio",

@@ -38,8 +38,8 @@ class MetricsBuffer:
     def __init__(self, store: Store, *, flush_interval_s: float, max_pending: int) -> None:
         self.store = store
         self.rows: collections.deque[MetricRow] = collections.deque()
-        # (connector, operation, labels) per refused call; counted at flush.
-        self.rejections: collections.deque[tuple[str, str, Mapping[str, str] | None]] = (
+        # (connector, operation, labels, why) per refused call; counted at flush.
+        self.rejections: collections.deque[tuple[str, str, Mapping[str, str] | None, str]] = (
             collections.deque()
         )
         self.flush_interval_s = flush_interval_s
@@ -131,26 +131,26 @@ class MetricsBuffer:
         self.unwritable += len(refused)
 
     def _count_rejections(self) -> list[CallRecord]:
-        """One ``rejected`` record per (connector, operation, labels), with its count."""
-        counts: dict[tuple[str, str, int], list[Any]] = {}
+        """One ``rejected`` record per (connector, operation, labels, why), with its count."""
+        counts: dict[tuple[str, str, int, str], list[Any]] = {}
         pop = self.rejections.popleft
         try:
             while True:
-                connector, operation, labels = pop()
-                key = (connector, operation, id(labels))
+                connector, operation, labels, why = pop()
+                key = (connector, operation, id(labels), why)
                 entry = counts.get(key)
                 if entry is None:
-                    counts[key] = [connector, operation, labels, 1]
+                    counts[key] = [connector, operation, labels, why, 1]
                 else:
-                    entry[3] += 1
+                    entry[4] += 1
         except IndexError:
             pass
         if not counts:
             return []
         now = _clock.wall()
         return [
-            CallRecord(now, c, o, 0.0, "rejected", "CircuitOpenError", 0, True, labels, n)
-            for c, o, labels, n in counts.values()
+            CallRecord(now, c, o, 0.0, "rejected", why, 0, True, labels, n)
+            for c, o, labels, why, n in counts.values()
         ]
 
     def stop(self) -> None:

@@ -88,7 +88,12 @@ _COMMON: tuple[Right, ...] = (
     ),
     Right("subscribe", "hear breaker changes", ("SUBSCRIBE", "{channel}")),
     Right("ping", "check that the change feed still delivers", ("PING",)),
-    Right("time", "time breakers by Redis's clock", ("TIME",)),
+    Right("time", "time breakers and load control by Redis's clock", ("TIME",)),
+    Right("hgetall", "read a load-control state", ("HGETALL", "{circuit}")),
+    Right("hincrby", "count calls and retries (retry budget)", ("HINCRBY", "{circuit}", "n", "0")),
+    Right("hdel", "forget old budget slots", ("HDEL", "{circuit}", "probe")),
+    Right("pexpire", "let idle load-control state expire", ("PEXPIRE", "{circuit}", "1")),
+    Right("zrange", "read a bulkhead's leases", ("ZRANGE", "{circuit}", "0", "0")),
     Right("multi", "this check of the rights at open", ()),
     Right("discard", "this check of the rights at open", ()),
 )

@@ -54,6 +54,14 @@ class KeyLayout:
         """String: the token refresh lock (redis-py's ``Lock``)."""
         return f"{self.prefix}:{hash_tag(connector)}:token-lock"
 
+    def limits(self, key: str) -> str:
+        """One load-control state (a retry budget, a token bucket, a bulkhead's leases).
+
+        Each script touches this one key only, so on a Cluster it runs on the
+        node of its slot, atomically.
+        """
+        return f"{self.prefix}:limits:{key}"
+
     @property
     def circuit_index(self) -> str:
         """Set: connectors with a circuit record."""

@@ -26,10 +26,12 @@ from connector_resilience.backends import (
     PARSE_ERRORS,
     CallRecord,
     CircuitRecord,
+    LeaseGrant,
     StoreStats,
+    TokenGrant,
     redact_url,
 )
-from connector_resilience.backends.redis import _topology
+from connector_resilience.backends.redis import _limit_scripts, _topology
 from connector_resilience.backends.redis._clock import ServerClock
 from connector_resilience.backends.redis._keys import KeyLayout
 from connector_resilience.backends.redis._once import Batch, BatchLedger
@@ -141,6 +143,8 @@ class _Sync:
 
     client: SyncClient
     compare_and_set: Script
+    #: The load-control scripts (``_LIMIT_LUA``), registered with this client.
+    limits: dict[str, Script]
 
 
 @dataclass(slots=True)
@@ -151,6 +155,8 @@ class _AsyncClient:
     client: AsyncClient
     compare_and_set: AsyncScript
     closer: AsyncGenerator[None, None]
+    #: The load-control scripts (``_LIMIT_LUA``), registered with this client.
+    limits: dict[str, AsyncScript]
 
 
 async def _move_async_pool(client: AsyncClient) -> None:
@@ -281,7 +287,11 @@ class RedisStore:
             if self._sync is None:
                 with self._failing_as_store_error("connecting"):
                     client = _topology.sync_client(self._target)
-                self._sync = _Sync(client, client.register_script(COMPARE_AND_SET_LUA))
+                self._sync = _Sync(
+                    client,
+                    client.register_script(COMPARE_AND_SET_LUA),
+                    {name: client.register_script(text) for name, text in _LIMIT_LUA.items()},
+                )
             return self._sync
 
     @property
@@ -383,7 +393,13 @@ class RedisStore:
         client = _topology.async_client(self._target)
         closer = _close_with_loop(client)
         await anext(closer)  # the loop now knows it, and will close it at shutdown
-        entry = _AsyncClient(loop, client, client.register_script(COMPARE_AND_SET_LUA), closer)
+        entry = _AsyncClient(
+            loop,
+            client,
+            client.register_script(COMPARE_AND_SET_LUA),
+            closer,
+            {name: client.register_script(text) for name, text in _LIMIT_LUA.items()},
+        )
         self._async_clients[loop] = entry
         return entry
 
@@ -914,3 +930,111 @@ class RedisStore:
                 await lock.release()
             except (LockError, *_FAULTS) as exc:
                 self._lock_release_failed(connector, exc)
+
+    # Load control -------------------------------------------------------
+    #
+    # Each rule is one Lua script run on the server's clock (_limit_scripts).
+
+    def _limit_call(self, name: str, key: str, args: Sequence[str | int | float]) -> Any:
+        with self._failing_as_store_error("updating load-control state"):
+            script = self._sync_client().limits[name]
+            return script(keys=[self.keys.limits(key)], args=list(args))
+
+    async def _alimit_call(self, name: str, key: str, args: Sequence[str | int | float]) -> Any:
+        with self._failing_as_store_error("updating load-control state"):
+            script = (await self._async_client()).limits[name]
+            return await script(keys=[self.keys.limits(key)], args=list(args))
+
+    def spend_retry_budget(
+        self,
+        key: str,
+        *,
+        calls: int,
+        retry: bool,
+        ratio: float,
+        min_per_s: float,
+        window_s: float,
+    ) -> bool:
+        """Count calls and maybe take a retry from ``key``'s budget (one script, one round trip)."""
+        args = _budget_args(calls, retry, ratio, min_per_s, window_s)
+        return bool(self._limit_call("budget", f"budget:{key}", args))
+
+    async def aspend_retry_budget(
+        self,
+        key: str,
+        *,
+        calls: int,
+        retry: bool,
+        ratio: float,
+        min_per_s: float,
+        window_s: float,
+    ) -> bool:
+        """:meth:`spend_retry_budget` without blocking the event loop."""
+        args = _budget_args(calls, retry, ratio, min_per_s, window_s)
+        return bool(await self._alimit_call("budget", f"budget:{key}", args))
+
+    def take_token(
+        self, key: str, *, rate_per_s: float, burst: float, max_wait_s: float
+    ) -> TokenGrant:
+        """Reserve the next token of ``key``'s bucket, by the server's clock."""
+        reply = self._limit_call("token", f"bucket:{key}", [rate_per_s, burst, max_wait_s])
+        return _token_grant(reply)
+
+    async def atake_token(
+        self, key: str, *, rate_per_s: float, burst: float, max_wait_s: float
+    ) -> TokenGrant:
+        """:meth:`take_token` without blocking the event loop."""
+        reply = await self._alimit_call("token", f"bucket:{key}", [rate_per_s, burst, max_wait_s])
+        return _token_grant(reply)
+
+    def pause_tokens(self, key: str, *, seconds: float, rate_per_s: float, burst: float) -> None:
+        """Hand out no token of ``key``'s bucket for ``seconds`` of the server's clock."""
+        self._limit_call("pause", f"bucket:{key}", [seconds, rate_per_s, burst])
+
+    async def apause_tokens(
+        self, key: str, *, seconds: float, rate_per_s: float, burst: float
+    ) -> None:
+        """:meth:`pause_tokens` without blocking the event loop."""
+        await self._alimit_call("pause", f"bucket:{key}", [seconds, rate_per_s, burst])
+
+    def acquire_lease(self, key: str, *, limit: int, lease_s: float, holder: str) -> LeaseGrant:
+        """Give ``holder`` a slot of ``key`` if one is free; leases end by the server's clock."""
+        return _lease_grant(self._limit_call("acquire", f"leases:{key}", [limit, lease_s, holder]))
+
+    async def aacquire_lease(
+        self, key: str, *, limit: int, lease_s: float, holder: str
+    ) -> LeaseGrant:
+        """:meth:`acquire_lease` without blocking the event loop."""
+        reply = await self._alimit_call("acquire", f"leases:{key}", [limit, lease_s, holder])
+        return _lease_grant(reply)
+
+    def release_lease(self, key: str, *, holder: str) -> None:
+        """Give ``holder``'s slot of ``key`` back."""
+        self._limit_call("release", f"leases:{key}", [holder])
+
+    async def arelease_lease(self, key: str, *, holder: str) -> None:
+        """:meth:`release_lease` without blocking the event loop."""
+        await self._alimit_call("release", f"leases:{key}", [holder])
+
+
+_LIMIT_LUA: Final = {
+    "budget": _limit_scripts.SPEND_RETRY_BUDGET,
+    "token": _limit_scripts.TAKE_TOKEN,
+    "pause": _limit_scripts.PAUSE_TOKENS,
+    "acquire": _limit_scripts.ACQUIRE_LEASE,
+    "release": _limit_scripts.RELEASE_LEASE,
+}
+
+
+def _budget_args(
+    calls: int, retry: bool, ratio: float, min_per_s: float, window_s: float
+) -> list[str | int | float]:
+    return [calls, 1 if retry else 0, repr(float(ratio)), repr(float(min_per_s)), window_s]
+
+
+def _token_grant(reply: Any) -> TokenGrant:
+    return TokenGrant(bool(int(reply[0])), float(reply[1]))
+
+
+def _lease_grant(reply: Any) -> LeaseGrant:
+    return LeaseGrant(bool(int(reply[0])), float(reply[1]) if reply[1] else None)
