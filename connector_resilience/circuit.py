@@ -836,11 +836,11 @@ class CircuitBreaker:
           so the next write carries it to the store.
         """
         with self._adopt_lock:
-            if epoch < self._record_epoch:
+            if self._overtaken(loaded, epoch):
                 return self._record
             ahead = self._ahead_of
             if ahead is not None and loaded.version <= ahead:
-                self._record_epoch = epoch
+                self._record_epoch = next(self._epochs)
                 self._record = dataclasses.replace(self._record, version=loaded.version)
                 return self._record
             self._ahead_of = None
@@ -873,12 +873,24 @@ class CircuitBreaker:
             self._stale_at = 0.0
             self._drive(self._refresh_steps())
 
+    def _overtaken(self, record: CircuitRecord, epoch: int) -> bool:
+        """Whether ``record``, from an operation issued at ``epoch``, is older news.
+
+        An operation issued after the adopted record's operation completed saw
+        the store at least as new (even one that was emptied and restarted its
+        versions). One issued before may have run at the store either side of
+        it (another thread's connection, another order), so its record is
+        news only if its version is higher.
+        """
+        return epoch < self._record_epoch and record.version <= self._record.version
+
     def _adopt(self, record: CircuitRecord, *, epoch: int, reason: str | None = None) -> None:
         """Make ``record`` this process's view, unless a newer one was adopted meanwhile."""
         with self._adopt_lock:
-            if epoch < self._record_epoch:
+            if self._overtaken(record, epoch):
                 return
-            self._record_epoch = epoch
+            # Numbered on completion: an operation issued from now on sees at least this.
+            self._record_epoch = next(self._epochs)
             previous = self._seen_state
             self._record = record
             if record.override is not None or record.state != "closed":
