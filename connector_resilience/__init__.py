@@ -23,9 +23,11 @@ if TYPE_CHECKING:
     from connector_resilience.backends import open_store, register_backend
     from connector_resilience.circuit import CircuitBreaker, StateChange
     from connector_resilience.errors import (
+        BulkheadFullError,
         CircuitOpenError,
         ConfigurationError,
         InvalidGrantError,
+        RateLimitExceededError,
         ResilienceError,
         StoreError,
         TokenDecryptionError,
@@ -51,6 +53,7 @@ logging.getLogger("connector_resilience").addHandler(logging.NullHandler())
 
 #: Where each public name lives; imported when first asked for.
 _LAZY: dict[str, str] = {
+    "BulkheadFullError": "errors",
     "CircuitBreaker": "circuit",
     "CircuitOpenError": "errors",
     "ConfigurationError": "errors",
@@ -59,6 +62,7 @@ _LAZY: dict[str, str] = {
     "OAuth2Config": "oauth2",
     "OAuth2Token": "oauth2",
     "Policy": "policy",
+    "RateLimitExceededError": "errors",
     "ResilienceError": "errors",
     "RetryEvent": "resilient",
     "StateChange": "circuit",
@@ -112,6 +116,7 @@ sys.modules[__name__].__class__ = _Package
 
 
 __all__ = [
+    "BulkheadFullError",
     "CircuitBreaker",
     "CircuitOpenError",
     "ConfigurationError",
@@ -120,6 +125,7 @@ __all__ = [
     "OAuth2Config",
     "OAuth2Token",
     "Policy",
+    "RateLimitExceededError",
     "ResilienceError",
     "RetryEvent",
     "StateChange",

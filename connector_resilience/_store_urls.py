@@ -10,7 +10,9 @@ from __future__ import annotations
 __all__ = ["BUILTIN_SCHEMES", "known_schemes", "note_scheme", "redact_url", "scheme_of"]
 
 #: The schemes connector-resilience serves itself.
-BUILTIN_SCHEMES = frozenset({"memory", "jsonl", "sqlite", "redis", "rediss"})
+BUILTIN_SCHEMES = frozenset(
+    {"memory", "jsonl", "sqlite", "redis", "rediss", "redis+sentinel", "redis+cluster"}
+)
 
 _registered: set[str] = set()
 

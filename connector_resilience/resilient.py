@@ -34,7 +34,9 @@ from connector_resilience._engine import (
     build_engine,
     run_async,
     run_sync,
+    within,
 )
+from connector_resilience._names import check_name
 from connector_resilience.backends import Store
 from connector_resilience.circuit import StateChange
 from connector_resilience.errors import (
@@ -159,6 +161,8 @@ def resilient(
     on_state_change: Callable[[StateChange], object] | None = None,
     on_reject: Callable[[CircuitOpenError], object] | None = None,
     tokens: TokenSource | None = None,
+    fallback: Callable[[BaseException], Any] | None = None,
+    attempt_timeout_s: float | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -183,6 +187,8 @@ def resilient(
     on_state_change: Callable[[StateChange], object] | None = None,
     on_reject: Callable[[CircuitOpenError], object] | None = None,
     tokens: TokenSource | None = None,
+    fallback: Callable[[BaseException], Any] | None = None,
+    attempt_timeout_s: float | None = None,
 ) -> Any:
     """Make a function's calls to a connector resilient and measured.
 
@@ -217,6 +223,17 @@ def resilient(
         tokens: an OAuth2 token manager: each attempt runs with a valid token
             (read it with :func:`current_token`); a 401 (an exception or a result
             with that status) refreshes it once and runs the attempt once more.
+        fallback: called with the exception when the circuit is open, the rate
+            limiter, bulkhead or retry budget refuses, or retries run out (an
+            exception ``retry_on`` matches); what it returns is the call's
+            result. An async function may have an async fallback. Other
+            exceptions are raised as they are.
+        attempt_timeout_s: async functions only: cancel an attempt that runs
+            longer, with ``TimeoutError`` (retried if ``retry_on`` matches and
+            the budget and deadline allow). ``RETRY_ATTEMPT_TIMEOUT_S`` if
+            ``None``. A sync function cannot be cut short from outside (Python
+            can stop neither a thread nor a blocking call): give its client a
+            timeout of its own.
 
     Returns:
         A decorator, or the decorated function when used bare (``@resilient``).
@@ -230,10 +247,16 @@ def resilient(
     """
     if callable(connector):
         return resilient()(connector)
+    if connector is not None:
+        check_name(connector, what="@resilient connector name")
+    if operation is not None:
+        check_name(operation, what="@resilient operation name")
     if max_attempts is not None and max_attempts < 1:
         raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
     if deadline_s is not None and not deadline_s > 0:
         raise ValueError(f"deadline_s must be > 0, got {deadline_s}")
+    if attempt_timeout_s is not None and not attempt_timeout_s > 0:
+        raise ValueError(f"attempt_timeout_s must be > 0, got {attempt_timeout_s}")
     if not isinstance(ignore, tuple):
         raise TypeError("ignore must be a tuple of exception types")
     exception_predicate(retry_on)  # validate now, not at the first failure
@@ -254,12 +277,15 @@ def resilient(
         on_state_change=on_state_change,
         on_reject=on_reject,
         tokens=tokens,
+        fallback=fallback,
+        attempt_timeout_s=attempt_timeout_s,
     )
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
         if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
             raise TypeError(f"@resilient cannot retry the generator {fn.__qualname__}()")
         is_async = inspect.iscoroutinefunction(fn)
+        _check_async_options(fn, is_async, fallback, attempt_timeout_s)
         call: Callable[..., Any] = fn
         if tokens is not None:
             from connector_resilience.oauth2 import aauthenticated, authenticated
@@ -277,18 +303,27 @@ def resilient(
             options=options,
         )
         if is_async:
-            return cast(Callable[P, R], _async_wrapper(call, engines))
-        return cast(Callable[P, R], _sync_wrapper(call, engines))
+            wrapped = _async_wrapper(call, engines)
+            if fallback is not None:
+                wrapped = _async_fallback(wrapped, engines, fallback)
+            return cast(Callable[P, R], wrapped)
+        plain = _sync_wrapper(call, engines)
+        return cast(Callable[P, R], _sync_fallback(plain, engines) if fallback else plain)
 
     return decorate
 
 
-def _sync_wrapper(fn: Callable[P, R], engines: _Engines) -> Callable[P, R]:
+def _sync_wrapper(fn: Callable[P, R], engines: _Engines, *, admit: bool = True) -> Callable[P, R]:
     clock = _clock
+    # Admission (rate limiter, bulkhead) wraps the whole call, retries included:
+    # an admitted call runs this same wrapper with admission left out.
+    admitted = _sync_wrapper(fn, engines, admit=False) if admit else None
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         engine = engines.fixed or engines(args)
+        if engine.admission is not None and admitted is not None:
+            return engine.admission.call(admitted, *args, **kwargs)
         if engine.gate is not None:
             engine.gate()
         breaker = engine.breaker
@@ -307,6 +342,8 @@ def _sync_wrapper(fn: Callable[P, R], engines: _Engines) -> Callable[P, R]:
                 engine.rejected(exc)
                 raise
             start = perf()  # the admission may have read the store: not the call's time
+        if engine.tracer is not None:  # traced: every attempt runs from the plan, in its span
+            return cast(R, run_sync(engine.plan(probe), fn, args, kwargs, engine))
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
@@ -316,18 +353,21 @@ def _sync_wrapper(fn: Callable[P, R], engines: _Engines) -> Callable[P, R]:
         if engine.retry_result is not None and engine.retry_result(result):
             plan = engine.plan(probe, (True, result, start, end))
             return cast(R, run_sync(plan, fn, args, kwargs, engine))
-        record = engine.record_success
-        if record is not None:
-            record((start, end, engine.series))
-        if breaker is not None and (probe is not None or not breaker.success_is_trivial):
+        if engine.succeeded(start, end, probe):
+            assert breaker is not None
             breaker.report(probe, "success", duration_ms=(end - start) * 1000.0)
         return result
 
     return wrapper
 
 
-def _async_wrapper(fn: Callable[P, Awaitable[R]], engines: _Engines) -> Callable[P, Awaitable[R]]:
+def _async_wrapper(
+    fn: Callable[P, Awaitable[R]], engines: _Engines, *, admit: bool = True
+) -> Callable[P, Awaitable[R]]:
     clock = _clock
+    # Admitted calls (and calls with a per-attempt timeout) run this wrapper again,
+    # each attempt cut short by the engine's timeout: the hot path pays for neither.
+    admitted = _async_wrapper(_timed(fn, engines), engines, admit=False) if admit else None
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -336,6 +376,8 @@ def _async_wrapper(fn: Callable[P, Awaitable[R]], engines: _Engines) -> Callable
         engine = engines.fixed or engines.built(args)
         if engine is None:
             engine = await asyncio.to_thread(engines, args)
+        if engine.admission is not None and admitted is not None:
+            return await engine.admission.acall(admitted, *args, **kwargs)
         if engine.gate is not None:
             await asyncio.to_thread(engine.gate)  # a store read, maybe over the network
         breaker = engine.breaker
@@ -354,6 +396,8 @@ def _async_wrapper(fn: Callable[P, Awaitable[R]], engines: _Engines) -> Callable
                 engine.rejected(exc)
                 raise
             start = perf()  # the admission may have read the store: not the call's time
+        if engine.tracer is not None:  # traced: every attempt runs from the plan, in its span
+            return cast(R, await run_async(engine.plan(probe), fn, args, kwargs, engine))
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
@@ -363,11 +407,82 @@ def _async_wrapper(fn: Callable[P, Awaitable[R]], engines: _Engines) -> Callable
         if engine.retry_result is not None and engine.retry_result(result):
             plan = engine.plan(probe, (True, result, start, end))
             return cast(R, await run_async(plan, fn, args, kwargs, engine))
-        record = engine.record_success
-        if record is not None:
-            record((start, end, engine.series))
-        if breaker is not None and (probe is not None or not breaker.success_is_trivial):
+        if engine.succeeded(start, end, probe):
+            assert breaker is not None
             await breaker.areport(probe, "success", duration_ms=(end - start) * 1000.0)
         return result
 
     return wrapper
+
+
+# Fallbacks ------------------------------------------------------------------------
+
+
+def _check_async_options(
+    fn: Callable[..., Any],
+    is_async: bool,
+    fallback: Callable[[BaseException], Any] | None,
+    attempt_timeout_s: float | None,
+) -> None:
+    if is_async:
+        return
+    name = getattr(fn, "__qualname__", repr(fn))
+    if attempt_timeout_s is not None:
+        raise TypeError(
+            f"attempt_timeout_s needs an async function; {name}() is sync and Python cannot "
+            "cut a running sync call short: give its client a timeout instead"
+        )
+    if fallback is not None and inspect.iscoroutinefunction(fallback):
+        raise TypeError(f"the fallback of the sync function {name}() must not be async")
+
+
+def _sync_fallback(wrapper: Callable[P, R], engines: _Engines) -> Callable[P, R]:
+    @functools.wraps(wrapper)
+    def with_fallback(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return wrapper(*args, **kwargs)
+        except Exception as exc:
+            engine = engines.built(args)
+            if engine is None or engine.fallback is None or not engine.wants_fallback(exc):
+                raise
+            engine.refused("FallbackUsed")
+            return cast(R, engine.fallback(exc))
+
+    return with_fallback
+
+
+def _async_fallback(
+    wrapper: Callable[P, Awaitable[R]],
+    engines: _Engines,
+    fallback: Callable[[BaseException], Any],
+) -> Callable[P, Awaitable[R]]:
+    is_async = inspect.iscoroutinefunction(fallback)
+
+    @functools.wraps(wrapper)
+    async def with_fallback(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await wrapper(*args, **kwargs)
+        except Exception as exc:
+            engine = engines.built(args)
+            if engine is None or not engine.wants_fallback(exc):
+                raise
+            engine.refused("FallbackUsed")
+            value = fallback(exc)
+            return cast(R, await value if is_async else value)
+
+    return with_fallback
+
+
+def _timed(fn: Callable[P, Awaitable[R]], engines: _Engines) -> Callable[P, Awaitable[R]]:
+    """``fn``, each call cancelled after its engine's ``attempt_timeout_s`` (if any)."""
+
+    @functools.wraps(fn)
+    async def attempt(*args: P.args, **kwargs: P.kwargs) -> R:
+        engine = engines.fixed or engines.built(args)
+        timeout = engine.attempt_timeout_s if engine is not None else None
+        if timeout is None:
+            return await fn(*args, **kwargs)
+        result: R = await within(timeout, fn(*args, **kwargs))
+        return result
+
+    return attempt

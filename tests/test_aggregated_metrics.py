@@ -150,6 +150,77 @@ def test_aggregated_and_raw_summaries_count_the_same() -> None:
     assert a.errors == 20
 
 
+#: Load control's refusals, and the notes counted apart (backends CALL_NOTES).
+_REFUSALS = {
+    "CircuitOpenError": 3,
+    "RateLimitExceededError": 2,
+    "BulkheadFullError": 1,
+    "RetryBudgetExhausted": 4,
+    "FallbackUsed": 5,
+}
+_HTTP_LABELS = {"method": "GET", "host": "api.example", "port": "443", "status_code": "200"}
+
+
+def _refusal_scenario(policy: Policy) -> MetricsBuffer:
+    """A call saved by its retry (HTTP labels), and every kind of refusal, buffered."""
+    buffer = buffer_for(open_store(str(policy.store.url)), policy)
+    now = _clock.wall()
+    buffer.rows.append((now, "api", "get", 5.0, "error", "TimeoutError", 1, False, _HTTP_LABELS))
+    buffer.rows.append((now, "api", "get", 7.0, "ok", None, 2, True, _HTTP_LABELS))
+    for kind, n in _REFUSALS.items():
+        for _ in range(n):
+            buffer.rejections.append(("api", "get", None, kind))
+    assert flush_metrics()
+    return buffer
+
+
+def test_aggregated_rows_keep_refusals_by_kind_the_retried_split_and_http_labels() -> None:
+    aggregated, raw = _policy(), _policy(metrics_mode="raw")
+    _refusal_scenario(aggregated)
+    _refusal_scenario(raw)
+    store = open_store(str(aggregated.store.url))
+    assert isinstance(store, AggregateStore)
+    rows = {r.status: r for r in store.read_aggregates(resolution=1, since=0)}
+    assert (rows["ok"].finals, rows["ok"].retried, rows["ok"].labels) == (1, 1, _HTTP_LABELS)
+    assert (rows["error"].errors, rows["error"].finals) == ({"TimeoutError": 1}, 0)
+    assert rows["rejected"].errors == _REFUSALS
+    a, r = summarize("api", policy=aggregated), summarize("api", policy=raw)
+    assert a.refusals == r.refusals == _REFUSALS
+    assert a.rejected == r.rejected == 6  # the notes are calls that ran, not refused ones
+    fields = ("total_calls", "errors", "attempts", "retries", "errors_by_type")
+    assert [getattr(a, f) for f in fields] == [getattr(r, f) for f in fields]
+
+
+def test_an_aggregated_row_no_store_can_encode_is_left_out_and_counted(tmp_path: Path) -> None:
+    store = JsonlStore.from_url(f"jsonl://{tmp_path / 'state'}")
+    buffer = MetricsBuffer(store, flush_interval_s=3600, max_pending=1000)
+    start = _clock.perf()
+    buffer.successes.append((start, start + 0.001, Series("api", "get")))
+    buffer.successes.append((start, start + 0.001, Series("api", "get", {"host": "bad\udc80"})))
+    assert buffer.flush()
+    assert buffer.unwritable == 1
+    (row,) = store.read_aggregates(resolution=1, since=0)
+    assert (row.attempts, row.labels) == (1, None)
+
+
+def test_hostile_aggregate_lines_are_skipped_and_counted(tmp_path: Path) -> None:
+    folder = tmp_path / "state"
+    store = JsonlStore.from_url(f"jsonl://{folder}")
+    good = CallAggregate(T0, 1.0, "api", "get", "ok", 2, 2, T0 + 0.5, ((0, 2),))
+    store.append_aggregates([good])
+    tier = folder / "metrics.1s.jsonl"
+    row = good.to_json()
+    with tier.open("ab") as out:
+        out.write(b'{"pad": "' + b"x" * (2 << 20) + b'"}\n')  # past the 1 MiB line bound
+        out.write(json.dumps({**row, "attempts": True}).encode() + b"\n")
+        out.write(json.dumps({**row, "finals": 3}).encode() + b"\n")  # more finals than attempts
+        out.write(json.dumps({**row, "h": [[0, -1]]}).encode() + b"\n")
+        out.write(json.dumps({**row, "ts": T0 + 1}).encode() + b"\n")
+    rows = store.read_aggregates(resolution=1, since=0)
+    assert [r.ts for r in rows] == [T0, T0 + 1]
+    assert store.stats.skipped_lines == 4
+
+
 def test_many_calls_make_one_row_per_key_per_interval() -> None:
     policy = _policy()
 

@@ -16,16 +16,20 @@ store object, so ``memory://`` is shared process-wide.
 from __future__ import annotations
 
 from connector_resilience._store_urls import known_schemes, redact_url, scheme_of
+from connector_resilience.backends._limit_state import LeaseGrant, TokenGrant
 from connector_resilience.backends._protocols import (
     DEFAULT_LOCK_LEASE_S,
     AggregateStore,
     CircuitStore,
+    LimitStore,
     MetricsStore,
     Store,
     StoreFactory,
     TokenStore,
 )
 from connector_resilience.backends._records import (
+    AGGREGATE_TIERS,
+    CALL_NOTES,
     PARSE_ERRORS,
     CallAggregate,
     CallRecord,
@@ -45,6 +49,8 @@ from connector_resilience.backends._registry import (
 )
 
 __all__ = [
+    "AGGREGATE_TIERS",
+    "CALL_NOTES",
     "DEFAULT_LOCK_LEASE_S",
     "PARSE_ERRORS",
     "AggregateStore",
@@ -55,10 +61,13 @@ __all__ = [
     "CircuitRecord",
     "CircuitState",
     "CircuitStore",
+    "LeaseGrant",
+    "LimitStore",
     "MetricsStore",
     "Store",
     "StoreFactory",
     "StoreStats",
+    "TokenGrant",
     "TokenStore",
     "aggregate_tier",
     "close_all_stores",

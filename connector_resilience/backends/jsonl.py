@@ -8,6 +8,10 @@
 * A corrupt line is skipped and counted, with one warning per read; a torn
   final line (a writer killed mid-line) is closed off by the next writer so
   that it can never swallow the record written after it.
+* Files are read in blocks: a line longer than ``MAX_LINE_BYTES`` is skipped
+  and counted without ever being held whole, and no reader loads a whole file.
+* Files are never opened through a symbolic link nor when another user owns
+  them, and a token folder others can write to is refused (``_files``).
 * Metrics are in time order (up to a few seconds of buffering), so a window
   query bisects the file and reads only the window.
 * ``compact()`` rewrites each file under its lock: temp file, fsync, rename.
@@ -46,13 +50,17 @@ from connector_resilience.backends import (
     StoreStats,
     aggregate_tier,
 )
+from connector_resilience.backends import _limit_state as limit_state
 from connector_resilience.backends._files import (
     PRIVATE_FILE_MODE,
     atomic_write_lines,
+    check_folder,
     ensure_private_dir,
     open_private_append,
+    open_store_file,
     write_all,
 )
+from connector_resilience.backends._lines import MAX_LINE_BYTES, read_lines, skip_line
 from connector_resilience.errors import StoreError
 
 __all__ = ["JsonlStore"]
@@ -73,16 +81,27 @@ SCHEMA_VERSION = 2
 _TIER_SUFFIXES = {1.0: "1s", 60.0: "1m", 3600.0: "1h"}
 _LOCK_TIMEOUT_S = 30.0
 _POLL_S = 0.0005
+#: A bisection step reads this much of a line: enough for its leading "ts".
+_TS_PREFIX_BYTES = 64
 
 T = TypeVar("T")
 
 
 class _LockedFile:
-    """One JSONL file and the lock every writer of it takes."""
+    """One JSONL file and the lock every writer of it takes.
 
-    def __init__(self, path: Path, *, durable: bool = False) -> None:
+    ``secret`` files (tokens) refuse a folder other users can write to, for
+    reads as well as writes; the others warn about one once.
+    """
+
+    def __init__(
+        self, path: Path, *, what: str, durable: bool = False, secret: bool = False
+    ) -> None:
         self.path = path
+        self.what = what
         self.durable = durable
+        self.secret = secret
+        self._folder_checked = False
         self.stats = StoreStats()
         self._new_locks()
         _open_files.add(self)
@@ -98,9 +117,25 @@ class _LockedFile:
             poll_interval=_POLL_S,
         )
 
+    def check_folder(self) -> None:
+        """Refuse (tokens) or warn about (the rest) a folder other users can write to.
+
+        Tokens are checked at every use; the rest once per process (a warning
+        is all it would give, and metrics are written several times a second).
+        """
+        if self._folder_checked:
+            return
+        check_folder(self.path.parent, strict=self.secret, what=self.what)
+        self._folder_checked = not self.secret
+
+    def open_for_reading(self) -> IO[bytes]:
+        """The file, opened without following a link (``FileNotFoundError`` if absent)."""
+        return os.fdopen(open_store_file(self.path, os.O_RDONLY), "rb")
+
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         ensure_private_dir(self.path.parent)
+        self.check_folder()
         with self._thread_lock:
             try:
                 self._file_lock.acquire()
@@ -112,7 +147,18 @@ class _LockedFile:
                 self._file_lock.release()
 
     def append(self, lines: Sequence[bytes]) -> None:
-        """Append complete lines; the caller holds :meth:`locked`."""
+        """Append complete lines; the caller holds :meth:`locked`.
+
+        Raises:
+            ValueError: a line is longer than readers accept (``MAX_LINE_BYTES``);
+                nothing is written.
+        """
+        longest = max(map(len, lines), default=0)
+        if longest > MAX_LINE_BYTES + 1:  # + its newline
+            raise ValueError(
+                f"a {self.what} record of {longest} bytes is longer than the "
+                f"{MAX_LINE_BYTES} bytes a line may hold; it is not written"
+            )
         fd = open_private_append(self.path)
         try:
             size = os.fstat(fd).st_size
@@ -171,33 +217,45 @@ class _LastWins:
     def refresh(self) -> dict[str, Any]:
         """Read what was appended since the last call (or everything after a rewrite)."""
         with self._lock:
+            if self.file.secret:
+                self.file.check_folder()
             try:
-                st = os.stat(self.file.path)
+                # lstat: a link put in the file's place reads as changed, and is
+                # then refused when opened.
+                st = os.lstat(self.file.path)
             except FileNotFoundError:
                 self._inode, self._offset, self.values = None, 0, {}
                 return self.values
-            inode = (st.st_dev, st.st_ino)
-            if inode != self._inode or st.st_size < self._offset:
-                self._inode, self._offset, self.values = inode, 0, {}
-            if st.st_size == self._offset:
+            if (st.st_dev, st.st_ino) == self._inode and st.st_size == self._offset:
                 return self.values
-            with open(self.file.path, "rb") as handle:
-                handle.seek(self._offset)
-                chunk = handle.read(st.st_size - self._offset)
-            end = chunk.rfind(b"\n") + 1
+            try:
+                handle = self.file.open_for_reading()
+            except FileNotFoundError:
+                self._inode, self._offset, self.values = None, 0, {}
+                return self.values
             bad = 0
-            for line in chunk[:end].splitlines():
-                if not line.strip():
-                    continue
-                try:
-                    data = json.loads(line)
-                    key = data[self._field]
-                    if not isinstance(key, str):
-                        raise TypeError("key must be a string")
-                    self.values[key] = self._parse(data)
-                except PARSE_ERRORS:
-                    bad += 1
-            self._offset += end
+            with handle:
+                st = os.fstat(handle.fileno())
+                inode = (st.st_dev, st.st_ino)
+                if inode != self._inode or st.st_size < self._offset:
+                    self._inode, self._offset, self.values = inode, 0, {}
+                # Block by block: memory stays bounded whatever the file holds.
+                for lines, offset in read_lines(handle, self._offset, st.st_size):
+                    for line in lines:
+                        if line is None:
+                            bad += 1  # longer than MAX_LINE_BYTES
+                            continue
+                        if not line.strip():
+                            continue
+                        try:
+                            data = json.loads(line)
+                            key = data[self._field]
+                            if not isinstance(key, str):
+                                raise TypeError("key must be a string")
+                            self.values[key] = self._parse(data)
+                        except PARSE_ERRORS:
+                            bad += 1
+                    self._offset = offset
             if bad:
                 self.file.stats.skipped_lines += bad
                 logger.warning("skipped %d unreadable line(s) in %s", bad, self.file.path)
@@ -218,28 +276,37 @@ class _NameIndex:
         """Read what was appended since the last call (or everything after a rewrite)."""
         with self._lock:
             try:
-                st = os.stat(self.file.path)
+                handle = self.file.open_for_reading()
             except FileNotFoundError:
                 self._inode, self._offset, self.names = None, 0, set()
                 return set()
-            inode = (st.st_dev, st.st_ino)
-            if inode != self._inode or st.st_size < self._offset:
-                self._inode, self._offset, self.names = inode, 0, set()
-            if st.st_size > self._offset:
-                with open(self.file.path, "rb") as handle:
-                    handle.seek(self._offset)
-                    chunk = handle.read(st.st_size - self._offset)
-                end = chunk.rfind(b"\n") + 1
-                for line in chunk[:end].splitlines():
-                    with contextlib.suppress(*PARSE_ERRORS):
-                        name = json.loads(line).get("connector")
+            bad = 0
+            with handle:
+                st = os.fstat(handle.fileno())
+                inode = (st.st_dev, st.st_ino)
+                if inode != self._inode or st.st_size < self._offset:
+                    self._inode, self._offset, self.names = inode, 0, set()
+                # Block by block, as every reader here: memory stays bounded.
+                for lines, offset in read_lines(handle, self._offset, st.st_size):
+                    for line in lines:
+                        try:
+                            if line is None:
+                                raise ValueError("line too long")
+                            data = json.loads(line)
+                        except PARSE_ERRORS:
+                            bad += 1
+                            continue
+                        name = data.get("connector") if isinstance(data, dict) else None
                         if isinstance(name, str):
                             self.names.add(name)
-                self._offset += end
+                    self._offset = offset
+            if bad:
+                self.file.stats.skipped_lines += bad
+                logger.warning("skipped %d unreadable line(s) in %s", bad, self.file.path)
             return set(self.names)
 
 
-class JsonlStore:
+class JsonlStore(limit_state.LimitSteps):
     """The JSONL store: metrics, circuit state and tokens in three files.
 
     Args:
@@ -258,9 +325,12 @@ class JsonlStore:
         token_path: str | os.PathLike[str],
         url: str | None = None,
     ) -> None:
-        self._metrics = _LockedFile(Path(metrics_path))
-        self._circuits_file = _LockedFile(Path(circuit_path))
-        self._tokens_file = _LockedFile(Path(token_path), durable=True)
+        self._metrics = _LockedFile(Path(metrics_path), what="metrics")
+        self._circuits_file = _LockedFile(Path(circuit_path), what="circuit states")
+        self._tokens_file = _LockedFile(Path(token_path), what="tokens", durable=True, secret=True)
+        self._limits_file = _LockedFile(
+            Path(circuit_path).with_name("load_control.json"), what="load-control counters"
+        )
         self.url = url or self.key_for_paths(
             metrics=metrics_path, circuits=circuit_path, tokens=token_path
         )
@@ -268,11 +338,15 @@ class JsonlStore:
         self._tokens = _LastWins(self._tokens_file, _parse_token, "connector")
         base = Path(metrics_path)
         self._tiers = {
-            tier: _LockedFile(base.with_name(f"{base.stem}.{suffix}{base.suffix or '.jsonl'}"))
+            tier: _LockedFile(
+                base.with_name(f"{base.stem}.{suffix}{base.suffix or '.jsonl'}"),
+                what="aggregated metrics",
+            )
             for tier, suffix in _TIER_SUFFIXES.items()
         }
         self._index_file = _LockedFile(
-            base.with_name(f"{base.stem}.connectors{base.suffix or '.jsonl'}")
+            base.with_name(f"{base.stem}.connectors{base.suffix or '.jsonl'}"),
+            what="connectors index",
         )
         self._index = _NameIndex(self._index_file)
 
@@ -389,6 +463,7 @@ class JsonlStore:
         """
         path = self._tokens_file.path
         ensure_private_dir(path.parent)
+        self._tokens_file.check_folder()
         lock = FileLock(
             f"{path}.{_safe_name(connector)}.refresh.lock",
             timeout=timeout_s,
@@ -447,19 +522,22 @@ class JsonlStore:
         """The migration to schema 2: list every connector of the existing history, once."""
         names: set[str] = set()
         for file in (self._metrics, *self._tiers.values()):
-            with contextlib.suppress(FileNotFoundError), open(file.path, "rb") as handle:
-                carry = b""
-                while chunk := handle.read(_CHUNK_BYTES * 16):
-                    data = carry + chunk
-                    end = data.rfind(b"\n") + 1
-                    carry = data[end:]
-                    for match in _CONNECTOR_RE.finditer(data, 0, end):
-                        with contextlib.suppress(ValueError):
-                            names.add(json.loads(match.group(1)))
+            try:
+                handle = file.open_for_reading()
+            except FileNotFoundError:
+                continue
+            with handle:
+                size = os.fstat(handle.fileno()).st_size
+                for lines, _offset in read_lines(handle, 0, size):
+                    for line in lines:
+                        match = _CONNECTOR_RE.search(line) if line else None
+                        if match is not None:
+                            with contextlib.suppress(ValueError):
+                                names.add(json.loads(match.group(1)))
         ensure_private_dir(self._index_file.path.parent)
-        lines = [_dumps({"schema": SCHEMA_VERSION})]
-        lines += [_dumps({"connector": n}) for n in sorted(names) if isinstance(n, str)]
-        atomic_write_lines(self._index_file.path, lines)
+        index = [_dumps({"schema": SCHEMA_VERSION})]
+        index += [_dumps({"connector": n}) for n in sorted(names) if isinstance(n, str)]
+        atomic_write_lines(self._index_file.path, index)
 
     def read_calls(
         self, *, since: float, until: float | None = None, connector: str | None = None
@@ -467,7 +545,7 @@ class JsonlStore:
         """Records in ``[since, until)``: bisect to the window, then read only it."""
         path = self._metrics.path
         try:
-            handle = open(path, "rb")  # noqa: SIM115 - closed below; kept open across the search
+            handle = self._metrics.open_for_reading()
         except FileNotFoundError:
             return []
         except OSError as exc:
@@ -476,28 +554,10 @@ class JsonlStore:
         bad = 0
         with handle:
             size = os.fstat(handle.fileno()).st_size
-            handle.seek(_window_start(handle, size, since - ORDER_SLACK_S))
-            data = handle.read(size - handle.tell())
-        end = data.rfind(b"\n") + 1
-        late = 0
-        for line in data[:end].splitlines():
-            if not line.strip():
-                continue
-            try:
-                record = CallRecord.from_json(json.loads(line))
-            except PARSE_ERRORS:
-                bad += 1
-                continue
-            if record.ts < since:
-                continue
-            if until is not None and record.ts >= until:
-                late += 1
-                # Past the window by more than the ordering slack: nothing later belongs.
-                if record.ts >= until + ORDER_SLACK_S:
-                    break
-                continue
-            if connector is None or record.connector == connector:
-                out.append(record)
+            start = _window_start(handle, size, since - ORDER_SLACK_S)
+            bad = _window_records(
+                handle, (start, size), since=since, until=until, connector=connector, out=out
+            )
         if bad:
             self._metrics.stats.skipped_lines += bad
             logger.warning("skipped %d unreadable line(s) in %s", bad, path)
@@ -514,41 +574,18 @@ class JsonlStore:
         """Rows of the tier of ``resolution`` starting in ``[since, until)``, read by chunks."""
         file = self._tiers[aggregate_tier(resolution)]
         try:
-            handle = open(file.path, "rb")  # noqa: SIM115 - closed below
+            handle = file.open_for_reading()
         except FileNotFoundError:
             return []
         except OSError as exc:
             raise StoreError(f"cannot read {file.path}: {exc}") from exc
         out: list[CallAggregate] = []
-        bad = 0
-        stop = None if until is None else until + ORDER_SLACK_S
         with handle:
             size = os.fstat(handle.fileno()).st_size
-            handle.seek(_window_start(handle, size, since - ORDER_SLACK_S))
-            carry = b""
-            done = False
-            while not done:
-                chunk = handle.read(_CHUNK_BYTES)
-                if not chunk:
-                    break
-                data = carry + chunk
-                end = data.rfind(b"\n") + 1
-                carry = data[end:]
-                for line in data[:end].splitlines():
-                    if not line.strip():
-                        continue
-                    try:
-                        row = CallAggregate.from_json(json.loads(line))
-                    except PARSE_ERRORS:
-                        bad += 1
-                        continue
-                    if stop is not None and row.ts >= stop:
-                        done = True  # past the window by more than the ordering slack
-                        break
-                    if row.ts < since or (until is not None and row.ts >= until):
-                        continue
-                    if connector is None or row.connector == connector:
-                        out.append(row)
+            start = _window_start(handle, size, since - ORDER_SLACK_S)
+            bad = _window_rows(
+                handle, (start, size), since=since, until=until, connector=connector, out=out
+            )
         if bad:
             file.stats.skipped_lines += bad
             logger.warning("skipped %d unreadable line(s) in %s", bad, file.path)
@@ -570,10 +607,10 @@ class JsonlStore:
         with self._metrics.locked():
             tally = {"metrics_kept": 0, "metrics_dropped": 0}
             if self._metrics.path.exists():
-                atomic_write_lines(self._metrics.path, _retained(self._metrics.path, cutoff, tally))
+                atomic_write_lines(self._metrics.path, _retained(self._metrics, cutoff, tally))
             for tier in self._tiers.values():
                 if tier.path.exists():
-                    atomic_write_lines(tier.path, _retained_rows(tier.path, cutoff, tally))
+                    atomic_write_lines(tier.path, _retained_rows(tier, cutoff, tally))
             self._build_index()  # connectors whose metrics are all gone leave it
             counts.update(tally)
         for kind, file, reader in (
@@ -593,37 +630,157 @@ class JsonlStore:
     def close(self) -> None:
         """Nothing stays open between calls."""
 
+    # Load control -------------------------------------------------------
 
-def _retained(path: Path, cutoff: float, tally: dict[str, int]) -> Iterator[bytes]:
+    def _limit_step(self, key: str, step: limit_state.Step[T]) -> T:
+        """Run one load-control step on ``key`` with the state file locked.
+
+        The file holds seconds-old counters, not history: it is replaced
+        whole (temp file, rename) without an fsync, since losing it in a crash
+        costs a few seconds of budget, and an unreadable one starts afresh.
+        """
+        file = self._limits_file
+        with file.locked():
+            try:
+                states = _read_limit_states(file)
+            except OSError as exc:
+                raise StoreError(f"cannot read {file.path}: {exc}") from exc
+            new_state, answer = step(states.get(key), _clock.wall())
+            states[key] = new_state
+            try:
+                atomic_write_lines(file.path, [_ENCODER.encode(states).encode()], durable=False)
+            except OSError as exc:
+                raise StoreError(f"cannot write {file.path}: {exc}") from exc
+        return answer
+
+
+def _read_limit_states(file: _LockedFile) -> dict[str, Any]:
+    """The load-control states in the file; an empty mapping if absent or unreadable."""
+    try:
+        with file.open_for_reading() as handle:
+            data = handle.read(MAX_LINE_BYTES + 1)
+    except FileNotFoundError:
+        return {}
+    try:
+        states = json.loads(data)
+    except ValueError:  # also a file past the bound, cut short: a few seconds of counters
+        logger.warning("%s is unreadable; load-control counters start afresh", file.path)
+        return {}
+    return states if isinstance(states, dict) else {}
+
+
+def _retained(file: _LockedFile, cutoff: float, tally: dict[str, int]) -> Iterator[bytes]:
     """Stream the metrics still inside the retention, normalised; count the rest."""
-    with open(path, "rb") as handle:
-        for line in handle:
+    with file.open_for_reading() as handle:
+        size = os.fstat(handle.fileno()).st_size
+        for lines, _offset in read_lines(handle, 0, size):
+            for line in lines:
+                if line is not None and not line.strip():
+                    continue
+                try:
+                    if line is None:
+                        raise ValueError("line too long")
+                    record = CallRecord.from_json(json.loads(line))
+                except PARSE_ERRORS:
+                    tally["metrics_dropped"] += 1
+                    continue
+                if record.ts < cutoff:
+                    tally["metrics_dropped"] += 1
+                    continue
+                tally["metrics_kept"] += 1
+                yield _dumps(record.to_json())
+
+
+def _window_records(
+    handle: IO[bytes],
+    span: tuple[int, int],
+    *,
+    since: float,
+    until: float | None,
+    connector: str | None,
+    out: list[CallRecord],
+) -> int:
+    """Append the records in ``[since, until)`` found in ``span`` to ``out``; count the bad."""
+    start, size = span
+    bad = 0
+    for lines, _offset in read_lines(handle, start, size):
+        for line in lines:
+            if line is None:
+                bad += 1  # longer than MAX_LINE_BYTES
+                continue
+            if not line.strip():
+                continue
             try:
                 record = CallRecord.from_json(json.loads(line))
             except PARSE_ERRORS:
-                tally["metrics_dropped"] += 1
+                bad += 1
                 continue
-            if record.ts < cutoff:
-                tally["metrics_dropped"] += 1
+            if record.ts < since:
                 continue
-            tally["metrics_kept"] += 1
-            yield _dumps(record.to_json())
+            if until is not None and record.ts >= until:
+                # Past the window by more than the ordering slack: nothing later belongs.
+                if record.ts >= until + ORDER_SLACK_S:
+                    return bad
+                continue
+            if connector is None or record.connector == connector:
+                out.append(record)
+    return bad
 
 
-def _retained_rows(path: Path, cutoff: float, tally: dict[str, int]) -> Iterator[bytes]:
+def _retained_rows(file: _LockedFile, cutoff: float, tally: dict[str, int]) -> Iterator[bytes]:
     """Stream the aggregated rows still inside the retention; count the rest."""
-    with open(path, "rb") as handle:
-        for line in handle:
+    with file.open_for_reading() as handle:
+        size = os.fstat(handle.fileno()).st_size
+        for lines, _offset in read_lines(handle, 0, size):
+            for line in lines:
+                if line is not None and not line.strip():
+                    continue
+                try:
+                    if line is None:
+                        raise ValueError("line too long")
+                    row = CallAggregate.from_json(json.loads(line))
+                except PARSE_ERRORS:
+                    tally["metrics_dropped"] += 1
+                    continue
+                if row.ts + row.resolution <= cutoff:
+                    tally["metrics_dropped"] += 1
+                    continue
+                tally["metrics_kept"] += 1
+                yield _dumps(row.to_json())
+
+
+def _window_rows(
+    handle: IO[bytes],
+    span: tuple[int, int],
+    *,
+    since: float,
+    until: float | None,
+    connector: str | None,
+    out: list[CallAggregate],
+) -> int:
+    """Append the aggregated rows starting in ``[since, until)`` in ``span``; count the bad."""
+    start, size = span
+    stop = None if until is None else until + ORDER_SLACK_S
+    bad = 0
+    for lines, _offset in read_lines(handle, start, size):
+        for line in lines:
+            if line is None:
+                bad += 1  # longer than MAX_LINE_BYTES
+                continue
+            if not line.strip():
+                continue
             try:
                 row = CallAggregate.from_json(json.loads(line))
             except PARSE_ERRORS:
-                tally["metrics_dropped"] += 1
+                bad += 1
                 continue
-            if row.ts + row.resolution <= cutoff:
-                tally["metrics_dropped"] += 1
+            if stop is not None and row.ts >= stop:
+                return bad  # past the window by more than the ordering slack
+            if row.ts < since or (until is not None and row.ts >= until):
                 continue
-            tally["metrics_kept"] += 1
-            yield _dumps(row.to_json())
+            if connector is None or row.connector == connector:
+                out.append(row)
+    return bad
 
 
 def _as_json(value: Any) -> dict[str, Any]:
@@ -680,13 +837,16 @@ def _window_start(handle: IO[bytes], size: int, target: float) -> int:
     while hi - lo > _SCAN_BYTES:
         mid = (lo + hi) // 2
         handle.seek(mid)
-        handle.readline()
+        skip_line(handle)
         ts: float | None = None
         start = handle.tell()
         while start < hi:
-            line = handle.readline()
+            # Only the line's start: a huge line is stepped over, never read whole.
+            line = handle.readline(_TS_PREFIX_BYTES)
             if not line:
                 break
+            if not line.endswith(b"\n"):
+                skip_line(handle)
             ts = _line_ts(line)
             if ts is not None:
                 break

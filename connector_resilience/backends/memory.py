@@ -10,7 +10,7 @@ import contextlib
 import copy
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from connector_resilience import _clock
 from connector_resilience.backends import (
@@ -20,11 +20,14 @@ from connector_resilience.backends import (
     aggregate_tier,
     filter_window,
 )
+from connector_resilience.backends import _limit_state as limit_state
 
 __all__ = ["MemoryStore"]
 
+T = TypeVar("T")
 
-class MemoryStore:
+
+class MemoryStore(limit_state.LimitSteps):
     """A store held in dictionaries behind one lock.
 
     Args:
@@ -47,6 +50,7 @@ class MemoryStore:
         self._aggregates: dict[float, tuple[list[float], list[CallAggregate]]] = {}
         # The connectors index: every name metrics were written for.
         self._metric_names: set[str] = set()
+        self._limits: dict[str, dict[str, Any]] = {}
 
     def __repr__(self) -> str:
         return f"MemoryStore({self.url!r})"
@@ -207,6 +211,15 @@ class MemoryStore:
 
     def close(self) -> None:
         """Nothing to release."""
+
+    # Load control -------------------------------------------------------
+
+    def _limit_step(self, key: str, step: limit_state.Step[T]) -> T:
+        """Run one load-control step on ``key`` under the store's lock."""
+        with self._lock:
+            state, answer = step(self._limits.get(key), _clock.wall())
+            self._limits[key] = state
+        return answer
 
 
 def _insert_sorted(stamps: list[float], kept: list[Any], items: Sequence[Any]) -> None:

@@ -87,6 +87,7 @@ class _Entry:
         "labels",
         "last_ts",
         "operation",
+        "retried",
         "status",
     )
 
@@ -103,6 +104,7 @@ class _Entry:
         self.labels = dict(labels) if labels else None
         self.attempts = 0
         self.finals = 0
+        self.retried = 0
         self.dropped = 0
         self.last_ts = 0.0
         self.counts: Counter[int] = Counter()
@@ -111,6 +113,7 @@ class _Entry:
     def merge(self, other: _Entry) -> None:
         self.attempts += other.attempts
         self.finals += other.finals
+        self.retried += other.retried
         self.dropped += other.dropped
         self.last_ts = max(self.last_ts, other.last_ts)
         self.counts.update(other.counts)
@@ -133,6 +136,7 @@ class _Entry:
             errors=dict(self.errors) if self.errors else None,
             labels=self.labels,
             dropped=self.dropped,
+            retried=self.retried,
         )
 
 
@@ -222,7 +226,7 @@ class Aggregator:
         # Rows of one engine share their labels dict, so this is one lookup a row.
         slots: dict[tuple[str, str, str, int], tuple[_Entry, list[float]]] = {}
         get = slots.get
-        for ts, connector, operation, duration_ms, status, error, _, final, labels in batch:
+        for ts, connector, operation, duration_ms, status, error, attempt, final, labels in batch:
             local = (connector, operation, status, id(labels))  # alive: the batch holds it
             slot = get(local)
             if slot is None:
@@ -238,6 +242,8 @@ class Aggregator:
             entry.attempts += 1
             if final:
                 entry.finals += 1
+                if attempt > 1:
+                    entry.retried += 1
             if status == "error":
                 if entry.errors is None:
                     entry.errors = Counter()
@@ -252,10 +258,16 @@ class Aggregator:
         connector: str,
         operation: str,
         labels: Mapping[str, str] | None,
+        *,
         count: int,
         ts: float,
+        why: str,
     ) -> None:
-        """Calls an open circuit refused (no attempt, no duration)."""
+        """Refusals of one kind (no attempt, no duration), counted by kind in ``errors``.
+
+        ``why`` is a ``rejected`` record's ``error``: the guard that refused
+        the calls, or a note in :data:`~connector_resilience.backends.CALL_NOTES`.
+        """
         self._roll_to(ts)
         key = (connector, operation, "rejected", _frozen(labels))
         entry = self._entry(self._tiers[0], key, labels)
@@ -263,7 +275,7 @@ class Aggregator:
         entry.finals += count
         if entry.errors is None:
             entry.errors = Counter()
-        entry.errors["CircuitOpenError"] += count
+        entry.errors[why] += count
         entry.last_ts = max(entry.last_ts, ts)
 
     def add_dropped(self, connector: str, operation: str, count: int, ts: float) -> None:

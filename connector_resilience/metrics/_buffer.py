@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from itertools import islice, repeat
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from connector_resilience import _clock
 from connector_resilience._faults import FaultLog
@@ -57,7 +57,9 @@ class MetricsBuffer:
     could not keep up) the oldest are dropped; past ``max_pending`` rows
     waiting for an unreachable store, the oldest are dropped. Both are counted
     in ``dropped``, logged once per burst, and written on the next rows of
-    their connector so that :func:`summarize` reports them.
+    their connector so that :func:`summarize` reports them. A record or row
+    the store cannot hold at all is left out of its batch (the rest is
+    written) and counted in ``unwritable``.
     """
 
     def __init__(
@@ -80,8 +82,8 @@ class MetricsBuffer:
         hard = 2 * pending_max
         self.rows: collections.deque[MetricRow] = collections.deque(maxlen=hard)
         self.successes: collections.deque[SuccessRow] = collections.deque(maxlen=hard)
-        # (connector, operation, labels) per refused call; counted at flush.
-        self.rejections: collections.deque[tuple[str, str, Mapping[str, str] | None]] = (
+        # (connector, operation, labels, why) per refused call; counted at flush.
+        self.rejections: collections.deque[tuple[str, str, Mapping[str, str] | None, str]] = (
             collections.deque(maxlen=hard)
         )
         aggregates = mode == "aggregated" and isinstance(store, AggregateStore)
@@ -97,6 +99,8 @@ class MetricsBuffer:
         )
         #: Attempts measured but not kept (full buffer, store down too long).
         self.dropped = 0
+        #: Records or rows the store cannot hold at all (left out of their batch).
+        self.unwritable = 0
         #: Attempts (or raw records) the store took.
         self.written = 0
         self._dropping = False
@@ -196,22 +200,32 @@ class MetricsBuffer:
         rejected = self._count_rejections()
         if not (successes or rows or rejected):
             return False
+        aggregator = self.aggregator
+        if aggregator is None:
+            # Raw: observers hear of these once the store took them (_write_raw).
+            self._retry.extend(_success_record(r, offset) for r in successes)
+            self._retry.extend(CallRecord(*row) for row in rows)
+            self._retry.extend(rejected)
+            return True
         if _observers:
+            # Aggregated: observers (the exporters) count every attempt exactly,
+            # from the records as they are folded into rows.
             _notify(
                 [_success_record(r, offset) for r in successes]
                 + [CallRecord(*row) for row in rows]
                 + rejected
             )
-        aggregator = self.aggregator
-        if aggregator is None:
-            self._retry.extend(_success_record(r, offset) for r in successes)
-            self._retry.extend(CallRecord(*row) for row in rows)
-            self._retry.extend(rejected)
-            return True
         aggregator.add_successes(successes, offset)
         aggregator.add_rows(rows)
         for r in rejected:
-            aggregator.add_rejections(r.connector, r.operation, r.labels, r.calls, r.ts)
+            aggregator.add_rejections(
+                r.connector,
+                r.operation,
+                r.labels,
+                count=r.calls,
+                ts=r.ts,
+                why=r.error or "CircuitOpenError",
+            )
         return True
 
     def _take(self, pending: collections.deque[Any], key: Callable[[Any], tuple[str, str]]) -> Any:
@@ -249,27 +263,40 @@ class MetricsBuffer:
             for (connector, operation), n in counts.items():
                 self.aggregator.add_dropped(connector, operation, n, now)
 
+    def _note_refused(self, refused: Sequence[CallRecord | CallAggregate]) -> None:
+        if not self.unwritable:
+            logger.warning(
+                "store %s cannot hold %d metric record(s) (the first: connector %a, "
+                "operation %a); the rest of the batch was written. Such records are "
+                "counted in MetricsBuffer.unwritable and not logged again",
+                self._faults.url,
+                len(refused),
+                refused[0].connector,
+                refused[0].operation,
+            )
+        self.unwritable += len(refused)
+
     def _count_rejections(self) -> list[CallRecord]:
-        """One ``rejected`` record per (connector, operation, labels), with its count."""
-        counts: dict[tuple[str, str, int], list[Any]] = {}
+        """One ``rejected`` record per (connector, operation, labels, why), with its count."""
+        counts: dict[tuple[str, str, int, str], list[Any]] = {}
         pop = self.rejections.popleft
         try:
             while True:
-                connector, operation, labels = pop()
-                key = (connector, operation, id(labels))
+                connector, operation, labels, why = pop()
+                key = (connector, operation, id(labels), why)
                 entry = counts.get(key)
                 if entry is None:
-                    counts[key] = [connector, operation, labels, 1]
+                    counts[key] = [connector, operation, labels, why, 1]
                 else:
-                    entry[3] += 1
+                    entry[4] += 1
         except IndexError:
             pass
         if not counts:
             return []
         now = _clock.wall()
         return [
-            CallRecord(now, c, o, 0.0, "rejected", "CircuitOpenError", 0, True, labels, n)
-            for c, o, labels, n in counts.values()
+            CallRecord(now, c, o, 0.0, "rejected", why, 0, True, labels, n)
+            for c, o, labels, why, n in counts.values()
         ]
 
     # Writing ------------------------------------------------------------
@@ -295,7 +322,7 @@ class MetricsBuffer:
             return True
         self._retry = []
         try:
-            self.store.append_calls(batch)
+            refused = _append_isolating(self.store.append_calls, batch)  # batch: what is left
         except Exception as exc:
             self._faults.fault(exc)
             excess = len(batch) - self.max_pending
@@ -306,9 +333,11 @@ class MetricsBuffer:
             self._retry = batch + self._retry
             return False
         self._faults.ok()
+        if refused:
+            self._note_refused(refused)
         self.written += len(batch)
-        if self.aggregator is None:
-            _notify(batch)
+        # Raw records, and in aggregated mode record_call's: observed once written.
+        _notify(batch)
         return True
 
     def _write_aggregates(self) -> bool:
@@ -319,7 +348,7 @@ class MetricsBuffer:
             return True
         try:
             store: Any = self.store
-            store.append_aggregates(batch)
+            refused = _append_isolating(store.append_aggregates, batch)  # batch: what is left
         except Exception as exc:
             self._faults.fault(exc)
             excess = len(batch) - self.max_pending
@@ -332,6 +361,8 @@ class MetricsBuffer:
             self._waiting = batch
             return False
         self._faults.ok()
+        if refused:
+            self._note_refused(refused)
         self.written += sum(row.attempts for row in batch)
         return True
 
@@ -387,6 +418,57 @@ def _success_record(row: SuccessRow, offset: float) -> CallRecord:
         True,
         series.labels,
     )
+
+
+_Row = TypeVar("_Row", CallRecord, CallAggregate)
+
+
+def _append_isolating(append: Callable[[list[_Row]], object], batch: list[_Row]) -> list[_Row]:
+    """Append ``batch`` (records or aggregated rows), leaving out those the store refuses.
+
+    A store refuses a record it cannot encode (a label with a lone surrogate,
+    a line too long) with ``ValueError`` or ``TypeError``, and writes nothing
+    of that batch. One such record must not fail its batch for ever: the batch
+    is halved until each refused record stands alone, and the rest is written.
+
+    Returns:
+        The refused records. ``batch`` then holds exactly what was written; if
+        a store fault is raised instead, exactly what was not written.
+    """
+    try:
+        append(batch)
+    except (ValueError, TypeError):
+        pass
+    else:
+        return []
+    written: list[_Row] = []
+    refused: list[_Row] = [] if len(batch) > 1 else batch[:]
+    parts: list[list[_Row]] = _halves(batch)  # a stack of parts, the earliest on top
+    while parts:
+        part = parts.pop()
+        try:
+            append(part)
+        except (ValueError, TypeError):
+            parts += _halves(part)
+            if len(part) == 1:
+                refused.extend(part)
+            continue
+        except Exception:
+            unsent = [part]
+            unsent.extend(reversed(parts))
+            batch[:] = [record for rest in unsent for record in rest]
+            raise
+        written.extend(part)
+    batch[:] = written
+    return refused
+
+
+def _halves(part: list[_Row]) -> list[list[_Row]]:
+    """``part`` split in two, the later half first (for a stack); nothing for one record."""
+    if len(part) < 2:
+        return []
+    middle = len(part) // 2
+    return [part[middle:], part[:middle]]
 
 
 _observers: list[Callable[[Sequence[CallRecord]], object]] = []

@@ -8,7 +8,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from connector_resilience.backends import CallAggregate, CallRecord
+from connector_resilience.backends import CALL_NOTES, CallAggregate, CallRecord
 from connector_resilience.metrics._histogram import LatencyHistogram
 
 
@@ -37,12 +37,17 @@ class Summary:
         attempt_errors: attempts that failed.
         attempt_error_rate: ``attempt_errors / attempts``.
         retries: ``attempts - total_calls``.
-        rejected: calls an open circuit refused (not in the counts above).
+        rejected: calls refused before they went out (not in the counts above):
+            by an open circuit, the rate limiter or the bulkhead.
         p50_ms: median attempt latency.
         p95_ms: 95th percentile attempt latency.
         p99_ms: 99th percentile attempt latency.
         errors_by_type: failed attempts per exception type name.
         last_call_at: time of the newest record, or ``None``.
+        refusals: load control's refusals by kind: ``CircuitOpenError``,
+            ``RateLimitExceededError``, ``BulkheadFullError`` (the ``rejected``
+            calls), ``RetryBudgetExhausted`` (retries refused) and
+            ``FallbackUsed`` (calls a fallback answered).
         dropped: attempts measured but not kept (a full buffer, a store down
             too long), as the writers counted them; not in the counts above.
     """
@@ -62,6 +67,7 @@ class Summary:
     p99_ms: float = 0.0
     errors_by_type: Mapping[str, int] = field(default_factory=dict)
     last_call_at: float | None = None
+    refusals: Mapping[str, int] = field(default_factory=dict)
     dropped: int = 0
 
     def as_dict(self) -> dict[str, object]:
@@ -82,6 +88,7 @@ class Summary:
             "p99_ms": self.p99_ms,
             "errors_by_type": dict(self.errors_by_type),
             "last_call_at": self.last_call_at,
+            "refusals": dict(self.refusals),
             "dropped": self.dropped,
         }
 
@@ -143,12 +150,15 @@ def summarize_rows(
     total = errors = attempts = attempt_errors = rejected = dropped = 0
     durations: list[float] = []
     by_type: collections.Counter[str] = collections.Counter()
+    refusals: collections.Counter[str] = collections.Counter()
     last: float | None = None
     for r in records:
         if last is None or r.ts > last:
             last = r.ts
         if r.status == "rejected":
-            rejected += r.calls
+            refusals[r.error or "CircuitOpenError"] += r.calls
+            if r.error not in CALL_NOTES:
+                rejected += r.calls
             continue
         attempts += 1
         durations.append(r.duration_ms)
@@ -167,7 +177,8 @@ def summarize_rows(
             last = a.last_ts
         dropped += a.dropped
         if a.status == "rejected":
-            rejected += a.attempts
+            refusals.update(a.refusals())
+            rejected += a.refused_calls()
             continue
         attempts += a.attempts
         total += a.finals
@@ -201,5 +212,6 @@ def summarize_rows(
         p99_ms=p99,
         errors_by_type=dict(by_type),
         last_call_at=last,
+        refusals=dict(refusals),
         dropped=dropped,
     )
