@@ -11,6 +11,7 @@ function or HTTP client needs for one connector, once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import math
@@ -122,6 +123,9 @@ class CallSpec:
 _NO_SPEC = CallSpec()
 #: An engine without metrics has no series (nor a ``record_success`` to use it).
 _NO_SERIES = Series("", "")
+#: Series an engine keeps for the labels of its successes (HTTP method, host,
+#: port, status): a handful in practice.
+_MAX_LABELLED_SERIES = 64
 
 
 def _with_status(labels: Mapping[str, str] | None, value: Any) -> Mapping[str, str] | None:
@@ -137,6 +141,18 @@ def _with_status(labels: Mapping[str, str] | None, value: Any) -> Mapping[str, s
 #   (_SLEEP, seconds)                   -> None
 #   (_REPORT, probe, outcome, duration, failure) -> None  (failure: exception or result name)
 _Plan = Generator[tuple[Any, ...], Any, Any]
+
+
+#: Engines with the same ``retry_on`` (nearly all: the default) share one predicate
+#: instead of a closure each.
+_cached_predicate = functools.lru_cache(maxsize=256)(exception_predicate)
+
+
+def _shared_predicate(retry_on: Any) -> Callable[[BaseException], bool]:
+    try:
+        return _cached_predicate(retry_on)
+    except TypeError:  # unhashable: a predicate of its own
+        return exception_predicate(retry_on)
 
 
 class Engine:
@@ -165,11 +181,11 @@ class Engine:
         self.deadline_s = deadline
         self.wait = options.wait if options.wait is not None else wait_backoff(policy=view)
         self.stop = options.stop
-        self.should_retry = exception_predicate(options.retry_on)
+        self.should_retry = _shared_predicate(options.retry_on)
         self.retry_result = options.retry_on_result
         self.failure_result = options.failure_result
         self.failure_on = (
-            exception_predicate(options.failure_on) if options.failure_on is not None else None
+            _shared_predicate(options.failure_on) if options.failure_on is not None else None
         )
         self.ignore = options.ignore
         self.labels = dict(options.labels) if options.labels else None
@@ -180,6 +196,7 @@ class Engine:
         #: (perf-counter times); the writer thread derives duration and time.
         self.record_success = buffer.successes.append if buffer is not None else None
         self.series = buffer.series(connector, operation, self.labels) if buffer else _NO_SERIES
+        self._by_labels: dict[int, tuple[Mapping[str, str], Series]] | None = None
         # OAUTH2_REQUIRED without tokens=: refuse to call out with no usable token.
         self.gate: Callable[[], object] | None = None
         if view.oauth.required and options.tokens is None:
@@ -210,6 +227,8 @@ class Engine:
             if self.load.admits or self.attempt_timeout_s is not None
             else None
         )
+        #: Neither admission, a token gate nor tracing: the hot path checks this alone.
+        self.direct = self.admission is None and self.gate is None and self.tracer is None
 
     # Bookkeeping ----------------------------------------------------------
 
@@ -252,10 +271,10 @@ class Engine:
         clock here.
         """
         self.budget.calls += 1
-        if labels is None:
-            record = self.record_success
-            if record is not None:
-                record((start, end, self.series))
+        record = self.record_success
+        series = self.series if labels is None else self._labelled_series(labels)
+        if record is not None and series is not None:
+            record((start, end, series))
         elif self.rows is not None:
             duration_ms = (end - start) * 1000.0
             self.rows.append(
@@ -273,6 +292,25 @@ class Engine:
             )
         breaker = self.breaker
         return breaker is not None and (probe is not None or not breaker.success_is_trivial)
+
+    def _labelled_series(self, labels: Mapping[str, str]) -> Series | None:
+        """The series of a labels mapping the caller keeps (the HTTP rules cache theirs).
+
+        Known by identity: the entry holds the mapping, so its id is not reused
+        while the entry lives. ``None`` past a bound (labels made per call):
+        such successes go as full rows.
+        """
+        known = self._by_labels
+        if known is None:
+            known = self._by_labels = {}  # only engines of labelled calls pay for it
+        entry = known.get(id(labels))
+        if entry is not None and entry[0] is labels:
+            return entry[1]
+        if self.record_success is None or len(known) >= _MAX_LABELLED_SERIES:
+            return None
+        series = Series(self.connector, self.operation, labels)
+        known[id(labels)] = (labels, series)
+        return series
 
     def rejected(self, exc: CircuitOpenError, labels: Mapping[str, str] | None = None) -> None:
         # The hot path of an open circuit: one append; the buffer counts them and

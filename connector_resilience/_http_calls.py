@@ -16,7 +16,6 @@ import logging
 import math
 import operator
 import threading
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection, MutableMapping
 from dataclasses import dataclass
@@ -278,13 +277,13 @@ class HttpCalls:
                 engine.plan(probe, None, spec), attempt, arg, {}, engine, discard=discard
             )
             return traced
-        start = time.perf_counter()
+        start = _clock.perf()
         try:
             response: R = attempt(*arg)
         except BaseException as exc:
-            first: tuple[bool, Any, float, float] = (False, exc, start, time.perf_counter())
+            first: tuple[bool, Any, float, float] = (False, exc, start, _clock.perf())
         else:
-            end = time.perf_counter()
+            end = _clock.perf()
             status = self._status(response)
             if self.rules.plainly_settles(status) or self.rules.settles(status, response.headers):
                 if engine.succeeded(
@@ -375,13 +374,13 @@ class HttpCalls:
                 engine.plan(probe, None, spec), attempt, arg, {}, engine, discard=discard
             )
             return traced
-        start = time.perf_counter()
+        start = _clock.perf()
         try:
             response: R = await attempt(*arg)
         except BaseException as exc:
-            first: tuple[bool, Any, float, float] = (False, exc, start, time.perf_counter())
+            first: tuple[bool, Any, float, float] = (False, exc, start, _clock.perf())
         else:
-            end = time.perf_counter()
+            end = _clock.perf()
             status = self._status(response)
             if self.rules.plainly_settles(status) or self.rules.settles(status, response.headers):
                 if engine.succeeded(

@@ -45,6 +45,8 @@ def redact_url(url: str) -> str:
         return url
     rest, question, query = rest.partition("?")
     netloc, slash, path = rest.partition("/")
+    if "@" not in netloc and not question:
+        return url  # nothing to hide: the same string, not a copy per breaker
     if "@" in netloc:
         creds, _, host = netloc.rpartition("@")
         user, colon, _password = creds.partition(":")

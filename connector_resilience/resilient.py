@@ -316,16 +316,21 @@ def resilient(
 def _sync_wrapper(fn: Callable[P, R], engines: _Engines, *, admit: bool = True) -> Callable[P, R]:
     clock = _clock
     # Admission (rate limiter, bulkhead) wraps the whole call, retries included:
-    # an admitted call runs this same wrapper with admission left out.
-    admitted = _sync_wrapper(fn, engines, admit=False) if admit else None
+    # an admitted call runs this same wrapper with admission left out, made on
+    # first use (most functions never admit, and a wrapper is most of a kilobyte).
+    admitted: list[Callable[P, R]] = []
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         engine = engines.fixed or engines(args)
-        if engine.admission is not None and admitted is not None:
-            return engine.admission.call(admitted, *args, **kwargs)
-        if engine.gate is not None:
-            engine.gate()
+        direct = engine.direct
+        if not direct:
+            if engine.admission is not None and admit:
+                if not admitted:
+                    admitted.append(_sync_wrapper(fn, engines, admit=False))
+                return engine.admission.call(admitted[0], *args, **kwargs)
+            if engine.gate is not None:
+                engine.gate()
         breaker = engine.breaker
         probe = None
         # One clock read admits the call and starts its timing (see _clock).
@@ -342,7 +347,7 @@ def _sync_wrapper(fn: Callable[P, R], engines: _Engines, *, admit: bool = True) 
                 engine.rejected(exc)
                 raise
             start = perf()  # the admission may have read the store: not the call's time
-        if engine.tracer is not None:  # traced: every attempt runs from the plan, in its span
+        if not direct and engine.tracer is not None:  # traced: each attempt in its span
             return cast(R, run_sync(engine.plan(probe), fn, args, kwargs, engine))
         try:
             result = fn(*args, **kwargs)
@@ -353,8 +358,12 @@ def _sync_wrapper(fn: Callable[P, R], engines: _Engines, *, admit: bool = True) 
         if engine.retry_result is not None and engine.retry_result(result):
             plan = engine.plan(probe, (True, result, start, end))
             return cast(R, run_sync(plan, fn, args, kwargs, engine))
-        if engine.succeeded(start, end, probe):
-            assert breaker is not None
+        # Engine.succeeded, inlined: the hot path of every call.
+        engine.budget.calls += 1
+        record = engine.record_success
+        if record is not None:
+            record((start, end, engine.series))
+        if breaker is not None and (probe is not None or not breaker.success_is_trivial):
             breaker.report(probe, "success", duration_ms=(end - start) * 1000.0)
         return result
 
@@ -367,7 +376,8 @@ def _async_wrapper(
     clock = _clock
     # Admitted calls (and calls with a per-attempt timeout) run this wrapper again,
     # each attempt cut short by the engine's timeout: the hot path pays for neither.
-    admitted = _async_wrapper(_timed(fn, engines), engines, admit=False) if admit else None
+    # That wrapper is made on first use (most functions never need it).
+    admitted: list[Callable[P, Awaitable[R]]] = []
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -376,10 +386,14 @@ def _async_wrapper(
         engine = engines.fixed or engines.built(args)
         if engine is None:
             engine = await asyncio.to_thread(engines, args)
-        if engine.admission is not None and admitted is not None:
-            return await engine.admission.acall(admitted, *args, **kwargs)
-        if engine.gate is not None:
-            await asyncio.to_thread(engine.gate)  # a store read, maybe over the network
+        direct = engine.direct
+        if not direct:
+            if engine.admission is not None and admit:
+                if not admitted:
+                    admitted.append(_async_wrapper(_timed(fn, engines), engines, admit=False))
+                return await engine.admission.acall(admitted[0], *args, **kwargs)
+            if engine.gate is not None:
+                await asyncio.to_thread(engine.gate)  # a store read, maybe over the network
         breaker = engine.breaker
         probe = None
         # One clock read admits the call and starts its timing (see _clock).
@@ -396,7 +410,7 @@ def _async_wrapper(
                 engine.rejected(exc)
                 raise
             start = perf()  # the admission may have read the store: not the call's time
-        if engine.tracer is not None:  # traced: every attempt runs from the plan, in its span
+        if not direct and engine.tracer is not None:  # traced: each attempt in its span
             return cast(R, await run_async(engine.plan(probe), fn, args, kwargs, engine))
         try:
             result = await fn(*args, **kwargs)
@@ -407,8 +421,12 @@ def _async_wrapper(
         if engine.retry_result is not None and engine.retry_result(result):
             plan = engine.plan(probe, (True, result, start, end))
             return cast(R, await run_async(plan, fn, args, kwargs, engine))
-        if engine.succeeded(start, end, probe):
-            assert breaker is not None
+        # Engine.succeeded, inlined: the hot path of every call.
+        engine.budget.calls += 1
+        record = engine.record_success
+        if record is not None:
+            record((start, end, engine.series))
+        if breaker is not None and (probe is not None or not breaker.success_is_trivial):
             await breaker.areport(probe, "success", duration_ms=(end - start) * 1000.0)
         return result
 

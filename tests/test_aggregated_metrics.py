@@ -287,6 +287,21 @@ def test_observers_still_see_every_attempt_before_aggregation() -> None:
     assert all(r.duration_ms >= 0 for r in mine)
 
 
+def test_a_closed_interval_is_written_without_waiting_for_the_flush_timer() -> None:
+    store = MemoryStore("memory://closed-interval")
+    buffer = MetricsBuffer(store, flush_interval_s=3600, max_pending=1000, interval_s=0.5)
+    series = Series("api", "get")
+    with testing.FakeClock(start=T0 + 0.1) as clock:
+        start = _clock.perf()
+        buffer.successes.append((start, start + 0.001, series))
+        buffer.tick()  # the interval is open: nothing to write, and the timer is far off
+        assert store.read_aggregates(resolution=1, since=0) == []
+        clock.advance(0.5)
+        buffer.tick()  # it ended: written now, not an hour later
+    (row,) = store.read_aggregates(resolution=1, since=0)
+    assert (row.ts, row.resolution, row.attempts) == (T0, 0.5, 1)
+
+
 # Bounded memory --------------------------------------------------------------------
 
 
@@ -505,6 +520,32 @@ def test_importing_the_package_imports_nothing_heavy() -> None:
     import importlib.metadata
 
     assert out[1] == importlib.metadata.version("connector-resilience")
+
+
+def test_cli_help_imports_neither_settings_nor_stores() -> None:
+    code = (
+        "import runpy, sys\n"
+        "sys.argv = ['connector-resilience', '--help']\n"
+        "try:\n"
+        "    runpy.run_module('connector_resilience.cli', run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = ('pydantic', 'connector_resilience.policy', 'connector_resilience.backends')\n"
+        "print(sorted(m for m in heavy if m in sys.modules), file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert "exit codes:" in done.stdout
+    assert done.stderr.strip() == "[]"
+
+
+def test_the_cli_still_names_a_bad_setting() -> None:
+    from tests._ops import run_cli
+
+    result = run_cli("--store", "memory://", "health", CONNECTOR_METRICS_FLUSH_S="abc")
+    assert result.returncode == 3
+    assert "invalid settings: store.CONNECTOR_METRICS_FLUSH_S" in result.stderr
 
 
 def test_public_names_still_resolve_and_resilient_is_the_decorator() -> None:

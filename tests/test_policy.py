@@ -79,7 +79,7 @@ EXTRA_TABLE: list[tuple[str, str, str, object]] = [
     ("CONNECTOR_METRICS_FLUSH_S", "store", "flush_interval_s", 0.5),
     ("CONNECTOR_METRICS_BUFFER_MAX", "store", "buffer_max", 50_000),
     ("CONNECTOR_METRICS_MODE", "store", "metrics_mode", "aggregated"),
-    ("CONNECTOR_METRICS_INTERVAL_S", "store", "metrics_interval_s", 1.0),
+    ("CONNECTOR_METRICS_INTERVAL_S", "store", "metrics_interval_s", 0.5),
     ("CONNECTOR_METRICS_MAX_KEYS", "store", "metrics_max_keys", 1000),
     ("CONNECTOR_METRICS_PENDING_MAX", "store", "metrics_pending_max", 100_000),
     ("RETRY_BUDGET_RATIO", "limits", "budget_ratio", 0.2),

@@ -13,7 +13,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
-from connector_resilience.backends import Store, open_store, redact_url, store_for_policy
+from connector_resilience.backends import Store, open_store, store_for_policy
+from connector_resilience.cli._basics import (
+    EXIT_DEGRADED,
+    EXIT_DOWN,
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliError,
+    scrub,
+)
 from connector_resilience.metrics import HealthStatus
 from connector_resilience.metrics.overview import describe_store
 from connector_resilience.policy import Policy, current_policy
@@ -39,15 +48,6 @@ __all__ = [
     "table",
 ]
 
-EXIT_OK = 0
-EXIT_DEGRADED = 1
-EXIT_DOWN = 2
-#: The command could not do its job: unreadable or unreachable store, unknown
-#: scheme or connector, invalid settings. Distinct from every verdict.
-EXIT_ERROR = 3
-#: The command line itself was wrong (argparse's own errors).
-EXIT_USAGE = 4
-
 _EXIT_FOR_STATUS = {
     HealthStatus.HEALTHY: EXIT_OK,
     HealthStatus.DEGRADED: EXIT_DEGRADED,
@@ -58,29 +58,6 @@ _EXIT_FOR_STATUS = {
 def exit_code_for(status: HealthStatus) -> int:
     """0 healthy, 1 degraded, 2 down."""
     return _EXIT_FOR_STATUS[status]
-
-
-class CliError(Exception):
-    """A failure to report on stderr, without a traceback, with an exit code."""
-
-    def __init__(self, message: str, *, code: int = EXIT_ERROR) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def scrub(message: str, url: str | None) -> str:
-    """``message`` with ``url`` (and its password, if any) redacted."""
-    if not url:
-        return message
-    redacted = redact_url(url)
-    message = message.replace(url, redacted)
-    netloc = url.partition("://")[2].partition("/")[0]
-    if "@" in netloc:
-        credentials = netloc.rpartition("@")[0]
-        secret = credentials.partition(":")[2] or credentials
-        if secret:
-            message = message.replace(secret, "***")
-    return message
 
 
 class Context:
@@ -148,17 +125,6 @@ def _must_exist(store: Store) -> None:
         folder = Path(store.paths["metrics"]).parent
         if not folder.is_dir():
             raise CliError(f"no JSONL store at {folder}: the folder does not exist")
-
-
-def positive_seconds(text: str) -> float:
-    """argparse type: a number of seconds > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0: {text!r}")
-    return value
 
 
 # Output -----------------------------------------------------------------------

@@ -15,10 +15,8 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import NoReturn, TextIO
 
-from pydantic import ValidationError
-
 from connector_resilience import __version__
-from connector_resilience.cli._common import (
+from connector_resilience.cli._basics import (
     EXIT_DEGRADED,
     EXIT_DOWN,
     EXIT_ERROR,
@@ -264,21 +262,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.handler(args, sys.stdout)
     except CliError as exc:
         return _fail(str(exc), url, exc.code)
-    except ValidationError as exc:
-        problems = "; ".join(f"{_where(e['loc'])}: {e['msg']}" for e in exc.errors())
-        return _fail(f"invalid settings: {problems}", url, EXIT_ERROR)
     except (ResilienceError, OSError) as exc:
         # StoreError, ConfigurationError (unknown scheme, missing extra), I/O.
         return _fail(str(exc) or type(exc).__name__, url, EXIT_ERROR)
     except KeyboardInterrupt:
         return 130
-    except Exception:
+    except Exception as exc:
+        problems = _invalid_settings(exc)
+        if problems is not None:
+            return _fail(f"invalid settings: {problems}", url, EXIT_ERROR)
         # A bug, so the traceback is worth showing; but exit 1 would read as
         # "degraded" to a probe, so the code is the error code.
         _fail("unexpected error (please report it):", url, EXIT_ERROR)
         sys.stderr.write(scrub(traceback.format_exc(), url))
         return EXIT_ERROR
     return code
+
+
+def _invalid_settings(exc: Exception) -> str | None:
+    """What is wrong, if ``exc`` is pydantic's ``ValidationError`` of the settings.
+
+    pydantic is imported with the first Policy: if it is not loaded, no
+    settings were read, and ``--help`` need not pay for importing it.
+    """
+    pydantic = sys.modules.get("pydantic")
+    if pydantic is None or not isinstance(exc, pydantic.ValidationError):
+        return None
+    return "; ".join(f"{_where(e['loc'])}: {e['msg']}" for e in exc.errors())
 
 
 def _where(loc: tuple[int | str, ...]) -> str:

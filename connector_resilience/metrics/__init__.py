@@ -2,7 +2,7 @@
 
 Decorated calls and the HTTP adapters buffer one entry per attempt in memory;
 a background thread folds them into one row per (connector, operation,
-status, labels) per interval (``CONNECTOR_METRICS_INTERVAL_S``, 1 s), with
+status, labels) per interval (``CONNECTOR_METRICS_INTERVAL_S``, 0.5 s), with
 counts, errors by type and a latency histogram whose percentiles are within 1%
 of the exact ones, and writes the rows every ``CONNECTOR_METRICS_FLUSH_S``.
 Rows are also made per minute and per hour, so a summary of a long window

@@ -4,7 +4,7 @@ The writer thread feeds the buffered attempts of decorated calls in here. Per
 (connector, operation, status, labels) it counts attempts, final attempts,
 errors by type and a latency histogram, and when an interval ends it hands
 back one :class:`CallAggregate` per key. Rows are made at three resolutions at
-once: the fine interval (``CONNECTOR_METRICS_INTERVAL_S``, 1 s by default), the
+once: the fine interval (``CONNECTOR_METRICS_INTERVAL_S``, 0.5 s by default), the
 minute and the hour; a closed fine interval is merged into the minute, a
 closed minute into the hour. A summary of a long window then reads hour rows
 for the whole hours in it, minute rows and fine rows only at its edges.

@@ -69,7 +69,7 @@ class MetricsBuffer:
         flush_interval_s: float,
         max_pending: int,
         mode: MetricsMode = "aggregated",
-        interval_s: float = 1.0,
+        interval_s: float = 0.5,
         max_keys: int = 1000,
         pending_max: int = 100_000,
     ) -> None:
@@ -150,9 +150,13 @@ class MetricsBuffer:
         """
         with self._flush_lock:
             busy = self._drain()
+            closed = False
             if self.aggregator is not None:
                 self.aggregator.roll(_clock.wall())
-            if time.monotonic() - self._last_write >= self.flush_interval_s:
+                closed = bool(self.aggregator.closed)
+            # A closed interval is written at once (waiting for the flush timer
+            # could hold it back nearly a whole flush interval more).
+            if closed or time.monotonic() - self._last_write >= self.flush_interval_s:
                 self._write()
             return busy
 
