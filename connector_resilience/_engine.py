@@ -32,11 +32,18 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CallSpec",
+    "CallStats",
     "Engine",
     "EngineOptions",
     "ExceptionMatcher",
     "RetryEvent",
+    "Target",
+    "aact",
+    "aadmit",
+    "act",
+    "admit",
     "build_engine",
+    "is_call",
     "run_async",
     "run_sync",
 ]
@@ -104,6 +111,29 @@ class CallSpec:
 
 
 _NO_SPEC = CallSpec()
+
+#: What a call runs: the user's function and its arguments (tenacity's
+#: ``RetryCallState.fn``, ``args`` and ``kwargs``).
+Target = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
+
+class CallStats:
+    """One call's progress as the plan sees it, for a decorated function's ``statistics``.
+
+    Attributes:
+        attempts: attempts made so far, the running one included.
+        waited_s: seconds slept between attempts so far.
+        outcome: ``"running"``, ``"success"``, ``"failure"`` or ``"rejected"``.
+        error: the last failed attempt's error name (an exception type, ``HTTP 503``).
+    """
+
+    __slots__ = ("attempts", "error", "outcome", "waited_s")
+
+    def __init__(self, outcome: str = "running", error: str | None = None) -> None:
+        self.attempts = 0 if outcome == "rejected" else 1
+        self.waited_s = 0.0
+        self.outcome = outcome
+        self.error = error
 
 
 def _with_status(labels: Mapping[str, str] | None, value: Any) -> Mapping[str, str] | None:
@@ -242,7 +272,14 @@ class Engine:
         return "failure"
 
     def delay_s(
-        self, attempt: int, previous_s: float | None, outcome: Any, elapsed_s: float
+        self,
+        attempt: int,
+        previous_s: float | None,
+        outcome: Any,
+        elapsed_s: float,
+        *,
+        idle_s: float = 0.0,
+        target: Target | None = None,
     ) -> float:
         wait = self.wait
         if isinstance(wait, wait_backoff):
@@ -254,7 +291,10 @@ class Engine:
                 )
                 / 1000.0
             )
-        return float(wait(_tenacity_state(attempt, outcome, previous_s, elapsed_s)))
+        state = _tenacity_state(
+            attempt, outcome, previous_s, elapsed_s, idle_s=idle_s, target=target
+        )
+        return float(wait(state))
 
     # The plan ----------------------------------------------------------------
 
@@ -263,15 +303,28 @@ class Engine:
         probe: str | None,
         first: tuple[bool, Any, float, float] | None = None,
         spec: CallSpec | None = None,
+        *,
+        stats: CallStats | None = None,
+        target: Target | None = None,
     ) -> _Plan:
-        """Decide attempt by attempt; ``first`` is the first attempt's outcome if it ran."""
+        """Decide attempt by attempt; ``first`` is the first attempt's outcome if it ran.
+
+        ``stats`` is kept up to date as attempts go; ``target`` is what tenacity
+        strategies and hooks see as the call's function and arguments.
+        """
         spec = spec or _NO_SPEC
         max_attempts = spec.max_attempts if spec.max_attempts is not None else self.max_attempts
+        if _waits.attempts_cap is not None:  # testing.set_testing
+            max_attempts = _waits.attempts_cap(max_attempts)
         labels = self.labels if spec.labels is None else {**(self.labels or {}), **spec.labels}
+        before, after = self.options.before, self.options.after
         if first is None:
+            if before is not None:
+                _safely(before, _tenacity_state(1, _NO_OUTCOME, None, 0.0, target=target), "before")
             first = yield (_CALL,)
         ok, value, start, end = first
         attempt = 1
+        waited = 0.0
         began = _clock.monotonic() - (end - start)
         deadlines = [d for d in (self.deadline_s, spec.deadline_s) if d is not None]
         deadline = began + min(deadlines) if deadlines else None
@@ -284,6 +337,8 @@ class Engine:
                 retry = self.retry_result is not None and bool(self.retry_result(value))
                 failed = retry or (self.failure_result is not None and self.failure_result(value))
                 if not retry:
+                    if stats is not None:
+                        stats.outcome = "failure" if failed else "success"
                     status: CallStatus = "error" if failed else "ok"
                     self.row(
                         duration_ms,
@@ -299,17 +354,30 @@ class Engine:
                 outcome: Outcome = "failure"
             else:
                 if isinstance(value, _INTERRUPTIONS):
+                    if stats is not None:
+                        stats.outcome, stats.error = "failure", type(value).__name__
                     yield (_REPORT, probe, "ignore", duration_ms)
                     raise value
                 retry = self.should_retry(value)
                 outcome, error_name = self.classify(value), type(value).__name__
+            if after is not None:
+                elapsed = _clock.monotonic() - began
+                state = _tenacity_state(
+                    attempt, value, previous, elapsed, ok=ok, idle_s=waited, target=target
+                )
+                _safely(after, state, "after")
             delay: float | None = None
             if retry and attempt < max_attempts:
                 elapsed = _clock.monotonic() - began
-                delay = max(0.0, self.delay_s(attempt, previous, value, elapsed))
+                delay = max(
+                    0.0,
+                    self.delay_s(attempt, previous, value, elapsed, idle_s=waited, target=target),
+                )
                 past_deadline = deadline is not None and _clock.monotonic() + delay > deadline
                 stopped = self.stop is not None and self.stop(
-                    _tenacity_state(attempt, value, previous, elapsed, ok=ok)
+                    _tenacity_state(
+                        attempt, value, previous, elapsed, ok=ok, idle_s=waited, target=target
+                    )
                 )
                 refusal = spec.can_retry() if spec.can_retry is not None else None
                 if refusal is not None:
@@ -320,7 +388,11 @@ class Engine:
                     delay = None
             final = delay is None
             self.row(duration_ms, "error", error_name, attempt, final, labels=attempt_labels)
+            if stats is not None:
+                stats.error = error_name
             if final:
+                if stats is not None:
+                    stats.outcome = "failure"
                 yield (_REPORT, probe, outcome, duration_ms)
                 if ok:
                     return value
@@ -331,6 +403,15 @@ class Engine:
                 yield (_SLEEP, delay)
             attempt += 1
             previous = delay
+            waited += delay
+            if stats is not None:
+                stats.attempts, stats.waited_s = attempt, waited
+            if before is not None:
+                elapsed = _clock.monotonic() - began
+                state = _tenacity_state(
+                    attempt, _NO_OUTCOME, previous, elapsed, idle_s=waited, target=target
+                )
+                _safely(before, state, "before")
             ok, value, start, end = yield (_CALL, value if ok else None)
 
     def _announce_retry(
@@ -368,25 +449,87 @@ def _safely(hook: Callable[[Any], object], event: Any, name: str) -> None:
 
 
 _DUMMY_RETRYING = tenacity.Retrying()
+#: The outcome of an attempt that has not run yet (a ``before`` hook's state).
+_NO_OUTCOME: Final = object()
 
 
 def _tenacity_state(
-    attempt: int, outcome: Any, previous_s: float | None, elapsed_s: float, *, ok: bool = False
+    attempt: int,
+    outcome: Any,
+    previous_s: float | None,
+    elapsed_s: float,
+    *,
+    ok: bool = False,
+    idle_s: float = 0.0,
+    target: Target | None = None,
 ) -> tenacity.RetryCallState:
-    """A tenacity RetryCallState, so user-supplied tenacity wait/stop strategies work."""
-    state = tenacity.RetryCallState(_DUMMY_RETRYING, None, (), {})
+    """A tenacity RetryCallState, so user-supplied tenacity strategies and hooks work."""
+    fn, args, kwargs = target if target is not None else (None, (), {})
+    state = tenacity.RetryCallState(_DUMMY_RETRYING, fn, args, kwargs)
     state.attempt_number = attempt
-    if ok or not isinstance(outcome, BaseException):
-        state.set_result(outcome)
-    else:
-        state.set_exception((type(outcome), outcome, outcome.__traceback__))
+    now = time.monotonic()
+    state.start_time = now - elapsed_s
+    if outcome is not _NO_OUTCOME:
+        if ok or not isinstance(outcome, BaseException):
+            state.set_result(outcome)
+        else:
+            state.set_exception((type(outcome), outcome, outcome.__traceback__))
+        state.outcome_timestamp = now
     state.upcoming_sleep = previous_s or 0.0
-    state.start_time = time.monotonic() - elapsed_s
-    state.outcome_timestamp = time.monotonic()
+    state.idle_for = idle_s
     return state
 
 
 # Drivers ------------------------------------------------------------------------
+
+
+def admit(engine: Engine) -> str | None:
+    """The breaker's admission for one call (a probe id, or ``None``); raises if refused."""
+    if engine.gate is not None:
+        engine.gate()
+    breaker = engine.breaker
+    if breaker is None:
+        return None
+    try:
+        return breaker.acquire()
+    except CircuitOpenError as exc:
+        engine.rejected(exc)
+        raise
+
+
+async def aadmit(engine: Engine) -> str | None:
+    """:func:`admit` without blocking the event loop on store I/O."""
+    if engine.gate is not None:
+        await asyncio.to_thread(engine.gate)  # a store read, maybe over the network
+    breaker = engine.breaker
+    if breaker is None:
+        return None
+    try:
+        return await breaker.aacquire()
+    except CircuitOpenError as exc:
+        engine.rejected(exc)
+        raise
+
+
+def act(step: tuple[Any, ...], engine: Engine) -> None:
+    """Carry out a plan step other than a call: sleep, or report to the breaker."""
+    if step[0] == _SLEEP:
+        _waits.sleep(step[1])
+    elif engine.breaker is not None:
+        engine.breaker.report(step[1], step[2], duration_ms=step[3])
+
+
+async def aact(step: tuple[Any, ...], engine: Engine) -> None:
+    """:func:`act` for the event loop."""
+    if step[0] == _SLEEP:
+        await _waits.asleep(step[1])
+    elif engine.breaker is not None:
+        await engine.breaker.areport(step[1], step[2], duration_ms=step[3])
+
+
+def is_call(step: tuple[Any, ...]) -> bool:
+    """Whether a plan step asks for an attempt."""
+    return bool(step[0] == _CALL)
 
 
 def run_sync(plan: _Plan, fn: Callable[..., Any], args: Any, kwargs: Any, engine: Engine) -> Any:
@@ -402,12 +545,8 @@ def run_sync(plan: _Plan, fn: Callable[..., Any], args: Any, kwargs: Any, engine
                     answer = (True, fn(*args, **kwargs), start, perf())
                 except BaseException as exc:
                     answer = (False, exc, start, perf())
-            elif kind == _SLEEP:
-                _waits.sleep(step[1])
-                answer = None
             else:
-                if engine.breaker is not None:
-                    engine.breaker.report(step[1], step[2], duration_ms=step[3])
+                act(step, engine)
                 answer = None
     except StopIteration as done:
         return done.value
@@ -436,12 +575,8 @@ async def run_async(
                     answer = (True, await fn(*args, **kwargs), start, perf())
                 except BaseException as exc:
                     answer = (False, exc, start, perf())
-            elif kind == _SLEEP:
-                await _waits.asleep(step[1])
-                answer = None
             else:
-                if engine.breaker is not None:
-                    await engine.breaker.areport(step[1], step[2], duration_ms=step[3])
+                await aact(step, engine)
                 answer = None
     except StopIteration as done:
         return done.value
@@ -467,6 +602,8 @@ class EngineOptions:
     on_state_change: Callable[[StateChange], object] | None
     on_reject: Callable[[CircuitOpenError], object] | None
     tokens: TokenSource | None = None
+    before: Callable[[tenacity.RetryCallState], object] | None = None
+    after: Callable[[tenacity.RetryCallState], object] | None = None
 
 
 def build_engine(

@@ -17,121 +17,146 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import threading
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, cast, overload
 
 import tenacity
 
 from connector_resilience import _clock
 from connector_resilience._engine import (
     CallSpec,
-    Engine,
+    CallStats,
     EngineOptions,
     ExceptionMatcher,
     RetryEvent,
-    build_engine,
+    aadmit,
+    admit,
     run_async,
     run_sync,
 )
+from connector_resilience._engines import (
+    FIRST_ATTEMPT,
+    ONE_ATTEMPT,
+    REJECTED,
+    SUCCEEDED,
+    EngineCache,
+    RetryStatistics,
+    forget_engines,
+)
 from connector_resilience.backends import Store
 from connector_resilience.circuit import StateChange
-from connector_resilience.errors import (
-    CircuitOpenError,
-    ConfigurationError,
-    fast_circuit_open_error,
-)
+from connector_resilience.errors import CircuitOpenError, fast_circuit_open_error
 from connector_resilience.policy import Policy
 from connector_resilience.retry import exception_predicate
 
 if TYPE_CHECKING:
     from connector_resilience.oauth2 import TokenSource
 
-__all__ = ["CallSpec", "RetryEvent", "resilient"]
+__all__ = [
+    "CallSpec",
+    "RetryEvent",
+    "RetryStatistics",
+    "engine_options",
+    "forget_engines",
+    "resilient",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
+
+Hook = Callable[[tenacity.RetryCallState], object]
+
+
+class _Decorator(Protocol):
+    """What ``@resilient(...)`` returns: it keeps static and class methods what they are."""
+
+    @overload
+    def __call__(self, fn: staticmethod[P, R], /) -> staticmethod[P, R]: ...
+    @overload
+    def __call__(self, fn: classmethod[T, P, R], /) -> classmethod[T, P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Callable[P, R]: ...
+
 
 # The decorator -----------------------------------------------------------------
 
 
-class _Engines:
-    """Resolves the engine for a call: one per connector name, built on first use."""
+def engine_options(
+    *,
+    retry_on: ExceptionMatcher = Exception,
+    retry_on_result: Callable[[Any], bool] | None = None,
+    failure_on: ExceptionMatcher | None = None,
+    ignore: tuple[type[BaseException], ...] = (),
+    max_attempts: int | None = None,
+    deadline_s: float | None = None,
+    wait: Callable[[tenacity.RetryCallState], float] | None = None,
+    stop: Callable[[tenacity.RetryCallState], bool] | None = None,
+    breaker: bool = True,
+    metrics: bool = True,
+    labels: Mapping[str, str] | None = None,
+    on_retry: Callable[[RetryEvent], object] | None = None,
+    on_state_change: Callable[[StateChange], object] | None = None,
+    on_reject: Callable[[CircuitOpenError], object] | None = None,
+    tokens: TokenSource | None = None,
+    before: Hook | None = None,
+    after: Hook | None = None,
+) -> EngineOptions:
+    """``@resilient``'s options checked and gathered (``retrying`` takes the same ones).
 
-    def __init__(
-        self,
-        *,
-        connector: str | None,
-        operation: str,
-        policy: Policy | None,
-        store: Store | str | None,
-        options: EngineOptions,
-    ) -> None:
-        self.connector = connector
-        self.operation = operation
-        self.policy = policy
-        self.store = store
-        self.options = options
-        self.fixed: Engine | None = None
-        self.by_name: dict[str, Engine] = {}
-        self._lock = threading.Lock()
-        _all_engines.add(self)
-
-    def forget(self) -> None:
-        """Resolve policy, store and breaker again at the next call."""
-        with self._lock:
-            self.fixed = None
-            self.by_name = {}
-
-    def built(self, args: tuple[Any, ...]) -> Engine | None:
-        """The engine for a call if it is built already (a lookup, no I/O), else ``None``."""
-        if self.fixed is not None or self.connector is not None:
-            return self.fixed
-        name = getattr(args[0], "connector_name", None) if args else None
-        return self.by_name.get(name) if isinstance(name, str) else None
-
-    def __call__(self, args: tuple[Any, ...]) -> Engine:
-        fixed = self.fixed
-        if fixed is not None:
-            return fixed
-        if self.connector is not None:
-            with self._lock:
-                if self.fixed is None:
-                    self.fixed = self._build(self.connector)
-                return self.fixed
-        name = getattr(args[0], "connector_name", None) if args else None
-        if not isinstance(name, str) or not name:
-            raise ConfigurationError(
-                f"@resilient on {self.operation!r} has no connector name: pass "
-                "@resilient('name'), or call it as a method of an object with a "
-                "non-empty `connector_name` attribute"
-            )
-        engine = self.by_name.get(name)
-        if engine is None:
-            with self._lock:
-                engine = self.by_name.get(name) or self._build(name)
-                self.by_name[name] = engine
-        return engine
-
-    def _build(self, connector: str) -> Engine:
-        return build_engine(
-            connector=connector,
-            operation=self.operation,
-            policy=self.policy,
-            store=self.store,
-            options=self.options,
-        )
-
-
-_all_engines: weakref.WeakSet[_Engines] = weakref.WeakSet()
+    Raises:
+        ValueError: an attempt count below 1, or a deadline that is not > 0.
+        TypeError: ``ignore`` is not a tuple, ``retry_on`` is neither exception
+            types nor a predicate, or a hook is not callable.
+    """
+    if max_attempts is not None and max_attempts < 1:
+        raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+    if deadline_s is not None and not deadline_s > 0:
+        raise ValueError(f"deadline_s must be > 0, got {deadline_s}")
+    if not isinstance(ignore, tuple):
+        raise TypeError("ignore must be a tuple of exception types")
+    exception_predicate(retry_on)  # validate now, not at the first failure
+    for name, hook in (
+        ("retry_on_result", retry_on_result),
+        ("wait", wait),
+        ("stop", stop),
+        ("on_retry", on_retry),
+        ("on_state_change", on_state_change),
+        ("on_reject", on_reject),
+        ("before", before),
+        ("after", after),
+    ):
+        if hook is not None and not callable(hook):
+            raise TypeError(f"{name}= must be callable, got {hook!r}")
+    return EngineOptions(
+        retry_on=retry_on,
+        retry_on_result=retry_on_result,
+        failure_result=None,
+        failure_on=failure_on,
+        ignore=ignore,
+        max_attempts=max_attempts,
+        deadline_s=deadline_s,
+        wait=wait,
+        stop=stop,
+        breaker=breaker,
+        metrics=metrics,
+        labels=labels,
+        on_retry=on_retry,
+        on_state_change=on_state_change,
+        on_reject=on_reject,
+        tokens=tokens,
+        before=before,
+        after=after,
+    )
 
 
-def forget_engines() -> None:
-    """Make every decorated function resolve its policy, store and breaker again."""
-    for engines in list(_all_engines):
-        engines.forget()
+@overload
+def resilient(connector: staticmethod[P, R], /) -> staticmethod[P, R]: ...
+
+
+@overload
+def resilient(connector: classmethod[T, P, R], /) -> classmethod[T, P, R]: ...
 
 
 @overload
@@ -160,11 +185,17 @@ def resilient(
     on_state_change: Callable[[StateChange], object] | None = None,
     on_reject: Callable[[CircuitOpenError], object] | None = None,
     tokens: TokenSource | None = None,
-) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+    before: Hook | None = None,
+    after: Hook | None = None,
+) -> _Decorator: ...
 
 
 def resilient(
-    connector: str | Callable[..., Any] | None = None,
+    connector: str
+    | Callable[..., Any]
+    | staticmethod[..., Any]
+    | classmethod[Any, ..., Any]
+    | None = None,
     *,
     operation: str | None = None,
     policy: Policy | None = None,
@@ -184,6 +215,8 @@ def resilient(
     on_state_change: Callable[[StateChange], object] | None = None,
     on_reject: Callable[[CircuitOpenError], object] | None = None,
     tokens: TokenSource | None = None,
+    before: Hook | None = None,
+    after: Hook | None = None,
 ) -> Any:
     """Make a function's calls to a connector resilient and measured.
 
@@ -218,9 +251,24 @@ def resilient(
         tokens: an OAuth2 token manager: each attempt runs with a valid token
             (read it with :func:`current_token`); a 401 (an exception or a result
             with that status) refreshes it once and runs the attempt once more.
+        before: called with a tenacity ``RetryCallState`` before each attempt
+            (``tenacity.before_log(...)`` works).
+        after: called with a tenacity ``RetryCallState`` after each failed
+            attempt (``tenacity.after_log(...)`` works).
 
     Returns:
         A decorator, or the decorated function when used bare (``@resilient``).
+        The decorated function keeps its signature and has these attributes:
+        ``statistics`` (a :class:`RetryStatistics`, read live),
+        ``retry_with(**options)`` (the same function with some options
+        changed, sharing the breaker and metrics), ``disable_retries()`` and
+        ``enable_retries()`` (one attempt per call while disabled; the
+        breaker and metrics stay on). On a ``staticmethod`` or ``classmethod``
+        either order works.
+
+    Raises:
+        TypeError: ``connector`` is neither a name nor ``None``, or the target
+            is a class, a generator, or not callable.
 
     Example:
         >>> @resilient("billing", store="memory://doc-resilient")
@@ -229,19 +277,19 @@ def resilient(
         >>> charge(5)
         'charged 5'
     """
-    if callable(connector):
+    if callable(connector) or isinstance(connector, staticmethod | classmethod):
         return resilient()(connector)
-    if max_attempts is not None and max_attempts < 1:
-        raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
-    if deadline_s is not None and not deadline_s > 0:
-        raise ValueError(f"deadline_s must be > 0, got {deadline_s}")
-    if not isinstance(ignore, tuple):
-        raise TypeError("ignore must be a tuple of exception types")
-    exception_predicate(retry_on)  # validate now, not at the first failure
-    options = EngineOptions(
+    if connector is not None and not isinstance(connector, str):
+        raise TypeError(
+            f"@resilient's first argument is the connector's name (a str) or None, "
+            f"got {connector!r}"
+        )
+    # Every argument as given, so that retry_with() can change a few of them.
+    settings = dict(locals())
+    del settings["connector"]
+    options = engine_options(
         retry_on=retry_on,
         retry_on_result=retry_on_result,
-        failure_result=None,
         failure_on=failure_on,
         ignore=ignore,
         max_attempts=max_attempts,
@@ -255,11 +303,17 @@ def resilient(
         on_state_change=on_state_change,
         on_reject=on_reject,
         tokens=tokens,
+        before=before,
+        after=after,
     )
 
-    def decorate(fn: Callable[P, R]) -> Callable[P, R]:
-        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
-            raise TypeError(f"@resilient cannot retry the generator {fn.__qualname__}()")
+    def decorate(fn: Any) -> Any:
+        # A static or class method: decorate the function inside, keep the wrapper.
+        if isinstance(fn, staticmethod):
+            return staticmethod(decorate(fn.__func__))
+        if isinstance(fn, classmethod):
+            return classmethod(decorate(fn.__func__))
+        _check_target(fn)
         is_async = inspect.iscoroutinefunction(fn)
         call: Callable[..., Any] = fn
         if tokens is not None:
@@ -270,21 +324,55 @@ def resilient(
                 if is_async
                 else authenticated(fn, tokens)
             )
-        engines = _Engines(
+        engines = EngineCache(
             connector=connector,
             operation=operation or str(getattr(fn, "__name__", type(fn).__name__)),
             policy=policy,
             store=store,
             options=options,
+            function=fn,
         )
+        # Hooks see every attempt, the first included: no inline first attempt then.
+        planned = before is not None or after is not None
         if is_async:
-            return cast(Callable[P, R], _async_wrapper(call, engines))
-        return cast(Callable[P, R], _sync_wrapper(call, engines))
+            make = _planned_async_wrapper if planned else _async_wrapper
+        else:
+            make = _planned_sync_wrapper if planned else _sync_wrapper
+        wrapper: Any = make(call, engines)
+        # tenacity keeps these too: introspection (and mocks) see the real defaults.
+        wrapper.__defaults__ = getattr(fn, "__defaults__", None)
+        wrapper.__kwdefaults__ = getattr(fn, "__kwdefaults__", None)
+        wrapper.statistics = RetryStatistics(engines)
+        wrapper.retry_with = functools.partial(_retry_with, fn, connector, settings)
+        wrapper.disable_retries = functools.partial(setattr, engines, "spec", ONE_ATTEMPT)
+        wrapper.enable_retries = functools.partial(setattr, engines, "spec", None)
+        return wrapper
 
     return decorate
 
 
-def _sync_wrapper(fn: Callable[P, R], engines: _Engines) -> Callable[P, R]:
+def _check_target(fn: object) -> None:
+    """Refuse at decoration time what could only fail (or silently misbehave) at call time."""
+    if isinstance(fn, type):
+        raise TypeError(
+            f"@resilient decorates functions and methods, not the class {fn.__qualname__}: "
+            "put it on the methods that call the outside service"
+        )
+    if not callable(fn):
+        raise TypeError(f"@resilient decorates functions and methods, not {fn!r}")
+    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        raise TypeError(
+            f"@resilient cannot retry the generator {getattr(fn, '__qualname__', fn)}()"
+        )
+
+
+def _retry_with(
+    fn: Callable[..., Any], connector: str | None, settings: dict[str, Any], **changes: Any
+) -> Any:
+    return resilient(connector, **{**settings, **changes})(fn)
+
+
+def _sync_wrapper(fn: Callable[P, R], engines: EngineCache) -> Callable[P, R]:
     perf = time.perf_counter
 
     @functools.wraps(fn)
@@ -296,24 +384,42 @@ def _sync_wrapper(fn: Callable[P, R], engines: _Engines) -> Callable[P, R]:
         probe = None
         if breaker is not None and (now := _clock.monotonic()) >= breaker.admit_until:
             if now < breaker.refuse_until:
+                engines.last = REJECTED
                 rejection = fast_circuit_open_error(*breaker.rejection_args)
                 engine.rejected(rejection)
                 raise rejection
             try:
                 probe = breaker.acquire()
             except CircuitOpenError as exc:
+                engines.last = REJECTED
                 engine.rejected(exc)
                 raise
+        engines.last = FIRST_ATTEMPT
         start = perf()
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            plan = engine.plan(probe, (False, exc, start, perf()))
+            engines.last = stats = CallStats()
+            plan = engine.plan(
+                probe,
+                (False, exc, start, perf()),
+                engines.spec,
+                stats=stats,
+                target=engines.target(args, kwargs),
+            )
             return cast(R, run_sync(plan, fn, args, kwargs, engine))
         end = perf()
         if engine.retry_result is not None and engine.retry_result(result):
-            plan = engine.plan(probe, (True, result, start, end))
+            engines.last = stats = CallStats()
+            plan = engine.plan(
+                probe,
+                (True, result, start, end),
+                engines.spec,
+                stats=stats,
+                target=engines.target(args, kwargs),
+            )
             return cast(R, run_sync(plan, fn, args, kwargs, engine))
+        engines.last = SUCCEEDED
         if engine.succeeded(start, end, probe):
             assert breaker is not None
             breaker.report(probe, "success", duration_ms=(end - start) * 1000.0)
@@ -322,7 +428,9 @@ def _sync_wrapper(fn: Callable[P, R], engines: _Engines) -> Callable[P, R]:
     return wrapper
 
 
-def _async_wrapper(fn: Callable[P, Awaitable[R]], engines: _Engines) -> Callable[P, Awaitable[R]]:
+def _async_wrapper(
+    fn: Callable[P, Awaitable[R]], engines: EngineCache
+) -> Callable[P, Awaitable[R]]:
     perf = time.perf_counter
 
     @functools.wraps(fn)
@@ -338,27 +446,89 @@ def _async_wrapper(fn: Callable[P, Awaitable[R]], engines: _Engines) -> Callable
         probe = None
         if breaker is not None and (now := _clock.monotonic()) >= breaker.admit_until:
             if now < breaker.refuse_until:
+                engines.last = REJECTED
                 rejection = fast_circuit_open_error(*breaker.rejection_args)
                 engine.rejected(rejection)
                 raise rejection
             try:
                 probe = await breaker.aacquire()
             except CircuitOpenError as exc:
+                engines.last = REJECTED
                 engine.rejected(exc)
                 raise
+        engines.last = FIRST_ATTEMPT
         start = perf()
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
-            plan = engine.plan(probe, (False, exc, start, perf()))
+            engines.last = stats = CallStats()
+            plan = engine.plan(
+                probe,
+                (False, exc, start, perf()),
+                engines.spec,
+                stats=stats,
+                target=engines.target(args, kwargs),
+            )
             return cast(R, await run_async(plan, fn, args, kwargs, engine))
         end = perf()
         if engine.retry_result is not None and engine.retry_result(result):
-            plan = engine.plan(probe, (True, result, start, end))
+            engines.last = stats = CallStats()
+            plan = engine.plan(
+                probe,
+                (True, result, start, end),
+                engines.spec,
+                stats=stats,
+                target=engines.target(args, kwargs),
+            )
             return cast(R, await run_async(plan, fn, args, kwargs, engine))
+        engines.last = SUCCEEDED
         if engine.succeeded(start, end, probe):
             assert breaker is not None
             await breaker.areport(probe, "success", duration_ms=(end - start) * 1000.0)
         return result
+
+    return wrapper
+
+
+def _planned_sync_wrapper(fn: Callable[P, R], engines: EngineCache) -> Callable[P, R]:
+    """Every attempt through the plan (``before``/``after`` hooks see the first one too)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        engine = engines.fixed or engines(args)
+        try:
+            probe = admit(engine)
+        except CircuitOpenError:
+            engines.last = REJECTED
+            raise
+        engines.last = stats = CallStats()
+        plan = engine.plan(
+            probe, None, engines.spec, stats=stats, target=engines.target(args, kwargs)
+        )
+        return cast(R, run_sync(plan, fn, args, kwargs, engine))
+
+    return wrapper
+
+
+def _planned_async_wrapper(
+    fn: Callable[P, Awaitable[R]], engines: EngineCache
+) -> Callable[P, Awaitable[R]]:
+    """:func:`_planned_sync_wrapper` for coroutine functions."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        engine = engines.fixed or engines.built(args)
+        if engine is None:
+            engine = await asyncio.to_thread(engines, args)
+        try:
+            probe = await aadmit(engine)
+        except CircuitOpenError:
+            engines.last = REJECTED
+            raise
+        engines.last = stats = CallStats()
+        plan = engine.plan(
+            probe, None, engines.spec, stats=stats, target=engines.target(args, kwargs)
+        )
+        return cast(R, await run_async(plan, fn, args, kwargs, engine))
 
     return wrapper

@@ -43,9 +43,9 @@ def reset() -> None:
     environment or reuse connector names: decorated functions resolve their
     policy, store and breaker again at their next call.
     """
+    from connector_resilience._engines import forget_engines
     from connector_resilience.circuit import forget_breakers
     from connector_resilience.metrics import stop_buffers
-    from connector_resilience.resilient import forget_engines
 
     stop_buffers()
     forget_engines()
