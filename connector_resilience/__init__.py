@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from importlib.metadata import PackageNotFoundError, version
 
+from connector_resilience._blocks import Attempt, Retrying, retrying
 from connector_resilience.backends import open_store, register_backend
 from connector_resilience.circuit import CircuitBreaker, StateChange
 from connector_resilience.errors import (
@@ -32,7 +33,7 @@ from connector_resilience.metrics import (
 )
 from connector_resilience.oauth2 import OAuth2Config, OAuth2Token, TokenManager, current_token
 from connector_resilience.policy import Policy
-from connector_resilience.resilient import RetryEvent, resilient
+from connector_resilience.resilient import RetryEvent, RetryStatistics, resilient
 from connector_resilience.retry import compute_backoff_ms, wait_backoff
 
 try:
@@ -44,6 +45,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 logging.getLogger("connector_resilience").addHandler(logging.NullHandler())
 
 __all__ = [
+    "Attempt",
     "CircuitBreaker",
     "CircuitOpenError",
     "ConfigurationError",
@@ -54,6 +56,8 @@ __all__ = [
     "Policy",
     "ResilienceError",
     "RetryEvent",
+    "RetryStatistics",
+    "Retrying",
     "StateChange",
     "StoreError",
     "Summary",
@@ -71,6 +75,7 @@ __all__ = [
     "record_call",
     "register_backend",
     "resilient",
+    "retrying",
     "summarize",
     "wait_backoff",
 ]
