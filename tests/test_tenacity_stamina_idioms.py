@@ -281,7 +281,7 @@ def test_retry_with_overrides_options_and_shares_the_breaker(waits: list[float])
     patient = fetch.retry_with(max_attempts=5)  # type: ignore[attr-defined]
     assert patient() == 5  # two more failures, then the fifth call succeeds
     assert patient.statistics.attempts == 2
-    assert fetch.statistics.attempts == 3  # the original keeps its own statistics  # type: ignore[attr-defined]
+    assert fetch.statistics.attempts == 3  # type: ignore[attr-defined]  # its own statistics
     with pytest.raises(TypeError):
         fetch.retry_with(max_attempt=5)  # type: ignore[attr-defined]
     summary = summarize("override", policy=policy)
