@@ -13,10 +13,12 @@ from typing import Any, Final
 __all__ = [
     "CircuitOpenError",
     "ConfigurationError",
+    "ConfigurationWarning",
     "InvalidGrantError",
     "ResilienceError",
     "RetryBodyNotReplayableError",
     "StoreError",
+    "StoreWarning",
     "TokenDecryptionError",
     "TokenEndpointError",
     "TokenError",
@@ -197,3 +199,11 @@ class TokenDecryptionError(TokenError):
 
 class RetryBodyNotReplayableError(ResilienceError):
     """A request failed in a retryable way but its body was a stream already consumed."""
+
+
+class ConfigurationWarning(UserWarning):
+    """A setting looks wrong but the library can go on (a misspelt variable name)."""
+
+
+class StoreWarning(RuntimeWarning):
+    """A store cannot be written: calls go on, but state and metrics are not kept."""

@@ -169,13 +169,16 @@ class SqliteStore:
         return conn
 
     def _initialise(self) -> None:
-        ensure_private_dir(self.path.parent if str(self.path.parent) else Path("."))
-        if not self.path.exists():
-            # Create the file 0600 before SQLite does, so it is never world-readable.
-            with contextlib.suppress(FileExistsError):
-                os.close(
-                    os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
-                )
+        try:
+            ensure_private_dir(self.path.parent if str(self.path.parent) else Path("."))
+            if not self.path.exists():
+                # Create the file 0600 before SQLite does, so it is never world-readable.
+                with contextlib.suppress(FileExistsError):
+                    os.close(
+                        os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+                    )
+        except OSError as exc:  # PermissionError, a file where a folder should be...
+            raise StoreError(f"cannot open SQLite store {self.path}: {exc}") from exc
         conn = self._open_connection()
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
