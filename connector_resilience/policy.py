@@ -38,7 +38,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from connector_resilience._setting_errors import closest_name, describe, settings_error
-from connector_resilience._store_urls import known_schemes, redact_url, scheme_of
+from connector_resilience._store_urls import redact_url, scheme_problem
 from connector_resilience.errors import ConfigurationError, ConfigurationWarning
 
 __all__ = [
@@ -287,12 +287,9 @@ class StorePolicy(BaseModel):
     def _known_scheme(cls, url: str | None) -> str | None:
         if url is None or not url.strip():
             return None
-        scheme = scheme_of(url.strip())
-        if scheme not in known_schemes():
-            raise ValueError(
-                f"CONNECTOR_STORE_URL has unknown scheme {scheme!r}; "
-                f"known: {', '.join(sorted(known_schemes()))}"
-            )
+        problem = scheme_problem(url.strip())
+        if problem is not None:
+            raise ValueError(problem)
         return url.strip()
 
 

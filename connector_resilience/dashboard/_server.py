@@ -43,6 +43,12 @@ _HEADERS = {
 }
 
 
+#: The shortest span a chart covers, however recent the first call is.
+_SHORTEST_CHART_S = 60.0
+#: The narrowest time bucket of a chart.
+_SHORTEST_BUCKET_S = 30.0
+
+
 def time_series(
     records: Sequence[CallRecord], *, start: float, end: float, buckets: int
 ) -> list[dict[str, float | int | None]]:
@@ -171,11 +177,16 @@ class DashboardState:
         connectors = []
         for c in view.connectors:
             data = c.as_dict()
+            records = by_connector.get(c.connector, [])
+            # A few minutes of history in an hour's window: chart the minutes, not the hour.
+            first = min((r.ts for r in records), default=start)
+            series_start = max(start, min(first, view.generated_at - _SHORTEST_CHART_S))
+            # ... in buckets wide enough that calls a few seconds apart draw a line, not dots.
+            span = view.generated_at - series_start
+            buckets = max(2, min(self.buckets, int(span // _SHORTEST_BUCKET_S)))
+            data["series_start"] = series_start
             data["series"] = time_series(
-                by_connector.get(c.connector, []),
-                start=start,
-                end=view.generated_at,
-                buckets=self.buckets,
+                records, start=series_start, end=view.generated_at, buckets=buckets
             )
             data["states"] = [
                 {"t": max(t, start), "state": s} for t, s in self.states.get(c.connector, ())
