@@ -16,7 +16,8 @@ from typing import Any
 
 from connector_resilience.backends import CallRecord, close_all_stores, open_store
 from connector_resilience.cli._health import ATTEMPTS_FAILED, CALLS_FAILED
-from tests.test_dashboard import ROOT, dashboard, page, seed_history  # noqa: F401 - fixture
+from tests._ops import ROOT
+from tests.test_dashboard import dashboard, page, seed_history  # noqa: F401 - fixture
 
 WIDTH = 400
 PLOT_LEFT, PLOT_RIGHT = 44, 390  # the charts' plot area, in viewBox units (dashboard.js PAD)
