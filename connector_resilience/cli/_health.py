@@ -91,7 +91,8 @@ def _all(view: StoreView, ctx: Context, *, out: TextIO) -> None:
         right=("CALLS", CALLS_FAILED, ATTEMPTS_FAILED, "P50", "P95", "P99"),
     )
     if colour:
-        text = colour_column(colour_column(text, "VERDICT"), "BREAKER")
+        # Rightmost first: codes added to a row would shift the columns to their right.
+        text = colour_column(colour_column(text, "BREAKER"), "VERDICT")
     out.write(text)
     reasons = [(c.connector, c.report.reasons) for c in view.connectors if c.report.reasons]
     if reasons:
