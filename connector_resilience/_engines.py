@@ -189,8 +189,8 @@ class RetryStatistics:
 
     @property
     def waited_s(self) -> float:
-        """Seconds the latest call slept between attempts."""
-        return self._cache.last.waited_s
+        """Seconds the latest call slept between attempts (to the microsecond)."""
+        return round(self._cache.last.waited_s, 6)
 
     @property
     def outcome(self) -> str | None:
@@ -208,7 +208,7 @@ class RetryStatistics:
         last = self._cache.last
         return {
             "attempts": last.attempts,
-            "waited_s": last.waited_s,
+            "waited_s": round(last.waited_s, 6),
             "outcome": None if last.outcome == "none" else last.outcome,
             "error": last.error,
         }
