@@ -17,7 +17,7 @@ from typing import Any
 import tenacity
 
 from connector_resilience._engine import (
-    CallStats,
+    ATTEMPTS,
     Engine,
     ExceptionMatcher,
     RetryEvent,
@@ -26,6 +26,7 @@ from connector_resilience._engine import (
     act,
     admit,
     is_call,
+    new_stats,
 )
 from connector_resilience._engines import ONE_ATTEMPT, REJECTED, EngineCache, RetryStatistics
 from connector_resilience.backends import Store
@@ -87,7 +88,7 @@ class Retrying:
 
     def __init__(self, cache: EngineCache) -> None:
         self._cache = cache
-        self.statistics = RetryStatistics(cache)
+        self.statistics = RetryStatistics(lambda: cache.last)
 
     def disable_retries(self) -> None:
         """Make each loop one attempt from now on (the breaker and metrics stay on)."""
@@ -104,7 +105,7 @@ class Retrying:
         except CircuitOpenError:
             self._cache.last = REJECTED
             raise
-        self._cache.last = stats = CallStats()
+        self._cache.last = stats = new_stats()
         plan = engine.plan(probe, None, self._cache.spec, stats=stats)
         answer: _Outcome | None = None
         while True:
@@ -116,7 +117,7 @@ class Retrying:
                 act(step, engine)
                 answer = None
                 continue
-            attempt = Attempt(stats.attempts)
+            attempt = Attempt(stats[ATTEMPTS])
             try:
                 yield attempt
             except GeneratorExit:  # the loop was left with `break` (or abandoned)
@@ -135,7 +136,7 @@ class Retrying:
         except CircuitOpenError:
             cache.last = REJECTED
             raise
-        cache.last = stats = CallStats()
+        cache.last = stats = new_stats()
         plan = engine.plan(probe, None, cache.spec, stats=stats)
         answer: _Outcome | None = None
         while True:
@@ -147,7 +148,7 @@ class Retrying:
                 await aact(step, engine)
                 answer = None
                 continue
-            attempt = Attempt(stats.attempts)
+            attempt = Attempt(stats[ATTEMPTS])
             try:
                 yield attempt
             except GeneratorExit:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -31,6 +31,10 @@ if TYPE_CHECKING:
     from connector_resilience.oauth2 import TokenSource
 
 __all__ = [
+    "ATTEMPTS",
+    "ERROR",
+    "OUTCOME",
+    "WAITED_S",
     "CallSpec",
     "CallStats",
     "Engine",
@@ -44,6 +48,7 @@ __all__ = [
     "admit",
     "build_engine",
     "is_call",
+    "new_stats",
     "run_async",
     "run_sync",
 ]
@@ -114,26 +119,22 @@ _NO_SPEC = CallSpec()
 
 #: What a call runs: the user's function and its arguments (tenacity's
 #: ``RetryCallState.fn``, ``args`` and ``kwargs``).
-Target = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+Target = tuple[Callable[..., Any] | None, tuple[Any, ...], dict[str, Any]]
 
 
-class CallStats:
-    """One call's progress as the plan sees it, for a decorated function's ``statistics``.
+#: One call's progress as the plan sees it, for a decorated function's
+#: ``statistics``: ``[attempts, waited_s, outcome, error]`` (attempts so far,
+#: the running one included; seconds slept between them; ``"running"``,
+#: ``"success"``, ``"failure"`` or ``"rejected"``; the last failed attempt's
+#: error name). A list, not a class: one is made on every retried call, and a
+#: list literal costs a tenth of an instance. Shared records are tuples.
+CallStats = Sequence[Any]
+ATTEMPTS, WAITED_S, OUTCOME, ERROR = 0, 1, 2, 3
 
-    Attributes:
-        attempts: attempts made so far, the running one included.
-        waited_s: seconds slept between attempts so far.
-        outcome: ``"running"``, ``"success"``, ``"failure"`` or ``"rejected"``.
-        error: the last failed attempt's error name (an exception type, ``HTTP 503``).
-    """
 
-    __slots__ = ("attempts", "error", "outcome", "waited_s")
-
-    def __init__(self, outcome: str = "running", error: str | None = None) -> None:
-        self.attempts = 0 if outcome == "rejected" else 1
-        self.waited_s = 0.0
-        self.outcome = outcome
-        self.error = error
+def new_stats() -> list[Any]:
+    """A fresh record: the first attempt ran."""
+    return [1, 0.0, "running", None]
 
 
 def _with_status(labels: Mapping[str, str] | None, value: Any) -> Mapping[str, str] | None:
@@ -271,13 +272,12 @@ class Engine:
             return "success"
         return "failure"
 
-    def delay_s(
+    def delay_s(  # noqa: PLR0917 - positional on purpose: a retry's hot path
         self,
         attempt: int,
         previous_s: float | None,
         outcome: Any,
         elapsed_s: float,
-        *,
         idle_s: float = 0.0,
         target: Target | None = None,
     ) -> float:
@@ -303,8 +303,7 @@ class Engine:
         probe: str | None,
         first: tuple[bool, Any, float, float] | None = None,
         spec: CallSpec | None = None,
-        *,
-        stats: CallStats | None = None,
+        stats: list[Any] | None = None,
         target: Target | None = None,
     ) -> _Plan:
         """Decide attempt by attempt; ``first`` is the first attempt's outcome if it ran.
@@ -338,7 +337,7 @@ class Engine:
                 failed = retry or (self.failure_result is not None and self.failure_result(value))
                 if not retry:
                     if stats is not None:
-                        stats.outcome = "failure" if failed else "success"
+                        stats[OUTCOME] = "failure" if failed else "success"
                     status: CallStatus = "error" if failed else "ok"
                     self.row(
                         duration_ms,
@@ -355,7 +354,7 @@ class Engine:
             else:
                 if isinstance(value, _INTERRUPTIONS):
                     if stats is not None:
-                        stats.outcome, stats.error = "failure", type(value).__name__
+                        stats[OUTCOME], stats[ERROR] = "failure", type(value).__name__
                     yield (_REPORT, probe, "ignore", duration_ms)
                     raise value
                 retry = self.should_retry(value)
@@ -371,7 +370,7 @@ class Engine:
                 elapsed = _clock.monotonic() - began
                 delay = max(
                     0.0,
-                    self.delay_s(attempt, previous, value, elapsed, idle_s=waited, target=target),
+                    self.delay_s(attempt, previous, value, elapsed, waited, target),
                 )
                 past_deadline = deadline is not None and _clock.monotonic() + delay > deadline
                 stopped = self.stop is not None and self.stop(
@@ -389,10 +388,10 @@ class Engine:
             final = delay is None
             self.row(duration_ms, "error", error_name, attempt, final, labels=attempt_labels)
             if stats is not None:
-                stats.error = error_name
+                stats[ERROR] = error_name
             if final:
                 if stats is not None:
-                    stats.outcome = "failure"
+                    stats[OUTCOME] = "failure"
                 yield (_REPORT, probe, outcome, duration_ms)
                 if ok:
                     return value
@@ -405,7 +404,7 @@ class Engine:
             previous = delay
             waited += delay
             if stats is not None:
-                stats.attempts, stats.waited_s = attempt, waited
+                stats[ATTEMPTS], stats[WAITED_S] = attempt, waited
             if before is not None:
                 elapsed = _clock.monotonic() - began
                 state = _tenacity_state(
@@ -545,8 +544,13 @@ def run_sync(plan: _Plan, fn: Callable[..., Any], args: Any, kwargs: Any, engine
                     answer = (True, fn(*args, **kwargs), start, perf())
                 except BaseException as exc:
                     answer = (False, exc, start, perf())
+            elif kind == _SLEEP:
+                _waits.sleep(step[1])
+                answer = None
             else:
-                act(step, engine)
+                # Inline, not act(): a call less on every retry (the block driver uses act).
+                if engine.breaker is not None:
+                    engine.breaker.report(step[1], step[2], duration_ms=step[3])
                 answer = None
     except StopIteration as done:
         return done.value
@@ -575,8 +579,12 @@ async def run_async(
                     answer = (True, await fn(*args, **kwargs), start, perf())
                 except BaseException as exc:
                     answer = (False, exc, start, perf())
+            elif kind == _SLEEP:
+                await _waits.asleep(step[1])
+                answer = None
             else:
-                await aact(step, engine)
+                if engine.breaker is not None:
+                    await engine.breaker.areport(step[1], step[2], duration_ms=step[3])
                 answer = None
     except StopIteration as done:
         return done.value

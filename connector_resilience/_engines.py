@@ -13,11 +13,14 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from connector_resilience._engine import (
+    ATTEMPTS,
+    ERROR,
+    OUTCOME,
+    WAITED_S,
     CallSpec,
     CallStats,
     Engine,
     EngineOptions,
-    Target,
     build_engine,
 )
 from connector_resilience.backends import Store
@@ -37,14 +40,13 @@ __all__ = [
 
 # Shared, never mutated: what a call that never reached the retry plan did.
 #: The first attempt is running (no failure yet).
-FIRST_ATTEMPT: Final = CallStats()
+FIRST_ATTEMPT: Final = (1, 0.0, "running", None)
 #: The first attempt succeeded.
-SUCCEEDED: Final = CallStats("success")
+SUCCEEDED: Final = (1, 0.0, "success", None)
 #: The breaker refused the call.
-REJECTED: Final = CallStats("rejected", "CircuitOpenError")
+REJECTED: Final = (0, 0.0, "rejected", "CircuitOpenError")
 #: Nothing called yet.
-NEVER_CALLED: Final = CallStats("none")
-NEVER_CALLED.attempts = 0
+NEVER_CALLED: Final = (0, 0.0, "none", None)
 
 #: The adjustment that turns retries off for one function.
 ONE_ATTEMPT: Final = CallSpec(max_attempts=1)
@@ -99,10 +101,6 @@ class EngineCache:
         self.spec: CallSpec | None = None
         self._lock = threading.Lock()
         _all_engines.add(self)
-
-    def target(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Target | None:
-        """The call as tenacity strategies and hooks see it (``fn``, ``args``, ``kwargs``)."""
-        return None if self.function is None else (self.function, args, kwargs)
 
     def forget(self) -> None:
         """Resolve policy, store and breaker again at the next call."""
@@ -177,40 +175,43 @@ class RetryStatistics:
             ``HTTP 503`` for a retried result), else ``None``.
     """
 
-    __slots__ = ("_cache",)
+    __slots__ = ("_read",)
 
-    def __init__(self, cache: EngineCache) -> None:
-        self._cache = cache
+    def __init__(self, read: Callable[[], CallStats]) -> None:
+        self._read = read
 
     @property
     def attempts(self) -> int:
         """Attempts the latest call made, the running one included."""
-        return self._cache.last.attempts
+        attempts: int = self._read()[ATTEMPTS]
+        return attempts
 
     @property
     def waited_s(self) -> float:
         """Seconds the latest call slept between attempts (to the microsecond)."""
-        return round(self._cache.last.waited_s, 6)
+        waited: float = self._read()[WAITED_S]
+        return round(waited, 6)
 
     @property
     def outcome(self) -> str | None:
         """``running``, ``success``, ``failure``, ``rejected``, or ``None`` if never called."""
-        outcome = self._cache.last.outcome
+        outcome: str = self._read()[OUTCOME]
         return None if outcome == "none" else outcome
 
     @property
     def error(self) -> str | None:
         """The latest call's last error name (``None`` when its attempts all succeeded)."""
-        return self._cache.last.error
+        error: str | None = self._read()[ERROR]
+        return error
 
     def as_dict(self) -> dict[str, Any]:
         """The four figures as a dict (one consistent read)."""
-        last = self._cache.last
+        attempts, waited_s, outcome, error = self._read()
         return {
-            "attempts": last.attempts,
-            "waited_s": round(last.waited_s, 6),
-            "outcome": None if last.outcome == "none" else last.outcome,
-            "error": last.error,
+            "attempts": attempts,
+            "waited_s": round(waited_s, 6),
+            "outcome": None if outcome == "none" else outcome,
+            "error": error,
         }
 
     def __repr__(self) -> str:

@@ -32,11 +32,13 @@ from connector_resilience._engine import (
     RetryEvent,
     aadmit,
     admit,
+    new_stats,
     run_async,
     run_sync,
 )
 from connector_resilience._engines import (
     FIRST_ATTEMPT,
+    NEVER_CALLED,
     ONE_ATTEMPT,
     REJECTED,
     SUCCEEDED,
@@ -342,7 +344,6 @@ def resilient(
         # tenacity keeps these too: introspection (and mocks) see the real defaults.
         wrapper.__defaults__ = getattr(fn, "__defaults__", None)
         wrapper.__kwdefaults__ = getattr(fn, "__kwdefaults__", None)
-        wrapper.statistics = RetryStatistics(engines)
         wrapper.retry_with = functools.partial(_retry_with, fn, connector, settings)
         wrapper.disable_retries = functools.partial(setattr, engines, "spec", ONE_ATTEMPT)
         wrapper.enable_retries = functools.partial(setattr, engines, "spec", None)
@@ -374,9 +375,12 @@ def _retry_with(
 
 def _sync_wrapper(fn: Callable[P, R], engines: EngineCache) -> Callable[P, R]:
     perf = time.perf_counter
+    # What the latest call did: a closure cell, the cheapest store there is (fn.statistics).
+    last: CallStats = NEVER_CALLED
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        nonlocal last
         engine = engines.fixed or engines(args)
         if engine.gate is not None:
             engine.gate()
@@ -384,47 +388,48 @@ def _sync_wrapper(fn: Callable[P, R], engines: EngineCache) -> Callable[P, R]:
         probe = None
         if breaker is not None and (now := _clock.monotonic()) >= breaker.admit_until:
             if now < breaker.refuse_until:
-                engines.last = REJECTED
+                last = REJECTED
                 rejection = fast_circuit_open_error(*breaker.rejection_args)
                 engine.rejected(rejection)
                 raise rejection
             try:
                 probe = breaker.acquire()
             except CircuitOpenError as exc:
-                engines.last = REJECTED
+                last = REJECTED
                 engine.rejected(exc)
                 raise
-        engines.last = FIRST_ATTEMPT
+        last = FIRST_ATTEMPT
         start = perf()
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            engines.last = stats = CallStats()
+            last = stats = [1, 0.0, "running", None]  # new_stats(), inline: a call less
             plan = engine.plan(
                 probe,
                 (False, exc, start, perf()),
                 engines.spec,
-                stats=stats,
-                target=engines.target(args, kwargs),
+                stats,
+                (engines.function, args, kwargs),
             )
             return cast(R, run_sync(plan, fn, args, kwargs, engine))
         end = perf()
         if engine.retry_result is not None and engine.retry_result(result):
-            engines.last = stats = CallStats()
+            last = stats = [1, 0.0, "running", None]  # new_stats(), inline: a call less
             plan = engine.plan(
                 probe,
                 (True, result, start, end),
                 engines.spec,
-                stats=stats,
-                target=engines.target(args, kwargs),
+                stats,
+                (engines.function, args, kwargs),
             )
             return cast(R, run_sync(plan, fn, args, kwargs, engine))
-        engines.last = SUCCEEDED
+        last = SUCCEEDED
         if engine.succeeded(start, end, probe):
             assert breaker is not None
             breaker.report(probe, "success", duration_ms=(end - start) * 1000.0)
         return result
 
+    wrapper.statistics = RetryStatistics(lambda: last)  # type: ignore[attr-defined]
     return wrapper
 
 
@@ -432,9 +437,12 @@ def _async_wrapper(
     fn: Callable[P, Awaitable[R]], engines: EngineCache
 ) -> Callable[P, Awaitable[R]]:
     perf = time.perf_counter
+    # What the latest call did: a closure cell, the cheapest store there is (fn.statistics).
+    last: CallStats = NEVER_CALLED
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        nonlocal last
         # Building an engine opens the store and reads the breaker (network I/O
         # for Redis): the first call of a connector does it in a worker thread.
         engine = engines.fixed or engines.built(args)
@@ -446,47 +454,48 @@ def _async_wrapper(
         probe = None
         if breaker is not None and (now := _clock.monotonic()) >= breaker.admit_until:
             if now < breaker.refuse_until:
-                engines.last = REJECTED
+                last = REJECTED
                 rejection = fast_circuit_open_error(*breaker.rejection_args)
                 engine.rejected(rejection)
                 raise rejection
             try:
                 probe = await breaker.aacquire()
             except CircuitOpenError as exc:
-                engines.last = REJECTED
+                last = REJECTED
                 engine.rejected(exc)
                 raise
-        engines.last = FIRST_ATTEMPT
+        last = FIRST_ATTEMPT
         start = perf()
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
-            engines.last = stats = CallStats()
+            last = stats = [1, 0.0, "running", None]  # new_stats(), inline: a call less
             plan = engine.plan(
                 probe,
                 (False, exc, start, perf()),
                 engines.spec,
-                stats=stats,
-                target=engines.target(args, kwargs),
+                stats,
+                (engines.function, args, kwargs),
             )
             return cast(R, await run_async(plan, fn, args, kwargs, engine))
         end = perf()
         if engine.retry_result is not None and engine.retry_result(result):
-            engines.last = stats = CallStats()
+            last = stats = [1, 0.0, "running", None]  # new_stats(), inline: a call less
             plan = engine.plan(
                 probe,
                 (True, result, start, end),
                 engines.spec,
-                stats=stats,
-                target=engines.target(args, kwargs),
+                stats,
+                (engines.function, args, kwargs),
             )
             return cast(R, await run_async(plan, fn, args, kwargs, engine))
-        engines.last = SUCCEEDED
+        last = SUCCEEDED
         if engine.succeeded(start, end, probe):
             assert breaker is not None
             await breaker.areport(probe, "success", duration_ms=(end - start) * 1000.0)
         return result
 
+    wrapper.statistics = RetryStatistics(lambda: last)  # type: ignore[attr-defined]
     return wrapper
 
 
@@ -501,12 +510,11 @@ def _planned_sync_wrapper(fn: Callable[P, R], engines: EngineCache) -> Callable[
         except CircuitOpenError:
             engines.last = REJECTED
             raise
-        engines.last = stats = CallStats()
-        plan = engine.plan(
-            probe, None, engines.spec, stats=stats, target=engines.target(args, kwargs)
-        )
+        engines.last = stats = new_stats()
+        plan = engine.plan(probe, None, engines.spec, stats, (engines.function, args, kwargs))
         return cast(R, run_sync(plan, fn, args, kwargs, engine))
 
+    wrapper.statistics = RetryStatistics(lambda: engines.last)  # type: ignore[attr-defined]
     return wrapper
 
 
@@ -525,10 +533,9 @@ def _planned_async_wrapper(
         except CircuitOpenError:
             engines.last = REJECTED
             raise
-        engines.last = stats = CallStats()
-        plan = engine.plan(
-            probe, None, engines.spec, stats=stats, target=engines.target(args, kwargs)
-        )
+        engines.last = stats = new_stats()
+        plan = engine.plan(probe, None, engines.spec, stats, (engines.function, args, kwargs))
         return cast(R, await run_async(plan, fn, args, kwargs, engine))
 
+    wrapper.statistics = RetryStatistics(lambda: engines.last)  # type: ignore[attr-defined]
     return wrapper
