@@ -172,6 +172,16 @@ def test_getting_started_runs_twice_in_a_row_in_one_folder(tmp_path: Path) -> No
     assert (tmp_path / "logs" / "connector-demo" / "metrics.jsonl").is_file()
 
 
+def test_getting_started_installs_from_a_checkout() -> None:
+    """Until a release exists, the first command a newcomer copies must work."""
+    page = ROOT / "docs" / "getting-started.md"
+    install = next(b for b in blocks_of(page) if b.lang == "bash")
+    commands = [line.split("#")[0].strip() for line in install.text.splitlines()]
+    assert "pip install -e ." in commands
+    assert not any(c.startswith("pip install connector-resilience") for c in commands)
+    assert "Once a release exists, `pip install connector-resilience`" in page.read_text()
+
+
 def run_page(page: Path) -> None:
     """Run ``page``'s blocks in order, in one namespace, checking the outputs it shows."""
     name = f"_docs_{page.stem.replace('-', '_')}"
