@@ -1,7 +1,10 @@
-"""Case ``http``: requests per second through the middleware against a local server.
+"""Case ``http``: requests per second through each HTTP adapter against a local server.
 
 The server runs in its own process (its own interpreter and event loop), so
-the client's loop only runs the client. All clients take turns in one run.
+the client's loop only runs the client. Two tables: the aiohttp middleware
+beside its peers at concurrency 10, then every adapter (aiohttp, httpx async
+and sync, requests) beside its bare client and its peer at concurrency 1 and
+64. The subjects of one table take turns in one run.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import multiprocessing
 import multiprocessing.connection
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from benchmarks import subjects
@@ -177,6 +181,8 @@ def run_http(ctx: Context) -> None:
         finally:
             for closer in closers:
                 loop.run_until_complete(closer.close())
+        # The table of every adapter beside its bare client, against the same server.
+        _run_clients(ctx, url)
     finally:
         close_loop(loop)
         server.terminate()
@@ -241,3 +247,305 @@ def run_http(ctx: Context) -> None:
         else:
             gone = ours if ours not in rounds else reference
             target.why_not = f"{gone}: {missing.get(gone, 'not measured')}"
+
+
+# Every adapter beside its bare client, at concurrency 1 and 64 ---------------------------
+
+CLIENT_CONCURRENCY = (1, 64)
+#: (family, bare client, our adapter, the peer it is measured against or None)
+FAMILIES: tuple[tuple[str, str, str, str | None], ...] = (
+    ("aiohttp", "bare ClientSession", "ResilienceMiddleware", None),
+    ("httpx-async", "bare httpx.AsyncClient", "ResilientTransport (async)", "httpx-retries"),
+    ("httpx", "bare httpx.Client", "ResilientTransport (sync)", "httpx-retries"),
+    ("requests", "bare requests.Session", "ResilientAdapter", "urllib3 Retry"),
+)
+
+
+def _subject_names(family: str) -> dict[str, str]:
+    """Role -> row name for one family."""
+    _, bare, ours, peer = next(f for f in FAMILIES if f[0] == family)
+    names = {"bare": bare, "ours": f"{ours}, memory://", "ours_jsonl": f"{ours}, default JSONL"}
+    if peer is not None:
+        names["peer"] = {
+            "httpx-retries": "httpx-retries RetryTransport",
+            "urllib3 Retry": "requests + urllib3 Retry",
+        }[peer]
+    return names
+
+
+def _http_policy(ctx: Context, store: str) -> Any:
+    # The real configuration: the background metrics writer runs as shipped.
+    policy = subjects.our_policy(ctx, store)
+    return policy.model_copy(
+        update={"store": policy.store.model_copy(update={"flush_interval_s": 0.5})}
+    )
+
+
+def _async_clients(ctx: Context, family: str, url: str, concurrency: int) -> dict[str, Any]:
+    """Role -> an object with ``get(url)`` (awaitable) and ``close()`` / ``aclose()``."""
+    clients: dict[str, Any] = {}
+    if family == "aiohttp":
+        aiohttp = need("aiohttp", "aiohttp")
+        glue = need("connector_resilience.aiohttp", "connector-resilience[aiohttp]")
+
+        def session(*middlewares: Any) -> Any:
+            connector = aiohttp.TCPConnector(limit=concurrency * 2)
+            return aiohttp.ClientSession(connector=connector, middlewares=middlewares)
+
+        clients["bare"] = session()
+        for role, store in (("ours", "memory"), ("ours_jsonl", "jsonl")):
+            policy = _http_policy(ctx, store)
+            clients[role] = session(glue.ResilienceMiddleware("http", policy=policy))
+        return clients
+    httpx = need("httpx", "httpx")
+    glue = need("connector_resilience.httpx", "connector-resilience[httpx]")
+    limits = httpx.Limits(
+        max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2
+    )
+
+    def inner() -> Any:
+        return httpx.AsyncHTTPTransport(limits=limits)
+
+    clients["bare"] = httpx.AsyncClient(transport=inner())
+    for role, store in (("ours", "memory"), ("ours_jsonl", "jsonl")):
+        policy = _http_policy(ctx, store)
+        transport = glue.ResilientTransport("http", transport=inner(), policy=policy)
+        clients[role] = httpx.AsyncClient(transport=transport)
+    try:
+        retries = need("httpx_retries", "httpx-retries")
+        peer = retries.RetryTransport(transport=inner(), retry=retries.Retry(total=3))
+        clients["peer"] = httpx.AsyncClient(transport=peer)
+    except UnavailableError as exc:
+        clients["peer"] = exc
+    return clients
+
+
+def _sync_clients(ctx: Context, family: str, concurrency: int) -> dict[str, Any]:
+    """Role -> an object with ``get(url)`` and ``close()``."""
+    clients: dict[str, Any] = {}
+    if family == "requests":
+        requests = need("requests", "requests")
+        glue = need("connector_resilience.requests", "connector-resilience[requests]")
+        urllib3 = need("urllib3", "urllib3")
+        size = max(10, concurrency)
+
+        def session(adapter: Any) -> Any:
+            s = requests.Session()
+            s.mount("http://", adapter)
+            return s
+
+        clients["bare"] = session(requests.adapters.HTTPAdapter(pool_maxsize=size))
+        for role, store in (("ours", "memory"), ("ours_jsonl", "jsonl")):
+            policy = _http_policy(ctx, store)
+            clients[role] = session(glue.ResilientAdapter("http", policy=policy, pool_maxsize=size))
+        retry = urllib3.Retry(total=3, backoff_factor=0.4, status_forcelist=(429, 502, 503, 504))
+        clients["peer"] = session(
+            requests.adapters.HTTPAdapter(max_retries=retry, pool_maxsize=size)
+        )
+        return clients
+    httpx = need("httpx", "httpx")
+    glue = need("connector_resilience.httpx", "connector-resilience[httpx]")
+    limits = httpx.Limits(
+        max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2
+    )
+
+    def inner() -> Any:
+        return httpx.HTTPTransport(limits=limits)
+
+    clients["bare"] = httpx.Client(transport=inner())
+    for role, store in (("ours", "memory"), ("ours_jsonl", "jsonl")):
+        policy = _http_policy(ctx, store)
+        clients[role] = httpx.Client(
+            transport=glue.ResilientTransport("http", transport=inner(), policy=policy)
+        )
+    try:
+        retries = need("httpx_retries", "httpx-retries")
+        peer = retries.RetryTransport(transport=inner(), retry=retries.Retry(total=3))
+        clients["peer"] = httpx.Client(transport=peer)
+    except UnavailableError as exc:
+        clients["peer"] = exc
+    return clients
+
+
+def _status(response: Any) -> int:
+    status = getattr(response, "status_code", None)
+    return int(status if status is not None else response.status)
+
+
+async def _async_burst(client: Any, url: str, n: int, concurrency: int) -> tuple[float, float]:
+    per = max(1, n // concurrency)
+    is_aiohttp = hasattr(client, "ws_connect")
+
+    async def worker() -> None:
+        for _ in range(per):
+            if is_aiohttp:
+                async with client.get(url) as response:
+                    await response.read()
+                    status = response.status
+            else:
+                status = (await client.get(url)).status_code
+            if status != 200:
+                raise RuntimeError(f"server answered {status}")
+
+    wall, cpu = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    done = per * concurrency
+    return done / (time.perf_counter() - wall), done / max(1e-9, time.process_time() - cpu)
+
+
+def _sync_burst(
+    client: Any, url: str, n: int, concurrency: int, pool: ThreadPoolExecutor
+) -> tuple[float, float]:
+    per = max(1, n // concurrency)
+
+    def worker() -> None:
+        for _ in range(per):
+            response = client.get(url)
+            response.content  # noqa: B018 - read in full, as a caller does
+            if _status(response) != 200:
+                raise RuntimeError(f"server answered {_status(response)}")
+
+    wall, cpu = time.perf_counter(), time.process_time()
+    if concurrency == 1:
+        worker()
+    else:
+        for future in [pool.submit(worker) for _ in range(concurrency)]:
+            future.result()
+    done = per * concurrency
+    return done / (time.perf_counter() - wall), done / max(1e-9, time.process_time() - cpu)
+
+
+def _measure_family(
+    ctx: Context,
+    family: str,
+    concurrency: int,
+    url: str,
+    loop: asyncio.AbstractEventLoop,
+    pool: ThreadPoolExecutor,
+) -> tuple[dict[str, list[tuple[float, float]]], dict[str, str]]:
+    """Interleaved rounds of one family at one concurrency: role -> [(wall, cpu)], missing."""
+    is_async = family in ("aiohttp", "httpx-async")
+    if is_async:
+        built = loop.run_until_complete(_make_async(ctx, family, url, concurrency))
+    else:
+        built = _sync_clients(ctx, family, concurrency)
+    clients = {r: c for r, c in built.items() if not isinstance(c, UnavailableError)}
+    missing = {r: str(c) for r, c in built.items() if isinstance(c, UnavailableError)}
+
+    def burst(role: str, n: int) -> tuple[float, float]:
+        client = clients[role]
+        if is_async:
+            return loop.run_until_complete(_async_burst(client, url, n, concurrency))
+        return _sync_burst(client, url, n, concurrency, pool)
+
+    try:
+        for role in clients:
+            burst(role, 100)  # warm pools, engines and caches
+        rate = burst("bare", 200)[0]
+        n = max(100, int(rate * (0.1 if ctx.quick else 0.25)))
+        n -= n % concurrency
+        ctx.log(f"http {family} c={concurrency}: {len(clients)} clients x {n} requests")
+        rounds = interleaved(list(clients), lambda role: burst(role, n), ctx.repeats)
+    finally:
+        for client in clients.values():
+            if hasattr(client, "aclose"):
+                loop.run_until_complete(client.aclose())
+            else:
+                closing = client.close()
+                if asyncio.iscoroutine(closing):
+                    loop.run_until_complete(closing)
+    return rounds, missing
+
+
+def _run_clients(ctx: Context, url: str) -> None:
+    """The adapters-vs-bare table: requests/s and CPU us added, each family and concurrency."""
+    cpu_based = clock_name() == "cpu"
+    basis = "requests per client CPU-second" if cpu_based else "requests per second"
+    table = Table(
+        key="http_clients",
+        title="HTTP adapters beside their bare clients, at concurrency 1 and 64",
+        columns=[
+            "client",
+            "concurrency",
+            "requests/s (wall clock)",
+            "requests per client CPU-second",
+            f"ratio to the bare client ({'CPU' if cpu_based else 'wall'})",
+            "CPU us added per request",
+            f"ratio to the peer ({'CPU' if cpu_based else 'wall'})",
+        ],
+        note=(
+            "GET / with a 2-byte body read in full, against the same local aiohttp server "
+            "in its own process. Sync clients run their workers in threads. Each family's "
+            "subjects take turns in interleaved rounds; CPU is the client process's, every "
+            "thread (the metrics writer too). The peers retry like us on the failure path "
+            "(3 attempts); on this success path they only add their bookkeeping."
+        ),
+    )
+    series: dict[str, Any] = {}
+    loop = asyncio.new_event_loop()
+    pool = ThreadPoolExecutor(max(CLIENT_CONCURRENCY))
+    try:
+        for family, *_ in FAMILIES:
+            names = _subject_names(family)
+            for concurrency in CLIENT_CONCURRENCY:
+                try:
+                    rounds, missing = _measure_family(ctx, family, concurrency, url, loop, pool)
+                except UnavailableError as exc:
+                    table.rows.append([names["ours"], str(concurrency), str(exc), "", "", "", ""])
+                    continue
+                wall = {role: [w for w, _ in v] for role, v in rounds.items()}
+                cpu = {role: [c for _, c in v] for role, v in rounds.items()}
+                chosen = cpu if cpu_based else wall
+                for role, name in names.items():
+                    if role in missing:
+                        table.rows.append([name, str(concurrency), missing[role], "", "", "", ""])
+                        continue
+                    added = Stat.of(
+                        (1e6 / ours - 1e6 / bare)
+                        for ours, bare in zip(cpu[role], cpu["bare"], strict=False)
+                    )
+                    to_peer = (
+                        ratio_stat(chosen[role], chosen["peer"]).fmt(3)
+                        if "peer" in chosen and role.startswith("ours")
+                        else ""
+                    )
+                    table.rows.append(
+                        [
+                            name,
+                            str(concurrency),
+                            Stat.of(wall[role]).fmt(0),
+                            Stat.of(cpu[role]).fmt(0),
+                            ratio_stat(chosen[role], chosen["bare"]).fmt(3),
+                            "" if role == "bare" else added.fmt(1),
+                            to_peer,
+                        ]
+                    )
+                    series[f"{family}/c{concurrency}/{role}"] = Stat.of(chosen[role]).as_dict()
+                for suffix, role, reference in (
+                    ("bare", "ours", "bare"),
+                    ("bare_jsonl", "ours_jsonl", "bare"),
+                    ("peer", "ours", "peer"),
+                ):
+                    key = f"http_{family.replace('-', '_')}_c{concurrency}_{suffix}"
+                    if key not in ctx.results.targets:
+                        continue
+                    target = ctx.results.target(key)
+                    if role in chosen and reference in chosen:
+                        target.ratio = ratio_stat(chosen[role], chosen[reference])
+                        target.detail = (
+                            f"{Stat.of(chosen[role]).fmt(0)} vs "
+                            f"{Stat.of(chosen[reference]).fmt(0)} {basis}; wall clock: ratio "
+                            f"{ratio_stat(wall[role], wall[reference]).fmt(3)}"
+                        )
+                    else:
+                        target.why_not = missing.get(reference, "not measured")
+    finally:
+        pool.shutdown(wait=True)
+        close_loop(loop)
+    ctx.results.tables.append(table)
+    ctx.results.series["http_clients"] = series
+
+
+async def _make_async(ctx: Context, family: str, url: str, concurrency: int) -> dict[str, Any]:
+    # aiohttp sessions must be made inside the running loop.
+    return _async_clients(ctx, family, url, concurrency)

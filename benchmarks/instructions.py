@@ -92,6 +92,8 @@ def _scenarios(scratch: Path) -> dict[str, Callable[[], Loop]]:
         return fn
 
     trip = {"circuit": {"failures_to_open": 1, "cooldown_s": 3600}, "retry": {"max_attempts": 1}}
+    # Budget, rate limiter and bulkhead on, none of them ever refusing: the cost of asking.
+    load = {"limits": {"rate_per_s": 1e9, "rate_burst": 1e9, "bulkhead_max_concurrent": 1_000_000}}
     zero = {"retry": {"base_ms": 0, "max_attempts": 3}}
 
     def middleware(kind: str) -> Loop:
@@ -150,6 +152,8 @@ def _scenarios(scratch: Path) -> dict[str, Callable[[], Loop]]:
         ),
         "success-async": lambda: _async_loop(ours("memory", subjects._aplain)),
         "success-async-tenacity": lambda: _async_loop(subjects.tenacity_retry()(subjects._aplain)),
+        "success-sync-load": lambda: _sync_loop(ours("memory", subjects._plain, **load)),
+        "success-async-load": lambda: _async_loop(ours("memory", subjects._aplain, **load)),
         "fail-once-sync": lambda: _sync_loop(ours("memory", flaky_sync(), **zero)),
         "fail-once-sync-tenacity": lambda: _sync_loop(
             subjects.tenacity_retry(zero_wait=True)(flaky_sync())

@@ -13,9 +13,11 @@ from connector_resilience._blocks import Attempt, Retrying, retrying
 from connector_resilience.backends import open_store, register_backend
 from connector_resilience.circuit import CircuitBreaker, StateChange
 from connector_resilience.errors import (
+    BulkheadFullError,
     CircuitOpenError,
     ConfigurationError,
     InvalidGrantError,
+    RateLimitExceededError,
     ResilienceError,
     StoreError,
     TokenDecryptionError,
@@ -46,6 +48,7 @@ logging.getLogger("connector_resilience").addHandler(logging.NullHandler())
 
 __all__ = [
     "Attempt",
+    "BulkheadFullError",
     "CircuitBreaker",
     "CircuitOpenError",
     "ConfigurationError",
@@ -54,6 +57,7 @@ __all__ = [
     "OAuth2Config",
     "OAuth2Token",
     "Policy",
+    "RateLimitExceededError",
     "ResilienceError",
     "RetryEvent",
     "RetryStatistics",

@@ -1,7 +1,8 @@
 """Retrying a block of code, not a function: ``for attempt in retrying(...): with attempt:``.
 
-The same engine as ``@resilient`` decides: one breaker admission per block,
-one metric row per attempt, the same waits, deadline and hooks. The drivers
+The same engine as ``@resilient`` decides: one admission per block (rate
+limiter, bulkhead, breaker), one metric row per attempt, the same waits,
+deadline, retry budget, hooks and trace spans. The drivers
 here only hand each attempt to the ``for`` (or ``async for``) loop and report
 what the ``with`` block did.
 """
@@ -16,6 +17,7 @@ from typing import Any
 
 import tenacity
 
+from connector_resilience import _waits
 from connector_resilience._engine import (
     ATTEMPTS,
     Engine,
@@ -28,10 +30,10 @@ from connector_resilience._engine import (
     is_call,
     new_stats,
 )
-from connector_resilience._engines import ONE_ATTEMPT, REJECTED, EngineCache, RetryStatistics
+from connector_resilience._engines import ONE_ATTEMPT, EngineCache, RetryStatistics, refused_stats
 from connector_resilience.backends import Store
 from connector_resilience.circuit import StateChange
-from connector_resilience.errors import CircuitOpenError
+from connector_resilience.errors import BulkheadFullError, CircuitOpenError, RateLimitExceededError
 from connector_resilience.policy import Policy
 from connector_resilience.resilient import engine_options
 
@@ -99,31 +101,38 @@ class Retrying:
         self._cache.spec = None
 
     def __iter__(self) -> Iterator[Attempt]:
-        engine = self._cache(())
+        cache = self._cache
+        engine = cache(())
+        slot: str | None = None
         try:
+            slot = _take_load(engine)
             probe = admit(engine)
-        except CircuitOpenError:
-            self._cache.last = REJECTED
+        except BaseException as exc:
+            _give_back(engine, slot)
+            if isinstance(exc, _REFUSALS):
+                cache.last = refused_stats(exc)
             raise
-        self._cache.last = stats = new_stats()
-        plan = engine.plan(probe, None, self._cache.spec, stats=stats)
-        answer: _Outcome | None = None
-        while True:
-            try:
-                step = plan.send(answer)
-            except StopIteration:
-                return
-            if not is_call(step):
-                act(step, engine)
-                answer = None
-                continue
-            attempt = Attempt(stats[ATTEMPTS])
-            try:
-                yield attempt
-            except GeneratorExit:  # the loop was left with `break` (or abandoned)
-                _finish(plan, attempt, engine)
-                raise
-            answer = _outcome_of(attempt, plan)
+        try:
+            cache.last = stats = new_stats()
+            plan = engine.plan(probe, None, cache.spec, stats)
+            answer: Any = None
+            while True:
+                try:
+                    step = plan.send(answer)
+                except StopIteration:
+                    return
+                if not is_call(step):
+                    answer = act(step, engine)
+                    continue
+                attempt = Attempt(stats[ATTEMPTS])
+                try:
+                    yield attempt
+                except GeneratorExit:  # the loop was left with `break` (or abandoned)
+                    _finish(plan, attempt, engine)
+                    raise
+                answer = _outcome_of(attempt, plan)
+        finally:
+            _give_back(engine, slot)
 
     async def __aiter__(self) -> AsyncIterator[Attempt]:
         # Building the engine may read a remote store: not on the event loop.
@@ -131,30 +140,97 @@ class Retrying:
         engine = cache.built(())
         if engine is None:
             engine = await asyncio.to_thread(cache, ())
+        slot: str | None = None
         try:
+            slot = await _atake_load(engine)
             probe = await aadmit(engine)
-        except CircuitOpenError:
-            cache.last = REJECTED
+        except BaseException as exc:
+            await _agive_back(engine, slot)
+            if isinstance(exc, _REFUSALS):
+                cache.last = refused_stats(exc)
             raise
-        cache.last = stats = new_stats()
-        plan = engine.plan(probe, None, cache.spec, stats=stats)
-        answer: _Outcome | None = None
-        while True:
-            try:
-                step = plan.send(answer)
-            except StopIteration:
-                return
-            if not is_call(step):
-                await aact(step, engine)
-                answer = None
-                continue
-            attempt = Attempt(stats[ATTEMPTS])
-            try:
-                yield attempt
-            except GeneratorExit:
-                await _afinish(plan, attempt, engine)
-                raise
-            answer = _outcome_of(attempt, plan)
+        try:
+            cache.last = stats = new_stats()
+            plan = engine.plan(probe, None, cache.spec, stats)
+            answer: Any = None
+            while True:
+                try:
+                    step = plan.send(answer)
+                except StopIteration:
+                    return
+                if not is_call(step):
+                    answer = await aact(step, engine)
+                    continue
+                attempt = Attempt(stats[ATTEMPTS])
+                try:
+                    yield attempt
+                except GeneratorExit:
+                    await _afinish(plan, attempt, engine)
+                    raise
+                answer = _outcome_of(attempt, plan)
+        finally:
+            await _agive_back(engine, slot)
+
+
+#: Refusals before the block runs: the breaker's, then load control's admission.
+_REFUSALS = (CircuitOpenError, RateLimitExceededError, BulkheadFullError)
+
+
+# Load control for a whole block: what ``limits.Admission`` does around a call
+# (a rate-limit token, then a bulkhead slot, no wait past the deadline), split
+# into a step before the loop and one after it, since a block is no function.
+
+
+def _bounded(wait_s: float, engine: Engine) -> float:
+    return wait_s if engine.deadline_s is None else min(wait_s, engine.deadline_s)
+
+
+def _take_load(engine: Engine) -> str | None:
+    """Wait for a token and take a bulkhead slot (its holder id; ``None`` without one)."""
+    limiter, bulkhead = engine.load.limiter, engine.load.bulkhead
+    if limiter is not None:
+        grant = limiter.take(_bounded(limiter.max_wait_s, engine))
+        if not grant.granted:
+            engine.refused("RateLimitExceededError")
+            raise limiter.refusal(grant)
+        if grant.wait_s > 0:
+            _waits.sleep(grant.wait_s)
+    if bulkhead is None:
+        return None
+    try:
+        return bulkhead.acquire(_bounded(bulkhead.max_wait_s, engine))
+    except BulkheadFullError:
+        engine.refused("BulkheadFullError")
+        raise
+
+
+async def _atake_load(engine: Engine) -> str | None:
+    """:func:`_take_load` without blocking the event loop."""
+    limiter, bulkhead = engine.load.limiter, engine.load.bulkhead
+    if limiter is not None:
+        grant = await limiter.atake(_bounded(limiter.max_wait_s, engine))
+        if not grant.granted:
+            engine.refused("RateLimitExceededError")
+            raise limiter.refusal(grant)
+        if grant.wait_s > 0:
+            await _waits.asleep(grant.wait_s)
+    if bulkhead is None:
+        return None
+    try:
+        return await bulkhead.aacquire(_bounded(bulkhead.max_wait_s, engine))
+    except BulkheadFullError:
+        engine.refused("BulkheadFullError")
+        raise
+
+
+def _give_back(engine: Engine, slot: str | None) -> None:
+    if slot is not None and engine.load.bulkhead is not None:
+        engine.load.bulkhead.release(slot)
+
+
+async def _agive_back(engine: Engine, slot: str | None) -> None:
+    if slot is not None and engine.load.bulkhead is not None:
+        await engine.load.bulkhead.arelease(slot)
 
 
 def _outcome_of(attempt: Attempt, plan: Any) -> _Outcome:
@@ -181,8 +257,7 @@ def _finish(plan: Any, attempt: Attempt, engine: Engine) -> None:
     try:
         step = plan.send(_leaving(attempt))
         while not is_call(step):
-            act(step, engine)
-            step = plan.send(None)
+            step = plan.send(act(step, engine))
         plan.close()
     except (StopIteration, GeneratorExit):
         pass
@@ -192,8 +267,7 @@ async def _afinish(plan: Any, attempt: Attempt, engine: Engine) -> None:
     try:
         step = plan.send(_leaving(attempt))
         while not is_call(step):
-            await aact(step, engine)
-            step = plan.send(None)
+            step = plan.send(await aact(step, engine))
         plan.close()
     except (StopIteration, GeneratorExit):
         pass

@@ -11,18 +11,22 @@ function or HTTP client needs for one connector, once.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+import math
 import time
-from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import tenacity
 
-from connector_resilience import _clock, _waits
+from connector_resilience import _clock, _waits, tracing
+from connector_resilience._names import check_name
 from connector_resilience.backends import CallStatus, Store, open_store, store_for_policy
 from connector_resilience.circuit import CircuitBreaker, Outcome, StateChange, breaker_for
-from connector_resilience.errors import CircuitOpenError
+from connector_resilience.errors import BulkheadFullError, CircuitOpenError, RateLimitExceededError
+from connector_resilience.limits import Admission, Refusal, load_control_for
 from connector_resilience.metrics import buffer_for
 from connector_resilience.policy import Policy, current_policy
 from connector_resilience.retry import exception_predicate, wait_backoff
@@ -58,6 +62,7 @@ logger = logging.getLogger("connector_resilience")
 _CALL: Final = 0
 _SLEEP: Final = 1
 _REPORT: Final = 2
+_SPEND: Final = 3
 
 #: Interruptions, not failures of the connector: never retried, never recorded,
 #: never counted by the breaker (a probe slot they held is given back).
@@ -107,12 +112,23 @@ class CallSpec:
         labels: extra metric labels for this call (method, host).
         can_retry: returns why this call cannot be repeated (a consumed
             request body), or ``None`` when it can.
+        headers: the outgoing request's headers: a traced call puts each
+            attempt's trace context (``traceparent``) there.
+        wait: this call's wait rule, instead of the engine's backoff:
+            ``(attempt, previous_s, outcome, elapsed_s)`` to seconds, or to
+            ``None`` or ``math.inf`` to stop (a server asked for longer than
+            the policy allows).
+        result_labels: the labels of an attempt that returned ``result``
+            (an HTTP response's status code), instead of ``labels``.
     """
 
     max_attempts: int | None = None
     deadline_s: float | None = None
     labels: Mapping[str, str] | None = None
     can_retry: Callable[[], str | None] | None = None
+    headers: MutableMapping[str, str] | None = None
+    wait: Callable[[int, float | None, Any, float], float | None] | None = None
+    result_labels: Callable[[Any], Mapping[str, str]] | None = None
 
 
 _NO_SPEC = CallSpec()
@@ -148,7 +164,7 @@ def _with_status(labels: Mapping[str, str] | None, value: Any) -> Mapping[str, s
 # One step of the retry plan, answered by a driver:
 #   (_CALL, superseded result or None) -> (ok, value or exception, start, end)
 #   (_SLEEP, seconds)                   -> None
-#   (_REPORT, probe, outcome, duration) -> None
+#   (_REPORT, probe, outcome, duration, failure) -> None  (failure: exception or result name)
 _Plan = Generator[tuple[Any, ...], Any, Any]
 
 
@@ -200,6 +216,29 @@ class Engine:
             self.breaker = breaker_for(breaker_name or connector, policy=view, store=store)
             if options.on_state_change is not None:
                 self.breaker.add_listener(options.on_state_change)
+        # None unless OpenTelemetry tracing is on: then callers run every attempt
+        # through the plan, each in its own span.
+        self.tracer = tracing.call_tracer(connector, operation, breaker=self.breaker)
+        # No inline first attempt either when before/after hooks must see it.
+        self.plans_every_attempt = (
+            self.tracer is not None or options.before is not None or options.after is not None
+        )
+        # Load control (limits.py): the budget counts logical calls (``budget.calls``),
+        # admission runs before the breaker, and each retry asks ``load`` first.
+        self.load = load_control_for(connector, policy=view, store=store)
+        self.budget = self.load.budget
+        self.fallback = options.fallback
+        self.attempt_timeout_s = (
+            options.attempt_timeout_s
+            if options.attempt_timeout_s is not None
+            else view.retry.attempt_timeout_s
+        )
+        # A call with something to admit (or a per-attempt timeout) takes the admitted path.
+        self.admission = (
+            Admission(self.load, deadline_s=deadline, refused=self.refused)
+            if self.load.admits or self.attempt_timeout_s is not None
+            else None
+        )
 
     # Bookkeeping ----------------------------------------------------------
 
@@ -237,6 +276,7 @@ class Engine:
     ) -> bool:
         """Record a first-attempt success; True if the breaker must hear of it."""
         duration_ms = (end - start) * 1000.0
+        self.budget.calls += 1
         rows = self.rows
         if rows is not None:
             rows.append(
@@ -259,10 +299,25 @@ class Engine:
         # The hot path of an open circuit: one append; the buffer counts them and
         # writes one record per (operation, labels) per flush.
         if self.rejections is not None:
-            self.rejections.append((self.connector, self.operation, labels or self.labels))
+            self.rejections.append(
+                (self.connector, self.operation, labels or self.labels, "CircuitOpenError")
+            )
+        if self.tracer is not None:
+            self.tracer.rejected(exc, labels or self.labels)
         hook = self.options.on_reject
         if hook is not None:
             _safely(hook, exc, "on_reject")
+
+    def refused(self, kind: Refusal, labels: Mapping[str, str] | None = None) -> None:
+        """Count a load-control refusal (or a fallback used) in the metrics."""
+        if self.rejections is not None:
+            self.rejections.append((self.connector, self.operation, labels or self.labels, kind))
+
+    def wants_fallback(self, exc: BaseException) -> bool:
+        """Whether ``exc`` ends the call in the fallback: a refusal, or retries that ran out."""
+        if self.fallback is None:
+            return False
+        return isinstance(exc, _REFUSALS) or self.should_retry(exc)
 
     def classify(self, exc: BaseException) -> Outcome:
         """What a raised exception means to the breaker."""
@@ -309,9 +364,30 @@ class Engine:
         """Decide attempt by attempt; ``first`` is the first attempt's outcome if it ran.
 
         ``stats`` is kept up to date as attempts go; ``target`` is what tenacity
-        strategies and hooks see as the call's function and arguments.
+        strategies and hooks see as the call's function and arguments. A traced
+        engine's callers pass no ``first``: every attempt then runs from the
+        plan, in its own span.
         """
         spec = spec or _NO_SPEC
+        steps = self._steps(probe, first, spec, stats, target)
+        if self.tracer is None:
+            return steps
+        return self.tracer.trace_plan(
+            steps,
+            probe=probe,
+            labels=self.labels if spec.labels is None else {**(self.labels or {}), **spec.labels},
+            headers=spec.headers,
+            result_name=_result_name,
+        )
+
+    def _steps(
+        self,
+        probe: str | None,
+        first: tuple[bool, Any, float, float] | None,
+        spec: CallSpec,
+        stats: list[Any] | None,
+        target: Target | None,
+    ) -> _Plan:
         max_attempts = spec.max_attempts if spec.max_attempts is not None else self.max_attempts
         if _waits.attempts_cap is not None:  # testing.set_testing
             max_attempts = _waits.attempts_cap(max_attempts)
@@ -321,6 +397,7 @@ class Engine:
             if before is not None:
                 _safely(before, _tenacity_state(1, _NO_OUTCOME, None, 0.0, target=target), "before")
             first = yield (_CALL,)
+        self.budget.calls += 1
         ok, value, start, end = first
         attempt = 1
         waited = 0.0
@@ -331,7 +408,13 @@ class Engine:
         while True:
             duration_ms = (end - start) * 1000.0
             error_name: str | None
-            attempt_labels = _with_status(labels, value) if ok else labels
+            attempt_labels: Mapping[str, str] | None
+            if not ok:
+                attempt_labels = labels
+            elif spec.result_labels is not None:
+                attempt_labels = spec.result_labels(value)
+            else:
+                attempt_labels = _with_status(labels, value)
             if ok:
                 retry = self.retry_result is not None and bool(self.retry_result(value))
                 failed = retry or (self.failure_result is not None and self.failure_result(value))
@@ -347,7 +430,13 @@ class Engine:
                         True,
                         labels=attempt_labels,
                     )
-                    yield (_REPORT, probe, "failure" if failed else "success", duration_ms)
+                    yield (
+                        _REPORT,
+                        probe,
+                        "failure" if failed else "success",
+                        duration_ms,
+                        _result_name(value) if failed else None,
+                    )
                     return value
                 error_name = _result_name(value)
                 outcome: Outcome = "failure"
@@ -355,7 +444,7 @@ class Engine:
                 if isinstance(value, _INTERRUPTIONS):
                     if stats is not None:
                         stats[OUTCOME], stats[ERROR] = "failure", type(value).__name__
-                    yield (_REPORT, probe, "ignore", duration_ms)
+                    yield (_REPORT, probe, "ignore", duration_ms, None)
                     raise value
                 retry = self.should_retry(value)
                 outcome, error_name = self.classify(value), type(value).__name__
@@ -368,23 +457,34 @@ class Engine:
             delay: float | None = None
             if retry and attempt < max_attempts:
                 elapsed = _clock.monotonic() - began
-                delay = max(
-                    0.0,
-                    self.delay_s(attempt, previous, value, elapsed, waited, target),
-                )
-                past_deadline = deadline is not None and _clock.monotonic() + delay > deadline
-                stopped = self.stop is not None and self.stop(
-                    _tenacity_state(
-                        attempt, value, previous, elapsed, ok=ok, idle_s=waited, target=target
+                if spec.wait is not None:
+                    asked = spec.wait(attempt, previous, value, elapsed)
+                else:
+                    asked = self.delay_s(attempt, previous, value, elapsed, waited, target)
+                # A wait of None or infinity: the wait rule gives up with this outcome.
+                delay = None if asked is None or asked == math.inf else max(0.0, asked)
+                if delay is not None:
+                    past_deadline = deadline is not None and _clock.monotonic() + delay > deadline
+                    stopped = self.stop is not None and self.stop(
+                        _tenacity_state(
+                            attempt, value, previous, elapsed, ok=ok, idle_s=waited, target=target
+                        )
                     )
-                )
-                refusal = spec.can_retry() if spec.can_retry is not None else None
-                if refusal is not None:
-                    logger.warning(
-                        "%s.%s: not retried: %s", self.connector, self.operation, refusal
-                    )
-                if past_deadline or stopped or refusal is not None:
+                    refusal = spec.can_retry() if spec.can_retry is not None else None
+                    if refusal is not None:
+                        logger.warning(
+                            "%s.%s: not retried: %s", self.connector, self.operation, refusal
+                        )
+                    if past_deadline or stopped or refusal is not None:
+                        delay = None
+            if delay is not None and self.load.gates_retries:
+                left = None if deadline is None else deadline - _clock.monotonic()
+                verdict = yield (_SPEND, delay, left)
+                if isinstance(verdict, str):
+                    self.refused(cast(Refusal, verdict), attempt_labels)
                     delay = None
+                else:
+                    delay = verdict
             final = delay is None
             self.row(duration_ms, "error", error_name, attempt, final, labels=attempt_labels)
             if stats is not None:
@@ -392,7 +492,7 @@ class Engine:
             if final:
                 if stats is not None:
                     stats[OUTCOME] = "failure"
-                yield (_REPORT, probe, outcome, duration_ms)
+                yield (_REPORT, probe, outcome, duration_ms, error_name if ok else value)
                 if ok:
                     return value
                 raise value
@@ -435,6 +535,8 @@ class Engine:
 
 def _result_name(value: Any) -> str:
     status = getattr(value, "status", None)
+    if not isinstance(status, int):
+        status = getattr(value, "status_code", None)  # httpx's and requests' responses
     if isinstance(status, int):
         return f"HTTP {status}"
     return "RetryableResult"
@@ -510,20 +612,32 @@ async def aadmit(engine: Engine) -> str | None:
         raise
 
 
-def act(step: tuple[Any, ...], engine: Engine) -> None:
-    """Carry out a plan step other than a call: sleep, or report to the breaker."""
-    if step[0] == _SLEEP:
+def act(step: tuple[Any, ...], engine: Engine) -> Any:
+    """Carry out a plan step other than a call; returns what the plan is sent back.
+
+    A sleep, a report to the breaker, or a retry's verdict from load control
+    (its delay, or why it may not go).
+    """
+    kind = step[0]
+    if kind == _SLEEP:
         _waits.sleep(step[1])
+    elif kind == _SPEND:
+        return engine.load.retry_verdict(step[1], step[2])
     elif engine.breaker is not None:
-        engine.breaker.report(step[1], step[2], duration_ms=step[3])
+        engine.breaker.report(step[1], step[2], duration_ms=step[3], error=step[4])
+    return None
 
 
-async def aact(step: tuple[Any, ...], engine: Engine) -> None:
+async def aact(step: tuple[Any, ...], engine: Engine) -> Any:
     """:func:`act` for the event loop."""
-    if step[0] == _SLEEP:
+    kind = step[0]
+    if kind == _SLEEP:
         await _waits.asleep(step[1])
+    elif kind == _SPEND:
+        return await engine.load.aretry_verdict(step[1], step[2])
     elif engine.breaker is not None:
-        await engine.breaker.areport(step[1], step[2], duration_ms=step[3])
+        await engine.breaker.areport(step[1], step[2], duration_ms=step[3], error=step[4])
+    return None
 
 
 def is_call(step: tuple[Any, ...]) -> bool:
@@ -531,7 +645,15 @@ def is_call(step: tuple[Any, ...]) -> bool:
     return bool(step[0] == _CALL)
 
 
-def run_sync(plan: _Plan, fn: Callable[..., Any], args: Any, kwargs: Any, engine: Engine) -> Any:
+def run_sync(
+    plan: _Plan,
+    fn: Callable[..., Any],
+    args: Any,
+    kwargs: Any,
+    engine: Engine,
+    *,
+    discard: Callable[[Any], object] | None = None,
+) -> Any:
     perf = time.perf_counter
     answer: Any = None
     try:
@@ -539,6 +661,8 @@ def run_sync(plan: _Plan, fn: Callable[..., Any], args: Any, kwargs: Any, engine
             step = plan.send(answer)
             kind = step[0]
             if kind == _CALL:
+                if discard is not None and len(step) > 1 and step[1] is not None:
+                    discard(step[1])  # a result superseded by a retry (an HTTP response)
                 start = perf()
                 try:
                     answer = (True, fn(*args, **kwargs), start, perf())
@@ -547,10 +671,12 @@ def run_sync(plan: _Plan, fn: Callable[..., Any], args: Any, kwargs: Any, engine
             elif kind == _SLEEP:
                 _waits.sleep(step[1])
                 answer = None
+            elif kind == _SPEND:
+                answer = engine.load.retry_verdict(step[1], step[2])
             else:
                 # Inline, not act(): a call less on every retry (the block driver uses act).
                 if engine.breaker is not None:
-                    engine.breaker.report(step[1], step[2], duration_ms=step[3])
+                    engine.breaker.report(step[1], step[2], duration_ms=step[3], error=step[4])
                 answer = None
     except StopIteration as done:
         return done.value
@@ -573,7 +699,11 @@ async def run_async(
             kind = step[0]
             if kind == _CALL:
                 if discard is not None and len(step) > 1 and step[1] is not None:
-                    discard(step[1])  # a result superseded by a retry (an HTTP response)
+                    # A result superseded by a retry (an HTTP response); closing
+                    # an httpx async response is a coroutine.
+                    closing = discard(step[1])
+                    if inspect.isawaitable(closing):
+                        await closing
                 start = perf()
                 try:
                     answer = (True, await fn(*args, **kwargs), start, perf())
@@ -582,12 +712,30 @@ async def run_async(
             elif kind == _SLEEP:
                 await _waits.asleep(step[1])
                 answer = None
+            elif kind == _SPEND:
+                answer = await engine.load.aretry_verdict(step[1], step[2])
             else:
                 if engine.breaker is not None:
-                    await engine.breaker.areport(step[1], step[2], duration_ms=step[3])
+                    await engine.breaker.areport(
+                        step[1], step[2], duration_ms=step[3], error=step[4]
+                    )
                 answer = None
     except StopIteration as done:
         return done.value
+
+
+async def within(timeout_s: float, awaitable: Awaitable[Any]) -> Any:
+    """Await ``awaitable``, cancelling it with ``TimeoutError`` after ``timeout_s`` seconds."""
+    async with asyncio.timeout(timeout_s):
+        return await awaitable
+
+
+#: Load control's own refusals: the fallback takes them, no retry repeats them.
+_REFUSALS: tuple[type[BaseException], ...] = (
+    CircuitOpenError,
+    RateLimitExceededError,
+    BulkheadFullError,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -612,6 +760,8 @@ class EngineOptions:
     tokens: TokenSource | None = None
     before: Callable[[tenacity.RetryCallState], object] | None = None
     after: Callable[[tenacity.RetryCallState], object] | None = None
+    fallback: Callable[[BaseException], Any] | None = None
+    attempt_timeout_s: float | None = None
 
 
 def build_engine(
@@ -624,6 +774,8 @@ def build_engine(
     breaker_name: str | None = None,
 ) -> Engine:
     """An engine with ``None`` policy and store resolved (environment, then policy's store)."""
+    check_name(connector, what="connector name")
+    check_name(operation, what="operation name")
     policy = policy or current_policy()
     if store is None:
         store = store_for_policy(policy.for_connector(connector))

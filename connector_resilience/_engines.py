@@ -36,6 +36,7 @@ __all__ = [
     "EngineCache",
     "RetryStatistics",
     "forget_engines",
+    "refused_stats",
 ]
 
 # Shared, never mutated: what a call that never reached the retry plan did.
@@ -47,6 +48,12 @@ SUCCEEDED: Final = (1, 0.0, "success", None)
 REJECTED: Final = (0, 0.0, "rejected", "CircuitOpenError")
 #: Nothing called yet.
 NEVER_CALLED: Final = (0, 0.0, "none", None)
+
+
+def refused_stats(error: BaseException) -> CallStats:
+    """What a call refused before it started did: the breaker, rate limiter or bulkhead."""
+    return (0, 0.0, "rejected", type(error).__name__)
+
 
 #: The adjustment that turns retries off for one function.
 ONE_ATTEMPT: Final = CallSpec(max_attempts=1)

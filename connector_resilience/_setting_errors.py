@@ -107,7 +107,8 @@ def accepted_values(info: FieldInfo) -> str:
     elif annotation is int:
         text = "an integer" + _bounds(info.metadata)
     elif annotation is float:
-        text = "a number" + _bounds(info.metadata)
+        finite = any(getattr(item, "allow_inf_nan", True) is False for item in info.metadata)
+        text = ("a finite number" if finite else "a number") + _bounds(info.metadata)
     elif annotation is Path:
         text = "a file path"
     elif annotation is SecretStr:

@@ -17,7 +17,9 @@ __all__ = [
 ]
 
 #: The schemes connector-resilience serves itself.
-BUILTIN_SCHEMES = frozenset({"memory", "jsonl", "sqlite", "redis", "rediss"})
+BUILTIN_SCHEMES = frozenset(
+    {"memory", "jsonl", "sqlite", "redis", "rediss", "redis+sentinel", "redis+cluster"}
+)
 
 _registered: set[str] = set()
 

@@ -20,8 +20,21 @@ After ``CB_COOLDOWN_S`` an open breaker is half-open: each call is admitted as a
 probe with probability ``CB_HALF_OPEN_PROB`` while fewer than
 ``CB_HALF_OPEN_MAX_PROBES`` probes hold a slot (across every process). A slot is
 a lease of ``CB_PROBE_LEASE_S`` that is never extended, so a probe that hangs,
-is cancelled or dies with its process cannot hold the breaker half-open. A
-probe's success closes the breaker; its failure re-opens it.
+is cancelled or dies with its process cannot hold the breaker half-open.
+
+Recovery (each off by default, so a breaker behaves as it always did):
+
+* ``CB_HALF_OPEN_SUCCESSES`` probe successes close it; a probe failure reopens
+  it (with a rate model, the failure rate over that many probes decides).
+* ``CB_COOLDOWN_MULTIPLIER``: each reopen without a close in between lasts
+  longer, up to ``CB_COOLDOWN_MAX_S``.
+* ``CB_SLOW_START_S``: after a close, admission ramps from 10% of calls to all
+  of them, by the store's clock, so every process ramps together.
+* ``CB_QUORUM``: on a shared store it takes failures from that many breakers
+  (one per process) within a cooldown to open the breaker for everyone; below
+  it, ``CB_LOCAL_OPEN`` opens this process's own view only.
+
+The rules themselves are pure functions in ``_circuit_rules``.
 """
 
 from __future__ import annotations
@@ -31,7 +44,9 @@ import collections
 import dataclasses
 import itertools
 import logging
+import os
 import random
+import socket
 import threading
 import uuid
 from collections.abc import Callable, Generator
@@ -39,6 +54,18 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from connector_resilience import _clock
+from connector_resilience._circuit_rules import (
+    admitted_share,
+    closed,
+    effective_state,
+    holding_probe,
+    opened,
+    probe_outcome,
+    probe_refusal,
+    transition,
+    with_vote,
+)
+from connector_resilience._failures import describe_failure
 from connector_resilience._faults import FaultLog
 from connector_resilience.backends import (
     CircuitRecord,
@@ -47,10 +74,21 @@ from connector_resilience.backends import (
     open_store,
     store_for_policy,
 )
-from connector_resilience.errors import CircuitOpenError, fast_circuit_open_error
+from connector_resilience.errors import (
+    SLOW_START_REASON,
+    CircuitOpenError,
+    fast_circuit_open_error,
+)
 from connector_resilience.policy import CircuitPolicy, Policy, current_policy
 
-__all__ = ["CircuitBreaker", "Outcome", "StateChange", "breaker_for"]
+__all__ = [
+    "CircuitBreaker",
+    "Outcome",
+    "StateChange",
+    "admitted_share",
+    "breaker_for",
+    "effective_state",
+]
 
 logger = logging.getLogger("connector_resilience.circuit")
 
@@ -61,6 +99,10 @@ _CAS: Final = "cas"
 _STORE_DOWN: Final = object()
 _MAX_CAS_TRIES = 8
 _INFINITY = float("inf")
+#: The record of a breaker never written (records are frozen: one serves all).
+_NEVER_WRITTEN: Final = CircuitRecord()
+#: Probe ids of this process's own view (opened below quorum) start with this.
+_LOCAL_PROBE = "local:"
 
 # One store operation asked of a driver: ("load",) or ("cas", expected_version, record).
 _Step = tuple[Any, ...]
@@ -77,6 +119,9 @@ class StateChange:
         new: new state.
         reason: why, when known (for example "5 consecutive failures").
         at: store time of the change.
+        local: True when only this process's own view moved (opened below
+            ``CB_QUORUM``, and its own probing and closing); the shared
+            breaker did not.
     """
 
     connector: str
@@ -84,45 +129,16 @@ class StateChange:
     new: CircuitState
     reason: str | None
     at: float
+    local: bool = False
 
 
-def effective_state(record: CircuitRecord, now: float) -> CircuitState:
-    """The state a record means at ``now``: open turns half-open once the cooldown ends."""
-    if record.override == "forced_open":
-        return "open"
-    if record.override == "disabled":
-        return "closed"
-    if record.state == "open" and record.reopen_at is not None and now >= record.reopen_at:
-        return "half_open"
-    return record.state
+_reporter_ids = itertools.count(1)
 
 
-def _opened(record: CircuitRecord, now: float, cfg: CircuitPolicy, reason: str) -> CircuitRecord:
-    return dataclasses.replace(
-        record,
-        version=record.version + 1,
-        state="open",
-        failures=0,
-        opened_at=now,
-        reopen_at=now + cfg.cooldown_s,
-        probes=(),
-        reason=reason,
-        changed_at=now,
-    )
-
-
-def _closed(record: CircuitRecord, now: float) -> CircuitRecord:
-    return dataclasses.replace(
-        record,
-        version=record.version + 1,
-        state="closed",
-        failures=0,
-        opened_at=None,
-        reopen_at=None,
-        probes=(),
-        reason=None,
-        changed_at=now,
-    )
+def _new_reporter_id() -> str:
+    """Who reports failures, for a quorum: host, process and breaker, readable by operators."""
+    host = socket.gethostname()[:60] or "host"
+    return f"{host}:{os.getpid()}:{next(_reporter_ids)}:{uuid.uuid4().hex[:6]}"
 
 
 class CircuitBreaker:
@@ -148,6 +164,9 @@ class CircuitBreaker:
       :meth:`rejection` calls for you.
     - ``success_is_trivial``: reporting a plain (non-probe) success would
       change nothing, so it may be skipped.
+
+    During a slow start admission is a random draw per call, so
+    ``admit_until`` stays 0 until the ramp ends.
 
     Example:
         >>> breaker = CircuitBreaker("billing", store="memory://doc")
@@ -177,12 +196,17 @@ class CircuitBreaker:
             store = open_store(store)
         self.store: Store = store
         self._random = (rng or random.Random()).random
-        self._record = CircuitRecord()
+        self._record = _NEVER_WRITTEN
         self._seen_state: CircuitState = "closed"
         # The fast path (see the class docstring), recomputed whenever the cached record changes.
         self.admit_until = 0.0
         self.refuse_until = 0.0
-        self.rejection_args: tuple[str, float | None, str] = (connector, None, "")
+        self.rejection_args: tuple[str, float | None, str, tuple[str, str] | None] = (
+            connector,
+            None,
+            "",
+            None,
+        )
         self.success_is_trivial = False
         self._window: collections.deque[tuple[float, bool, bool]] = collections.deque(
             maxlen=self.config.window_size if self.config.model == "count" else None
@@ -197,7 +221,14 @@ class CircuitBreaker:
         # failing), or None while the store holds what this process decided.
         self._ahead_of: int | None = None
         self._listeners: list[Callable[[StateChange], object]] = []
+        # State changes waiting to be told to listeners, in the order they happened.
+        self._changes: collections.deque[StateChange] = collections.deque()
+        self._announce_lock = threading.RLock()
         self._pending_probe: str | None = None
+        # This process's own view while its failures tripped the breaker below
+        # quorum (CB_LOCAL_OPEN); None otherwise. Never written to the store.
+        self._local: CircuitRecord | None = None
+        self._reporter = (os.getpid(), _new_reporter_id())
         self._faults = FaultLog("updating circuit state", self.store.url)
         self._pushed = False
         watch = getattr(self.store, "watch_circuits", None)
@@ -213,15 +244,44 @@ class CircuitBreaker:
 
     @property
     def state(self) -> CircuitState:
-        """``"closed"``, ``"open"`` or ``"half_open"``, as of now."""
+        """``"closed"``, ``"open"`` or ``"half_open"``, as of now, for this process.
+
+        That is the shared state, unless this process opened its own view
+        below quorum (see :attr:`local_record`).
+        """
         self._refresh_if_stale()
-        return effective_state(self._record, self.store.now())
+        return effective_state(self._view()[0], self.store.now())
 
     @property
     def record(self) -> CircuitRecord:
         """The persisted record as this process last saw it."""
         self._refresh_if_stale()
         return self._record
+
+    @property
+    def local_record(self) -> CircuitRecord | None:
+        """This process's own view, when its failures opened it below ``CB_QUORUM``.
+
+        ``None`` while this process follows the shared record. It is never
+        written to the store: other processes go on calling.
+        """
+        self._refresh_if_stale()
+        return self._view()[1]
+
+    @property
+    def admitted_share(self) -> float:
+        """The share of calls admitted now: below 1.0 only during a slow start."""
+        self._refresh_if_stale()
+        record, local = self._view()
+        return 1.0 if local is not None else admitted_share(record, self.store.now())
+
+    @property
+    def reporter_id(self) -> str:
+        """Who this breaker is when it reports failures for a quorum: ``host:pid:n:random``."""
+        pid = os.getpid()
+        if self._reporter[0] != pid:  # a forked child is a process of its own
+            self._reporter = (pid, _new_reporter_id())
+        return self._reporter[1]
 
     def allow(self) -> bool:
         """Whether a call may go ahead now (a half-open admission takes a probe slot).
@@ -270,18 +330,34 @@ class CircuitBreaker:
         probe, self._pending_probe = self._pending_probe, None
         self.report(probe, "success", duration_ms=duration_ms)
 
-    def record_failure(self, *, duration_ms: float | None = None) -> None:
-        """Report that the last allowed call failed."""
+    def record_failure(
+        self, *, duration_ms: float | None = None, error: BaseException | str | None = None
+    ) -> None:
+        """Report that the last allowed call failed (``error``: what it raised, if known)."""
         probe, self._pending_probe = self._pending_probe, None
-        self.report(probe, "failure", duration_ms=duration_ms)
+        self.report(probe, "failure", duration_ms=duration_ms, error=error)
 
     def report(
-        self, probe: str | None, outcome: Outcome, *, duration_ms: float | None = None
+        self,
+        probe: str | None,
+        outcome: Outcome,
+        *,
+        duration_ms: float | None = None,
+        error: BaseException | str | None = None,
     ) -> None:
-        """Report a call's outcome: ``"success"``, ``"failure"`` or ``"ignore"`` (neither)."""
+        """Report a call's outcome: ``"success"``, ``"failure"`` or ``"ignore"`` (neither).
+
+        Args:
+            probe: what :meth:`acquire` returned for the call.
+            outcome: what the call's result means to the breaker.
+            duration_ms: how long the call took (for ``CB_SLOW_CALL_MS``).
+            error: for a failure, the exception it raised, or a name for a
+                failed result (``"HTTP 503"``). When it opens the breaker, its
+                type and masked message are kept: rejections carry them.
+        """
         if probe is None and outcome == "success" and self.success_is_trivial:
             return  # nothing to count or write: the common case after a retried call
-        self._drive(self._report_steps(probe, outcome, duration_ms))
+        self._drive(self._report_steps(probe, outcome, duration_ms, error))
 
     def force_open(self, *, reason: str = "forced open by an operator") -> None:
         """Hold the breaker open until :meth:`reset` (every process sharing the store)."""
@@ -292,11 +368,34 @@ class CircuitBreaker:
         self._drive(self._override_steps("disabled", "disabled by an operator"))
 
     def reset(self) -> None:
-        """Clear any override and close the breaker."""
+        """Clear any override and close the breaker: counts, open-time growth and ramp cleared."""
         self._drive(self._override_steps(None, "reset by an operator"))
 
+    def close(self) -> None:
+        """Close an open, half-open or forced-open breaker, as a recovery would.
+
+        A slow start (``CB_SLOW_START_S``) follows, as after probes succeed.
+        When this process's own view is open below quorum, that view closes.
+
+        Raises:
+            CircuitTransitionError: the breaker is closed already, or disabled.
+        """
+        self._drive(self._transition_steps("close"))
+
+    def half_open(self) -> None:
+        """End the cooldown of an open (or forced-open) breaker now: probing starts.
+
+        Raises:
+            CircuitTransitionError: the breaker is closed, half-open already, or disabled.
+        """
+        self._drive(self._transition_steps("half_open"))
+
     def add_listener(self, listener: Callable[[StateChange], object]) -> None:
-        """Call ``listener`` on every state change this process makes or sees."""
+        """Call ``listener`` on every state change this process makes or sees.
+
+        Changes are told one at a time, in the order they happened, from the
+        thread that made or saw them: keep a listener quick.
+        """
         if listener not in self._listeners:
             self._listeners.append(listener)
 
@@ -315,12 +414,17 @@ class CircuitBreaker:
         return result
 
     async def areport(
-        self, probe: str | None, outcome: Outcome, *, duration_ms: float | None = None
+        self,
+        probe: str | None,
+        outcome: Outcome,
+        *,
+        duration_ms: float | None = None,
+        error: BaseException | str | None = None,
     ) -> None:
         """:meth:`report` without blocking the event loop on network I/O."""
         if probe is None and outcome == "success" and self.success_is_trivial:
             return
-        await self._adrive(self._report_steps(probe, outcome, duration_ms))
+        await self._adrive(self._report_steps(probe, outcome, duration_ms, error))
 
     # Decisions: generators that yield store operations -------------------
 
@@ -334,33 +438,27 @@ class CircuitBreaker:
         for _ in range(_MAX_CAS_TRIES):
             now = self.store.now()
             if record.override == "forced_open":
-                raise CircuitOpenError(self.connector, retry_at=None, reason=record.reason or "")
+                raise self._refusal(record, None, record.reason or "")
             state = effective_state(record, now)
             if state == "closed":
+                if record.override is None:
+                    if self._local is not None:
+                        return self._admit_locally(now)
+                    share = admitted_share(record, now)
+                    if share < 1.0 and self._random() >= share:
+                        raise self._refusal(
+                            record,
+                            now,
+                            f"{SLOW_START_REASON}: admitting {share:.0%} of calls",
+                        )
                 return None
             if state == "open":
-                raise CircuitOpenError(
-                    self.connector, retry_at=record.reopen_at, reason=record.reason or ""
-                )
-            live = tuple(p for p in record.probes if p[1] > now)
-            if len(live) >= self.config.half_open_max_probes:
-                raise CircuitOpenError(
-                    self.connector,
-                    retry_at=min(p[1] for p in live),
-                    reason="half-open: every probe slot is taken",
-                )
-            if self._random() >= self.config.half_open_prob:
-                raise CircuitOpenError(
-                    self.connector, retry_at=now, reason="half-open: call not picked as a probe"
-                )
+                raise self._refusal(record, record.reopen_at, record.reason or "")
+            refusal = probe_refusal(record, now, self.config, draw=self._random())
+            if refusal is not None:
+                raise self._refusal(record, *refusal)
             probe = uuid.uuid4().hex[:12]
-            new = dataclasses.replace(
-                record,
-                version=record.version + 1,
-                state="half_open",
-                probes=(*live, (probe, now + self.config.probe_lease_s)),
-                changed_at=now,
-            )
+            new = holding_probe(record, now, self.config, probe=probe)
             written = yield (_CAS, record.version, new, "cooldown over: probing")
             if written is _STORE_DOWN:
                 # With the store down, the probe runs on local state alone.
@@ -370,12 +468,19 @@ class CircuitBreaker:
             record = yield (_LOAD,)
             if record is _STORE_DOWN:
                 record = self._record
-        raise CircuitOpenError(
-            self.connector, retry_at=self.store.now(), reason="half-open: probe slots contended"
-        )
+        raise self._refusal(record, self.store.now(), "half-open: probe slots contended")
+
+    def _refusal(
+        self, record: CircuitRecord, retry_at: float | None, reason: str
+    ) -> CircuitOpenError:
+        return fast_circuit_open_error(self.connector, retry_at, reason, record.last_failure)
 
     def _report_steps(
-        self, probe: str | None, outcome: Outcome, duration_ms: float | None
+        self,
+        probe: str | None,
+        outcome: Outcome,
+        duration_ms: float | None,
+        error: BaseException | str | None,
     ) -> _Steps:
         cfg = self.config
         slow = (
@@ -386,27 +491,35 @@ class CircuitBreaker:
         failed = outcome == "failure" or (
             outcome == "success" and slow and cfg.model == "consecutive"
         )
+        failure = describe_failure(error) if failed else None
+        if failure is None and failed:
+            failure = ("slow call", f"{duration_ms:.0f} ms") if slow else None
+        if probe is not None and probe.startswith(_LOCAL_PROBE):
+            self._local_probe_outcome(probe, None if outcome == "ignore" else failed, failure)
+            probe = None  # the shared breaker hears of it as of any other call
         trip_reason = None
         if cfg.model != "consecutive" and outcome != "ignore" and probe is None:
             trip_reason = self._note_in_window(failed, slow)
         record = self._record
         for _ in range(_MAX_CAS_TRIES):
             now = self.store.now()
-            new, reason = self._after_outcome(
+            new, reason, alone = self._after_outcome(
                 record,
                 now=now,
                 probe=probe,
                 outcome=outcome,
                 failed=failed,
                 trip_reason=trip_reason,
+                failure=failure,
             )
             if new is None:
                 return
             written = yield (_CAS, record.version, new, reason)
             if written is _STORE_DOWN:
                 self._go_local(new, record.version, reason)
-                return
-            if written:  # (the driver adopted it)
+            if written and alone is not None:
+                self._open_locally(now, alone, failure)
+            if written:  # (the driver adopted it, or this process goes on alone)
                 return
             record = yield (_LOAD,)
             if record is _STORE_DOWN:
@@ -421,36 +534,204 @@ class CircuitBreaker:
         outcome: Outcome,
         failed: bool,
         trip_reason: str | None,
-    ) -> tuple[CircuitRecord | None, str | None]:
-        """The record an outcome leads to, or ``None`` when nothing changes."""
+        failure: tuple[str, str] | None,
+    ) -> tuple[CircuitRecord | None, str | None, str | None]:
+        """What an outcome leads to: (new record or ``None``, why, why to open alone or ``None``).
+
+        The third item is set when this process's failures trip the breaker
+        but fewer than ``CB_QUORUM`` processes reported: with
+        ``CB_LOCAL_OPEN`` this process then opens its own view only.
+        """
         if record.override is not None:
-            return None, None
+            return None, None, None
         cfg = self.config
         if probe is not None:
-            if not any(p[0] == probe for p in record.probes):
-                return None, None  # the lease ran out, or another probe decided first
-            if outcome == "ignore":
-                rest = tuple(p for p in record.probes if p[0] != probe)
-                return dataclasses.replace(record, version=record.version + 1, probes=rest), None
-            if failed:
-                return _opened(record, now, cfg, "half-open probe failed"), "half-open probe failed"
-            return _closed(record, now), "half-open probe succeeded"
+            new, reason = probe_outcome(
+                record,
+                now,
+                cfg,
+                probe=probe,
+                failed=None if outcome == "ignore" else failed,
+                failure=failure,
+            )
+            return new, reason, None
         if record.state != "closed" or outcome == "ignore":
             # A call admitted before the breaker opened: its late outcome decides nothing.
-            return None, None
-        if trip_reason is not None:
-            return _opened(record, now, cfg, trip_reason), trip_reason
+            return None, None, None
         if cfg.model != "consecutive":
-            return None, None
+            if trip_reason is None:
+                return None, None, None
+            return self._trip(record, now, trip_reason, failure, record.failures)
         if failed:
             failures = record.failures + 1
             if failures >= cfg.failures_to_open:
                 reason = f"{failures} consecutive failure{'' if failures == 1 else 's'}"
-                return _opened(record, now, cfg, reason), reason
-            return dataclasses.replace(record, version=record.version + 1, failures=failures), None
-        if record.failures:
-            return dataclasses.replace(record, version=record.version + 1, failures=0), None
-        return None, None
+                return self._trip(record, now, reason, failure, failures)
+            return (
+                dataclasses.replace(
+                    record,
+                    version=record.version + 1,
+                    failures=failures,
+                    reporters=self._votes(record, now),
+                ),
+                None,
+                None,
+            )
+        if record.failures or record.reporters:
+            return (
+                dataclasses.replace(record, version=record.version + 1, failures=0, reporters=()),
+                None,
+                None,
+            )
+        return None, None, None
+
+    def _trip(
+        self,
+        record: CircuitRecord,
+        now: float,
+        reason: str,
+        failure: tuple[str, str] | None,
+        failures: int,
+    ) -> tuple[CircuitRecord | None, str | None, str | None]:
+        """The trip rule is met: open for everyone, or, below quorum, record the vote."""
+        cfg = self.config
+        reporters = self._votes(record, now)
+        if cfg.quorum <= 1 or len(reporters) >= cfg.quorum:
+            return opened(record, now, cfg, reason, failure), reason, None
+        alone = None
+        if cfg.local_open:
+            alone = (
+                f"{reason}; reported by {len(reporters)} of the {cfg.quorum} processes "
+                "a quorum needs: open for this process only"
+            )
+        new = dataclasses.replace(
+            record, version=record.version + 1, failures=failures, reporters=reporters
+        )
+        return new, None, alone
+
+    def _votes(self, record: CircuitRecord, now: float) -> tuple[tuple[str, float], ...]:
+        """The record's reporters with this breaker's failure counted (none without a quorum)."""
+        if self.config.quorum <= 1:
+            return ()
+        return with_vote(record, self.reporter_id, now, self.config)
+
+    # This process's own view (below quorum) -------------------------------
+
+    def _view(self) -> tuple[CircuitRecord, CircuitRecord | None]:
+        """(the record that decides for this process, its own view or ``None``)."""
+        record, local = self._record, self._local
+        if local is not None and record.override is None and record.state == "closed":
+            return local, local
+        return record, None
+
+    def _admit_locally(self, now: float) -> str | None:
+        with self._adopt_lock:
+            local = self._local
+            if local is None:
+                return None
+            state = effective_state(local, now)
+            if state == "open":
+                raise self._refusal(local, local.reopen_at, local.reason or "")
+            refusal = probe_refusal(local, now, self.config, draw=self._random())
+            if refusal is not None:
+                raise self._refusal(local, *refusal)
+            probe = _LOCAL_PROBE + uuid.uuid4().hex[:12]
+            self._local = holding_probe(local, now, self.config, probe=probe)
+        self._local_moved("cooldown over: probing (this process only)", now)
+        return probe
+
+    def _open_locally(self, now: float, reason: str, failure: tuple[str, str] | None) -> None:
+        with self._adopt_lock:
+            previous = self._local
+            if previous is not None and previous.state != "closed":
+                return  # open on its own already (its probe just failed)
+            base = previous or _NEVER_WRITTEN
+            new = opened(base, now, self.config, reason, failure)
+            self._local = new
+        self._local_moved(reason, now)
+
+    def _local_probe_outcome(
+        self, probe: str, failed: bool | None, failure: tuple[str, str] | None
+    ) -> None:
+        now = self.store.now()
+        with self._adopt_lock:
+            local = self._local
+            if local is None:
+                return
+            new, reason = probe_outcome(
+                local, now, self.config, probe=probe, failed=failed, failure=failure
+            )
+            if new is None:
+                return
+            # A close of this process's own view needs no slow start: the
+            # other processes never stopped calling.
+            self._local = None if new.state == "closed" else new
+        self._local_moved(reason, now)
+
+    def _local_moved(self, reason: str | None, now: float) -> None:
+        """This process's own view changed: recompute the fast path, tell listeners."""
+        with self._adopt_lock:
+            self._set_fast_flags()
+            previous = self._seen_state
+            state = self._seen_state = effective_state(self._view()[0], now)
+            if state != previous:
+                self._changes.append(
+                    StateChange(self.connector, previous, state, reason, now, True)
+                )
+        self._announce()
+
+    def _override_steps(self, override: Any, reason: str | None) -> _Steps:
+        for _ in range(_MAX_CAS_TRIES):
+            record = yield (_LOAD,)
+            if record is _STORE_DOWN:
+                raise self._last_fault or RuntimeError("store unavailable")
+            now = self.store.now()
+            base = closed(record, now, self.config, slow_start=False)
+            new = dataclasses.replace(base, override=override, reason=reason)
+            written = yield (_CAS, record.version, new, reason)
+            if written is _STORE_DOWN:
+                raise self._last_fault or RuntimeError("store unavailable")
+            if written:  # (the driver adopted it)
+                self._drop_local(now)
+                return
+        raise RuntimeError(
+            f"could not change the breaker of {self.connector!r}: too much contention"
+        )
+
+    def _transition_steps(self, action: Literal["close", "half_open"]) -> _Steps:
+        reason = "closed by an operator" if action == "close" else "half-open by an operator"
+        for _ in range(_MAX_CAS_TRIES):
+            record = yield (_LOAD,)
+            if record is _STORE_DOWN:
+                raise self._last_fault or RuntimeError("store unavailable")
+            now = self.store.now()
+            local = self._view()[1]
+            if local is not None:
+                self._transition_locally(local, now, action, reason)
+                return
+            new = transition(record, now, self.config, action=action, connector=self.connector)
+            written = yield (_CAS, record.version, new, reason)
+            if written is _STORE_DOWN:
+                raise self._last_fault or RuntimeError("store unavailable")
+            if written:  # (the driver adopted it)
+                return
+        raise RuntimeError(
+            f"could not change the breaker of {self.connector!r}: too much contention"
+        )
+
+    def _transition_locally(
+        self, local: CircuitRecord, now: float, action: Literal["close", "half_open"], reason: str
+    ) -> None:
+        new = transition(local, now, self.config, action=action, connector=self.connector)
+        with self._adopt_lock:
+            self._local = None if new.state == "closed" else new
+        self._local_moved(f"{reason} (this process only)", now)
+
+    def _drop_local(self, now: float) -> None:
+        with self._adopt_lock:
+            local, self._local = self._local, None
+        if local is not None:
+            self._local_moved(None, now)
 
     def _note_in_window(self, failed: bool, slow: bool) -> str | None:
         """Add an outcome to this process's window; the trip reason if it now trips."""
@@ -475,23 +756,6 @@ class CircuitBreaker:
             return f"slow-call rate {slows / calls:.0%} over the last {cfg.window_size} {unit}"
         return None
 
-    def _override_steps(self, override: Any, reason: str | None) -> _Steps:
-        for _ in range(_MAX_CAS_TRIES):
-            record = yield (_LOAD,)
-            if record is _STORE_DOWN:
-                raise self._last_fault or RuntimeError("store unavailable")
-            now = self.store.now()
-            base = _closed(record, now)
-            new = dataclasses.replace(base, override=override, reason=reason)
-            written = yield (_CAS, record.version, new, reason)
-            if written is _STORE_DOWN:
-                raise self._last_fault or RuntimeError("store unavailable")
-            if written:  # (the driver adopted it)
-                return
-        raise RuntimeError(
-            f"could not change the breaker of {self.connector!r}: too much contention"
-        )
-
     # Drivers: carry out the store operations ------------------------------
 
     _last_fault: BaseException | None = None
@@ -504,7 +768,7 @@ class CircuitBreaker:
                 epoch = next(self._epochs)
                 try:
                     if step[0] is _LOAD:
-                        result: Any = store.get_circuit(self.connector) or CircuitRecord()
+                        result: Any = store.get_circuit(self.connector) or _NEVER_WRITTEN
                     else:
                         result = store.compare_and_set_circuit(self.connector, step[1], step[2])
                 except Exception as exc:
@@ -530,7 +794,7 @@ class CircuitBreaker:
                             if aget
                             else await asyncio.to_thread(store.get_circuit, self.connector)
                         )
-                        result: Any = found or CircuitRecord()
+                        result: Any = found or _NEVER_WRITTEN
                     else:
                         result = (
                             await acas(self.connector, step[1], step[2])
@@ -572,11 +836,11 @@ class CircuitBreaker:
           so the next write carries it to the store.
         """
         with self._adopt_lock:
-            if epoch < self._record_epoch:
+            if self._overtaken(loaded, epoch):
                 return self._record
             ahead = self._ahead_of
             if ahead is not None and loaded.version <= ahead:
-                self._record_epoch = epoch
+                self._record_epoch = next(self._epochs)
                 self._record = dataclasses.replace(self._record, version=loaded.version)
                 return self._record
             self._ahead_of = None
@@ -609,26 +873,59 @@ class CircuitBreaker:
             self._stale_at = 0.0
             self._drive(self._refresh_steps())
 
+    def _overtaken(self, record: CircuitRecord, epoch: int) -> bool:
+        """Whether ``record``, from an operation issued at ``epoch``, is older news.
+
+        An operation issued after the adopted record's operation completed saw
+        the store at least as new (even one that was emptied and restarted its
+        versions). One issued before may have run at the store either side of
+        it (another thread's connection, another order), so its record is
+        news only if its version is higher.
+        """
+        return epoch < self._record_epoch and record.version <= self._record.version
+
     def _adopt(self, record: CircuitRecord, *, epoch: int, reason: str | None = None) -> None:
         """Make ``record`` this process's view, unless a newer one was adopted meanwhile."""
         with self._adopt_lock:
-            if epoch < self._record_epoch:
+            if self._overtaken(record, epoch):
                 return
-            self._record_epoch = epoch
+            # Numbered on completion: an operation issued from now on sees at least this.
+            self._record_epoch = next(self._epochs)
             previous = self._seen_state
             self._record = record
+            if record.override is not None or record.state != "closed":
+                self._local = None  # the shared breaker decides for every process now
             now = self.store.now()
-            state = effective_state(record, now)
+            view, local = self._view()
+            state = effective_state(view, now)
             self._seen_state = state
             self._set_fast_flags()
-        if state == previous:
-            return
+            if state != previous:
+                if reason is None and state == "half_open" and view.state == "open":
+                    reason = "cooldown over: probing"
+                change = StateChange(
+                    self.connector, previous, state, reason or view.reason, now, local is not None
+                )
+                self._changes.append(change)
+        self._announce()
+
+    def _announce(self) -> None:
+        """Tell listeners of the changes made so far, in the order they were made.
+
+        Changes are queued under the adoption lock and told outside it (a
+        listener may call the breaker), one thread at a time, so that every
+        listener sees a chain even when threads adopt records at once.
+        """
+        with self._announce_lock:
+            while self._changes:
+                change = self._changes.popleft()
+                self._tell(change)
+
+    def _tell(self, change: StateChange) -> None:
+        previous, state = change.old, change.new
         if state == "closed" or (state == "open" and previous == "closed"):
             with self._window_lock:
                 self._window.clear()
-        if reason is None and state == "half_open" and record.state == "open":
-            reason = "cooldown over: probing"
-        change = StateChange(self.connector, previous, state, reason or record.reason, now)
         level = logging.WARNING if state == "open" else logging.INFO
         logger.log(
             level,
@@ -645,7 +942,7 @@ class CircuitBreaker:
                 logger.exception("on_state_change listener for %r failed", self.connector)
 
     def _set_fast_flags(self) -> None:
-        record = self._record
+        record, local = self._view()
         interval = self.config.sync_interval_s
         now = _clock.monotonic()
         # A store that pushes changes keeps the cache fresh; poll it rarely as a safety net.
@@ -653,6 +950,12 @@ class CircuitBreaker:
         open_for_calls = record.override == "disabled" or (
             record.override is None and record.state == "closed"
         )
+        if open_for_calls and record.ramp_until is not None and record.override is None:
+            ramp_left = record.ramp_until - self.store.now()
+            if ramp_left > 0:
+                # Admission is a draw per call until the ramp ends; look again then.
+                open_for_calls = False
+                self._stale_at = min(self._stale_at, now + ramp_left)
         self.admit_until = self._stale_at if open_for_calls else 0.0
         # Until when a call is refused without a look: the cooldown's end, or
         # the cache going stale, whichever comes first; and what it is told.
@@ -660,6 +963,7 @@ class CircuitBreaker:
             self.connector,
             None if record.override == "forced_open" else record.reopen_at,
             record.reason or "",
+            record.last_failure,
         )
         self.refuse_until = 0.0
         if record.override == "forced_open":
@@ -668,11 +972,15 @@ class CircuitBreaker:
             remaining = record.reopen_at - self.store.now()
             if remaining > 0:
                 self.refuse_until = min(self._stale_at, now + remaining)
-        self.success_is_trivial = record.override == "disabled" or (
-            open_for_calls
-            and record.failures == 0
-            and self.config.model == "consecutive"
-            and self.config.slow_call_ms is None
+        shared = self._record
+        self.success_is_trivial = local is None and (
+            shared.override == "disabled"
+            or (
+                open_for_calls
+                and shared.failures == 0
+                and self.config.model == "consecutive"
+                and self.config.slow_call_ms is None
+            )
         )
 
 

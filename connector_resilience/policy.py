@@ -17,6 +17,7 @@ and ``policy.for_connector("github")`` returns the merged view.
 from __future__ import annotations
 
 import contextvars
+import math
 import os
 import tomllib
 import warnings
@@ -44,6 +45,7 @@ from connector_resilience.errors import ConfigurationError, ConfigurationWarning
 __all__ = [
     "CircuitPolicy",
     "HealthPolicy",
+    "LimitsPolicy",
     "OAuthPolicy",
     "Policy",
     "RetryPolicy",
@@ -100,6 +102,14 @@ class RetryPolicy(BaseModel):
         "Whole-call budget in seconds: no retry sleep may end past it. Unset: no deadline.",
         gt=0,
     )
+    attempt_timeout_s: float | None = _env(
+        "RETRY_ATTEMPT_TIMEOUT_S",
+        None,
+        "Longest one attempt may run: async functions are cancelled after it, HTTP "
+        "adapters pass it through the client's own timeouts, within the deadline. "
+        "Unset: no per-attempt limit (HTTP: the client's timeouts alone).",
+        gt=0,
+    )
 
     @model_validator(mode="after")
     def _cap_not_below_base(self) -> Self:
@@ -120,7 +130,11 @@ class CircuitPolicy(BaseModel):
         "CB_FAILURES_TO_OPEN", 5, "Consecutive failures that open the circuit.", ge=1
     )
     cooldown_s: float = _env(
-        "CB_COOLDOWN_S", 60.0, "Seconds an open circuit waits before probing.", gt=0
+        "CB_COOLDOWN_S",
+        60.0,
+        "Seconds an open circuit waits before probing.",
+        gt=0,
+        allow_inf_nan=False,
     )
     half_open_prob: float = _env(
         "CB_HALF_OPEN_PROB",
@@ -177,6 +191,58 @@ class CircuitPolicy(BaseModel):
         "Longest a process trusts its cached breaker state before re-reading a shared store.",
         ge=0,
     )
+    half_open_successes: int = _env(
+        "CB_HALF_OPEN_SUCCESSES",
+        1,
+        "Probe successes that close a half-open circuit; with CB_MODEL count or time, "
+        "the failure rate over this many probes decides.",
+        ge=1,
+        le=1000,
+    )
+    cooldown_multiplier: float = _env(
+        "CB_COOLDOWN_MULTIPLIER",
+        1.0,
+        "Each reopen without a close in between multiplies the open time by this (1: fixed).",
+        ge=1,
+        le=100,
+        allow_inf_nan=False,
+    )
+    cooldown_max_s: float = _env(
+        "CB_COOLDOWN_MAX_S",
+        600.0,
+        "Longest open time that CB_COOLDOWN_MULTIPLIER can grow to.",
+        gt=0,
+        allow_inf_nan=False,
+    )
+    slow_start_s: float = _env(
+        "CB_SLOW_START_S",
+        0.0,
+        "After a close, admission ramps from 10% to 100% of calls over this many seconds (0: off).",
+        ge=0,
+        le=86_400,
+        allow_inf_nan=False,
+    )
+    quorum: int = _env(
+        "CB_QUORUM",
+        1,
+        "Distinct processes whose failures it takes to open a shared circuit for everyone.",
+        ge=1,
+        le=64,
+    )
+    local_open: bool = _env(
+        "CB_LOCAL_OPEN",
+        True,
+        "Below CB_QUORUM, a process whose own failures trip the circuit opens it for itself.",
+    )
+
+    @model_validator(mode="after")
+    def _growth_cap_not_below_cooldown(self) -> Self:
+        if self.cooldown_multiplier > 1 and self.cooldown_max_s < self.cooldown_s:
+            raise ValueError(
+                f"CB_COOLDOWN_MAX_S ({self.cooldown_max_s:g}) must be >= CB_COOLDOWN_S "
+                f"({self.cooldown_s:g}) when CB_COOLDOWN_MULTIPLIER is above 1"
+            )
+        return self
 
 
 class HealthPolicy(BaseModel):
@@ -293,12 +359,104 @@ class StorePolicy(BaseModel):
         return url.strip()
 
 
+Scope = Literal["process", "store"]
+
+
+class LimitsPolicy(BaseModel):
+    """Load control: the retry budget, the rate limiter and the bulkhead, per connector."""
+
+    model_config = _GROUP_CONFIG
+
+    budget_ratio: float = _env(
+        "RETRY_BUDGET_RATIO",
+        0.2,
+        "Retries may add at most this share of the recent logical calls (plus the floor "
+        "below); 0 turns retries off, inf turns the budget off.",
+        ge=0,
+    )
+    budget_min_per_s: float = _env(
+        "RETRY_BUDGET_MIN_PER_S",
+        10.0,
+        "Retries per second always allowed on top of the ratio, so a quiet connector can retry.",
+        ge=0,
+    )
+    budget_window_s: float = _env(
+        "RETRY_BUDGET_WINDOW_S",
+        10.0,
+        "Seconds of calls and retries the budget looks back over.",
+        gt=0,
+        le=86400,
+    )
+    budget_scope: Scope = _env(
+        "RETRY_BUDGET_SCOPE",
+        "process",
+        "process: each process has its own budget; store: every process sharing the store "
+        "shares one.",
+    )
+    rate_per_s: float | None = _env(
+        "RATE_LIMIT_PER_S",
+        None,
+        "Requests per second the connector may send (attempts, retries included). "
+        "Unset: no rate limit.",
+        gt=0,
+    )
+    rate_burst: float | None = _env(
+        "RATE_LIMIT_BURST",
+        None,
+        "Requests that may go at once after a quiet spell. Unset: one second's worth (at least 1).",
+        ge=1,
+    )
+    rate_scope: Scope = _env(
+        "RATE_LIMIT_SCOPE",
+        "process",
+        "process: each process has its own bucket; store: one bucket shared through the store.",
+    )
+    rate_max_wait_s: float = _env(
+        "RATE_LIMIT_MAX_WAIT_S",
+        10.0,
+        "Longest a call waits for a token (less if its deadline is nearer); "
+        "past it the call raises RateLimitExceededError.",
+        ge=0,
+    )
+    bulkhead_max_concurrent: int | None = _env(
+        "BULKHEAD_MAX_CONCURRENT",
+        None,
+        "Calls to the connector that may run at once. Unset: no bulkhead.",
+        ge=1,
+    )
+    bulkhead_max_wait_s: float = _env(
+        "BULKHEAD_MAX_WAIT_S",
+        0.0,
+        "Longest a call waits for a free slot before it raises BulkheadFullError.",
+        ge=0,
+    )
+    bulkhead_scope: Scope = _env(
+        "BULKHEAD_SCOPE",
+        "process",
+        "process: a cap per process; store: one cap across every process sharing the store.",
+    )
+    bulkhead_lease_s: float = _env(
+        "BULKHEAD_LEASE_S",
+        60.0,
+        "A shared slot is freed after this long even if its holder never gives it back.",
+        gt=0,
+    )
+
+    @field_validator("budget_ratio", "budget_min_per_s")
+    @classmethod
+    def _not_nan(cls, value: float) -> float:
+        if math.isnan(value):
+            raise ValueError("must be a number, not NaN")
+        return value
+
+
 _GROUPS: dict[str, type[BaseModel]] = {
     "retry": RetryPolicy,
     "circuit": CircuitPolicy,
     "health": HealthPolicy,
     "oauth": OAuthPolicy,
     "store": StorePolicy,
+    "limits": LimitsPolicy,
 }
 
 
@@ -324,7 +482,9 @@ def _field_of(variable: str) -> FieldInfo | None:
 
 #: Variables with our prefixes that are not settings, but are not typos either.
 _NOT_SETTINGS_PREFIXES = ("CONNECTOR__", "CONNECTOR_POLICY_FILE", "CONNECTOR_RESILIENCE_")
-_OUR_PREFIXES = ("CONNECTOR_", "RETRY_", "CB_", "OAUTH", "CIRCUIT_")
+#: The first words of our variables (RETRY_, CB_, RATE_, BULKHEAD_...): a name
+#: that starts like one of ours and is not ours may be a typo.
+_OUR_PREFIXES = tuple(sorted({name.split("_", 1)[0] + "_" for name in _ENV_NAMES}))
 _warned_names: set[str] = set()
 
 
@@ -534,6 +694,7 @@ class Policy(BaseSettings):
         health: thresholds for healthy / degraded / down.
         oauth: token refresh and OAUTH2_REQUIRED.
         store: which store holds state, and where the JSONL files are.
+        limits: the retry budget, rate limiter and bulkhead.
         connectors: per-connector overrides, ``{name: {group: {field: value}}}``.
     """
 
@@ -550,6 +711,7 @@ class Policy(BaseSettings):
     health: HealthPolicy = Field(default_factory=HealthPolicy)
     oauth: OAuthPolicy = Field(default_factory=OAuthPolicy)
     store: StorePolicy = Field(default_factory=StorePolicy)
+    limits: LimitsPolicy = Field(default_factory=LimitsPolicy)
     connectors: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     _views: dict[str, Policy] = PrivateAttr(default_factory=dict)
@@ -680,7 +842,8 @@ def _describe_override_error(connector: str, group: str, exc: ValidationError) -
     return f"invalid override for connector {connector!r}: " + "; ".join(parts)
 
 
-_ENV_PREFIXES = ("CONNECTOR_", "RETRY_", "CB_", "OAUTH", "CIRCUIT_STATE_PATH")
+_ENV_PREFIXES: tuple[str, ...] = ("CONNECTOR_", "RETRY_", "CB_", "OAUTH", "CIRCUIT_STATE_PATH")
+_ENV_PREFIXES += ("RATE_LIMIT_", "BULKHEAD_")  # the load-control settings
 _current: tuple[tuple[tuple[str, str], ...], Policy] | None = None
 
 

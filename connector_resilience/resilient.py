@@ -30,11 +30,10 @@ from connector_resilience._engine import (
     EngineOptions,
     ExceptionMatcher,
     RetryEvent,
-    aadmit,
-    admit,
     new_stats,
     run_async,
     run_sync,
+    within,
 )
 from connector_resilience._engines import (
     FIRST_ATTEMPT,
@@ -45,10 +44,17 @@ from connector_resilience._engines import (
     EngineCache,
     RetryStatistics,
     forget_engines,
+    refused_stats,
 )
+from connector_resilience._names import check_name
 from connector_resilience.backends import Store
 from connector_resilience.circuit import StateChange
-from connector_resilience.errors import CircuitOpenError, fast_circuit_open_error
+from connector_resilience.errors import (
+    BulkheadFullError,
+    CircuitOpenError,
+    RateLimitExceededError,
+    fast_circuit_open_error,
+)
 from connector_resilience.policy import Policy
 from connector_resilience.retry import exception_predicate
 
@@ -104,11 +110,14 @@ def engine_options(
     tokens: TokenSource | None = None,
     before: Hook | None = None,
     after: Hook | None = None,
+    fallback: Callable[[BaseException], Any] | None = None,
+    attempt_timeout_s: float | None = None,
 ) -> EngineOptions:
     """``@resilient``'s options checked and gathered (``retrying`` takes the same ones).
 
     Raises:
-        ValueError: an attempt count below 1, or a deadline that is not > 0.
+        ValueError: an attempt count below 1, or a deadline or attempt timeout
+            that is not > 0.
         TypeError: ``ignore`` is not a tuple, ``retry_on`` is neither exception
             types nor a predicate, or a hook is not callable.
     """
@@ -116,6 +125,8 @@ def engine_options(
         raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
     if deadline_s is not None and not deadline_s > 0:
         raise ValueError(f"deadline_s must be > 0, got {deadline_s}")
+    if attempt_timeout_s is not None and not attempt_timeout_s > 0:
+        raise ValueError(f"attempt_timeout_s must be > 0, got {attempt_timeout_s}")
     if not isinstance(ignore, tuple):
         raise TypeError("ignore must be a tuple of exception types")
     exception_predicate(retry_on)  # validate now, not at the first failure
@@ -128,6 +139,7 @@ def engine_options(
         ("on_reject", on_reject),
         ("before", before),
         ("after", after),
+        ("fallback", fallback),
     ):
         if hook is not None and not callable(hook):
             raise TypeError(f"{name}= must be callable, got {hook!r}")
@@ -150,6 +162,8 @@ def engine_options(
         tokens=tokens,
         before=before,
         after=after,
+        fallback=fallback,
+        attempt_timeout_s=attempt_timeout_s,
     )
 
 
@@ -189,6 +203,8 @@ def resilient(
     tokens: TokenSource | None = None,
     before: Hook | None = None,
     after: Hook | None = None,
+    fallback: Callable[[BaseException], Any] | None = None,
+    attempt_timeout_s: float | None = None,
 ) -> _Decorator: ...
 
 
@@ -219,6 +235,8 @@ def resilient(
     tokens: TokenSource | None = None,
     before: Hook | None = None,
     after: Hook | None = None,
+    fallback: Callable[[BaseException], Any] | None = None,
+    attempt_timeout_s: float | None = None,
 ) -> Any:
     """Make a function's calls to a connector resilient and measured.
 
@@ -257,6 +275,17 @@ def resilient(
             (``tenacity.before_log(...)`` works).
         after: called with a tenacity ``RetryCallState`` after each failed
             attempt (``tenacity.after_log(...)`` works).
+        fallback: called with the exception when the circuit is open, the rate
+            limiter, bulkhead or retry budget refuses, or retries run out (an
+            exception ``retry_on`` matches); what it returns is the call's
+            result. An async function may have an async fallback. Other
+            exceptions are raised as they are.
+        attempt_timeout_s: async functions only: cancel an attempt that runs
+            longer, with ``TimeoutError`` (retried if ``retry_on`` matches and
+            the budget and deadline allow). ``RETRY_ATTEMPT_TIMEOUT_S`` if
+            ``None``. A sync function cannot be cut short from outside (Python
+            can stop neither a thread nor a blocking call): give its client a
+            timeout of its own.
 
     Returns:
         A decorator, or the decorated function when used bare (``@resilient``).
@@ -271,6 +300,8 @@ def resilient(
     Raises:
         TypeError: ``connector`` is neither a name nor ``None``, or the target
             is a class, a generator, or not callable.
+        ConfigurationError: ``connector`` or ``operation`` is an empty name or
+            one that cannot be stored.
 
     Example:
         >>> @resilient("billing", store="memory://doc-resilient")
@@ -286,6 +317,10 @@ def resilient(
             f"@resilient's first argument is the connector's name (a str) or None, "
             f"got {connector!r}"
         )
+    if connector is not None:
+        check_name(connector, what="@resilient connector name")
+    if operation is not None:
+        check_name(operation, what="@resilient operation name")
     # Every argument as given, so that retry_with() can change a few of them.
     settings = dict(locals())
     del settings["connector"]
@@ -307,6 +342,8 @@ def resilient(
         tokens=tokens,
         before=before,
         after=after,
+        fallback=fallback,
+        attempt_timeout_s=attempt_timeout_s,
     )
 
     def decorate(fn: Any) -> Any:
@@ -317,6 +354,7 @@ def resilient(
             return classmethod(decorate(fn.__func__))
         _check_target(fn)
         is_async = inspect.iscoroutinefunction(fn)
+        _check_async_options(fn, is_async, fallback, attempt_timeout_s)
         call: Callable[..., Any] = fn
         if tokens is not None:
             from connector_resilience.oauth2 import aauthenticated, authenticated
@@ -334,13 +372,14 @@ def resilient(
             options=options,
             function=fn,
         )
-        # Hooks see every attempt, the first included: no inline first attempt then.
-        planned = before is not None or after is not None
         if is_async:
-            make = _planned_async_wrapper if planned else _async_wrapper
+            wrapper: Any = _async_wrapper(call, engines)
+            if fallback is not None:
+                wrapper = _async_fallback(wrapper, engines, fallback)
         else:
-            make = _planned_sync_wrapper if planned else _sync_wrapper
-        wrapper: Any = make(call, engines)
+            wrapper = _sync_wrapper(call, engines)
+            if fallback is not None:
+                wrapper = _sync_fallback(wrapper, engines)
         # tenacity keeps these too: introspection (and mocks) see the real defaults.
         wrapper.__defaults__ = getattr(fn, "__defaults__", None)
         wrapper.__kwdefaults__ = getattr(fn, "__kwdefaults__", None)
@@ -375,167 +414,244 @@ def _retry_with(
 
 def _sync_wrapper(fn: Callable[P, R], engines: EngineCache) -> Callable[P, R]:
     perf = time.perf_counter
-    # What the latest call did: a closure cell, the cheapest store there is (fn.statistics).
+    # What the latest call did: a closure cell, the cheapest store there is
+    # (fn.statistics). Both wrappers below share it.
     last: CallStats = NEVER_CALLED
 
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        nonlocal last
-        engine = engines.fixed or engines(args)
-        if engine.gate is not None:
-            engine.gate()
-        breaker = engine.breaker
-        probe = None
-        if breaker is not None and (now := _clock.monotonic()) >= breaker.admit_until:
-            if now < breaker.refuse_until:
-                last = REJECTED
-                rejection = fast_circuit_open_error(*breaker.rejection_args)
-                engine.rejected(rejection)
-                raise rejection
+    def make(admit: bool) -> Callable[P, R]:
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            nonlocal last
+            engine = engines.fixed or engines(args)
+            # Admission (rate limiter, bulkhead) wraps the whole call, retries
+            # included: an admitted call runs the same wrapper with admission left out.
+            if engine.admission is not None and admit:
+                before = last
+                try:
+                    return engine.admission.call(admitted, *args, **kwargs)
+                except _ADMISSION_REFUSALS as exc:
+                    if last is before:  # refused before the call started
+                        last = refused_stats(exc)
+                    raise
+            if engine.gate is not None:
+                engine.gate()
+            breaker = engine.breaker
+            probe = None
+            if breaker is not None and (now := _clock.monotonic()) >= breaker.admit_until:
+                if now < breaker.refuse_until:
+                    last = REJECTED
+                    rejection = fast_circuit_open_error(*breaker.rejection_args)
+                    engine.rejected(rejection)
+                    raise rejection
+                try:
+                    probe = breaker.acquire()
+                except CircuitOpenError as exc:
+                    last = REJECTED
+                    engine.rejected(exc)
+                    raise
+            if engine.plans_every_attempt:  # traced, or hooks: every attempt from the plan
+                last = stats = new_stats()
+                target = (engines.function, args, kwargs)
+                plan = engine.plan(probe, None, engines.spec, stats, target)
+                return cast(R, run_sync(plan, fn, args, kwargs, engine))
+            last = FIRST_ATTEMPT
+            start = perf()
             try:
-                probe = breaker.acquire()
-            except CircuitOpenError as exc:
-                last = REJECTED
-                engine.rejected(exc)
-                raise
-        last = FIRST_ATTEMPT
-        start = perf()
-        try:
-            result = fn(*args, **kwargs)
-        except BaseException as exc:
-            last = stats = [1, 0.0, "running", None]  # new_stats(), inline: a call less
-            plan = engine.plan(
-                probe,
-                (False, exc, start, perf()),
-                engines.spec,
-                stats,
-                (engines.function, args, kwargs),
-            )
-            return cast(R, run_sync(plan, fn, args, kwargs, engine))
-        end = perf()
-        if engine.retry_result is not None and engine.retry_result(result):
-            last = stats = [1, 0.0, "running", None]  # new_stats(), inline: a call less
-            plan = engine.plan(
-                probe,
-                (True, result, start, end),
-                engines.spec,
-                stats,
-                (engines.function, args, kwargs),
-            )
-            return cast(R, run_sync(plan, fn, args, kwargs, engine))
-        last = SUCCEEDED
-        if engine.succeeded(start, end, probe):
-            assert breaker is not None
-            breaker.report(probe, "success", duration_ms=(end - start) * 1000.0)
-        return result
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                last = stats = [1, 0.0, "running", None]  # new_stats(), inline: a call less
+                plan = engine.plan(
+                    probe,
+                    (False, exc, start, perf()),
+                    engines.spec,
+                    stats,
+                    (engines.function, args, kwargs),
+                )
+                return cast(R, run_sync(plan, fn, args, kwargs, engine))
+            end = perf()
+            if engine.retry_result is not None and engine.retry_result(result):
+                last = stats = [1, 0.0, "running", None]  # new_stats(), inline: a call less
+                plan = engine.plan(
+                    probe,
+                    (True, result, start, end),
+                    engines.spec,
+                    stats,
+                    (engines.function, args, kwargs),
+                )
+                return cast(R, run_sync(plan, fn, args, kwargs, engine))
+            last = SUCCEEDED
+            if engine.succeeded(start, end, probe):
+                assert breaker is not None
+                breaker.report(probe, "success", duration_ms=(end - start) * 1000.0)
+            return result
 
-    wrapper.statistics = RetryStatistics(lambda: last)  # type: ignore[attr-defined]
-    return wrapper
+        return wrapper
+
+    admitted = make(False)
+    outer: Any = make(True)
+    outer.statistics = RetryStatistics(lambda: last)
+    return cast(Callable[P, R], outer)
 
 
 def _async_wrapper(
     fn: Callable[P, Awaitable[R]], engines: EngineCache
 ) -> Callable[P, Awaitable[R]]:
     perf = time.perf_counter
-    # What the latest call did: a closure cell, the cheapest store there is (fn.statistics).
+    # What the latest call did: a closure cell, the cheapest store there is
+    # (fn.statistics). Both wrappers below share it.
     last: CallStats = NEVER_CALLED
 
-    @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        nonlocal last
-        # Building an engine opens the store and reads the breaker (network I/O
-        # for Redis): the first call of a connector does it in a worker thread.
-        engine = engines.fixed or engines.built(args)
-        if engine is None:
-            engine = await asyncio.to_thread(engines, args)
-        if engine.gate is not None:
-            await asyncio.to_thread(engine.gate)  # a store read, maybe over the network
-        breaker = engine.breaker
-        probe = None
-        if breaker is not None and (now := _clock.monotonic()) >= breaker.admit_until:
-            if now < breaker.refuse_until:
-                last = REJECTED
-                rejection = fast_circuit_open_error(*breaker.rejection_args)
-                engine.rejected(rejection)
-                raise rejection
+    def make(call: Callable[P, Awaitable[R]], admit: bool) -> Callable[P, Awaitable[R]]:
+        @functools.wraps(fn)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            nonlocal last
+            # Building an engine opens the store and reads the breaker (network I/O
+            # for Redis): the first call of a connector does it in a worker thread.
+            engine = engines.fixed or engines.built(args)
+            if engine is None:
+                engine = await asyncio.to_thread(engines, args)
+            # Admitted calls (and calls with a per-attempt timeout) run the same
+            # wrapper again, each attempt cut short by the engine's timeout.
+            if engine.admission is not None and admit:
+                before = last
+                try:
+                    return await engine.admission.acall(admitted, *args, **kwargs)
+                except _ADMISSION_REFUSALS as exc:
+                    if last is before:  # refused before the call started
+                        last = refused_stats(exc)
+                    raise
+            if engine.gate is not None:
+                await asyncio.to_thread(engine.gate)  # a store read, maybe over the network
+            breaker = engine.breaker
+            probe = None
+            if breaker is not None and (now := _clock.monotonic()) >= breaker.admit_until:
+                if now < breaker.refuse_until:
+                    last = REJECTED
+                    rejection = fast_circuit_open_error(*breaker.rejection_args)
+                    engine.rejected(rejection)
+                    raise rejection
+                try:
+                    probe = await breaker.aacquire()
+                except CircuitOpenError as exc:
+                    last = REJECTED
+                    engine.rejected(exc)
+                    raise
+            if engine.plans_every_attempt:  # traced, or hooks: every attempt from the plan
+                last = stats = new_stats()
+                target = (engines.function, args, kwargs)
+                plan = engine.plan(probe, None, engines.spec, stats, target)
+                return cast(R, await run_async(plan, call, args, kwargs, engine))
+            last = FIRST_ATTEMPT
+            start = perf()
             try:
-                probe = await breaker.aacquire()
-            except CircuitOpenError as exc:
-                last = REJECTED
-                engine.rejected(exc)
-                raise
-        last = FIRST_ATTEMPT
-        start = perf()
+                result = await call(*args, **kwargs)
+            except BaseException as exc:
+                last = stats = [1, 0.0, "running", None]  # new_stats(), inline: a call less
+                plan = engine.plan(
+                    probe,
+                    (False, exc, start, perf()),
+                    engines.spec,
+                    stats,
+                    (engines.function, args, kwargs),
+                )
+                return cast(R, await run_async(plan, call, args, kwargs, engine))
+            end = perf()
+            if engine.retry_result is not None and engine.retry_result(result):
+                last = stats = [1, 0.0, "running", None]  # new_stats(), inline: a call less
+                plan = engine.plan(
+                    probe,
+                    (True, result, start, end),
+                    engines.spec,
+                    stats,
+                    (engines.function, args, kwargs),
+                )
+                return cast(R, await run_async(plan, call, args, kwargs, engine))
+            last = SUCCEEDED
+            if engine.succeeded(start, end, probe):
+                assert breaker is not None
+                await breaker.areport(probe, "success", duration_ms=(end - start) * 1000.0)
+            return result
+
+        return wrapper
+
+    admitted = make(_timed(fn, engines), False)
+    outer: Any = make(fn, True)
+    outer.statistics = RetryStatistics(lambda: last)
+    return cast(Callable[P, Awaitable[R]], outer)
+
+
+#: What admission refuses before a call starts (the breaker's refusal is counted apart).
+_ADMISSION_REFUSALS = (RateLimitExceededError, BulkheadFullError)
+
+
+# Fallbacks ------------------------------------------------------------------------
+
+
+def _check_async_options(
+    fn: Callable[..., Any],
+    is_async: bool,
+    fallback: Callable[[BaseException], Any] | None,
+    attempt_timeout_s: float | None,
+) -> None:
+    if is_async:
+        return
+    name = getattr(fn, "__qualname__", repr(fn))
+    if attempt_timeout_s is not None:
+        raise TypeError(
+            f"attempt_timeout_s needs an async function; {name}() is sync and Python cannot "
+            "cut a running sync call short: give its client a timeout instead"
+        )
+    if fallback is not None and inspect.iscoroutinefunction(fallback):
+        raise TypeError(f"the fallback of the sync function {name}() must not be async")
+
+
+def _sync_fallback(wrapper: Callable[P, R], engines: EngineCache) -> Callable[P, R]:
+    @functools.wraps(wrapper)
+    def with_fallback(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            result = await fn(*args, **kwargs)
-        except BaseException as exc:
-            last = stats = [1, 0.0, "running", None]  # new_stats(), inline: a call less
-            plan = engine.plan(
-                probe,
-                (False, exc, start, perf()),
-                engines.spec,
-                stats,
-                (engines.function, args, kwargs),
-            )
-            return cast(R, await run_async(plan, fn, args, kwargs, engine))
-        end = perf()
-        if engine.retry_result is not None and engine.retry_result(result):
-            last = stats = [1, 0.0, "running", None]  # new_stats(), inline: a call less
-            plan = engine.plan(
-                probe,
-                (True, result, start, end),
-                engines.spec,
-                stats,
-                (engines.function, args, kwargs),
-            )
-            return cast(R, await run_async(plan, fn, args, kwargs, engine))
-        last = SUCCEEDED
-        if engine.succeeded(start, end, probe):
-            assert breaker is not None
-            await breaker.areport(probe, "success", duration_ms=(end - start) * 1000.0)
+            return wrapper(*args, **kwargs)
+        except Exception as exc:
+            engine = engines.built(args)
+            if engine is None or engine.fallback is None or not engine.wants_fallback(exc):
+                raise
+            engine.refused("FallbackUsed")
+            return cast(R, engine.fallback(exc))
+
+    return with_fallback
+
+
+def _async_fallback(
+    wrapper: Callable[P, Awaitable[R]],
+    engines: EngineCache,
+    fallback: Callable[[BaseException], Any],
+) -> Callable[P, Awaitable[R]]:
+    is_async = inspect.iscoroutinefunction(fallback)
+
+    @functools.wraps(wrapper)
+    async def with_fallback(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await wrapper(*args, **kwargs)
+        except Exception as exc:
+            engine = engines.built(args)
+            if engine is None or not engine.wants_fallback(exc):
+                raise
+            engine.refused("FallbackUsed")
+            value = fallback(exc)
+            return cast(R, await value if is_async else value)
+
+    return with_fallback
+
+
+def _timed(fn: Callable[P, Awaitable[R]], engines: EngineCache) -> Callable[P, Awaitable[R]]:
+    """``fn``, each call cancelled after its engine's ``attempt_timeout_s`` (if any)."""
+
+    @functools.wraps(fn)
+    async def attempt(*args: P.args, **kwargs: P.kwargs) -> R:
+        engine = engines.fixed or engines.built(args)
+        timeout = engine.attempt_timeout_s if engine is not None else None
+        if timeout is None:
+            return await fn(*args, **kwargs)
+        result: R = await within(timeout, fn(*args, **kwargs))
         return result
 
-    wrapper.statistics = RetryStatistics(lambda: last)  # type: ignore[attr-defined]
-    return wrapper
-
-
-def _planned_sync_wrapper(fn: Callable[P, R], engines: EngineCache) -> Callable[P, R]:
-    """Every attempt through the plan (``before``/``after`` hooks see the first one too)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        engine = engines.fixed or engines(args)
-        try:
-            probe = admit(engine)
-        except CircuitOpenError:
-            engines.last = REJECTED
-            raise
-        engines.last = stats = new_stats()
-        plan = engine.plan(probe, None, engines.spec, stats, (engines.function, args, kwargs))
-        return cast(R, run_sync(plan, fn, args, kwargs, engine))
-
-    wrapper.statistics = RetryStatistics(lambda: engines.last)  # type: ignore[attr-defined]
-    return wrapper
-
-
-def _planned_async_wrapper(
-    fn: Callable[P, Awaitable[R]], engines: EngineCache
-) -> Callable[P, Awaitable[R]]:
-    """:func:`_planned_sync_wrapper` for coroutine functions."""
-
-    @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        engine = engines.fixed or engines.built(args)
-        if engine is None:
-            engine = await asyncio.to_thread(engines, args)
-        try:
-            probe = await aadmit(engine)
-        except CircuitOpenError:
-            engines.last = REJECTED
-            raise
-        engines.last = stats = new_stats()
-        plan = engine.plan(probe, None, engines.spec, stats, (engines.function, args, kwargs))
-        return cast(R, await run_async(plan, fn, args, kwargs, engine))
-
-    wrapper.statistics = RetryStatistics(lambda: engines.last)  # type: ignore[attr-defined]
-    return wrapper
+    return attempt

@@ -24,7 +24,7 @@ import tenacity
 from tenacity.wait import wait_base
 
 from connector_resilience import _clock
-from connector_resilience.errors import CircuitOpenError
+from connector_resilience.errors import BulkheadFullError, CircuitOpenError, RateLimitExceededError
 
 if TYPE_CHECKING:
     from connector_resilience.policy import Policy, RetryPolicy
@@ -42,13 +42,15 @@ __all__ = [
 JitterKind = Literal["proportional", "full", "equal", "decorrelated", "none"]
 
 #: Never retried, whatever a predicate says: the caller asked to stop, or the
-#: breaker already refused the call.
+#: breaker (or load control: a rate limiter, a bulkhead) already refused the call.
 NEVER_RETRY: tuple[type[BaseException], ...] = (
     asyncio.CancelledError,
     KeyboardInterrupt,
     SystemExit,
     GeneratorExit,
     CircuitOpenError,
+    RateLimitExceededError,
+    BulkheadFullError,
 )
 
 _JITTER_KINDS = frozenset(("proportional", "full", "equal", "decorrelated", "none"))

@@ -39,6 +39,7 @@ GROUP_TITLES: dict[str, str] = {
     "health": "Health",
     "oauth": "OAuth2 tokens",
     "store": "Store",
+    "limits": "Load control",
 }
 
 

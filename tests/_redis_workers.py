@@ -7,6 +7,9 @@ Run as ``python -m tests._redis_workers COMMAND URL``:
   after each change.
 * ``hold-token-lock``: takes the token lock of "api" (lease from argv[3]),
   prints ``held`` and waits to be killed.
+* ``watch-breaker``: keeps a breaker on "api", printing ``ready`` once it
+  watches the store, then ``STATE MONOTONIC_TIME`` for each state it sees,
+  until stdin closes.
 """
 
 from __future__ import annotations
@@ -87,10 +90,26 @@ def count_under_token_lock(url: str, counter_key: str, times: int) -> None:
     raw.close()
 
 
+def watch_breaker(url: str) -> None:
+    """Report every state the breaker of "api" takes, timed by the system-wide monotonic clock."""
+    from connector_resilience.circuit import CircuitBreaker, StateChange
+
+    breaker = CircuitBreaker("api", store=open_store(url))
+
+    def report(change: StateChange) -> None:
+        print(f"{change.new} {time.monotonic():.6f}", flush=True)
+
+    breaker.add_listener(report)
+    print("ready", flush=True)
+    sys.stdin.read()
+
+
 if __name__ == "__main__":
     command, url = sys.argv[1], sys.argv[2]
     if command == "cas-on-command":
         cas_on_command(url)
+    elif command == "watch-breaker":
+        watch_breaker(url)
     elif command == "hold-token-lock":
         hold_token_lock(url, float(sys.argv[3]))
     else:

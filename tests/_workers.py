@@ -110,3 +110,27 @@ def open_breaker_and_report(url: str, connector: str, failures: int, done: Any) 
     """Open the breaker, then put the wall-clock time it was opened on ``done``."""
     open_breaker(url, connector, failures)
     done.put(time.time())
+
+
+def take_limits(url: str, count: int, out: str) -> None:
+    """Ask ``count`` tokens, retries and leases of one shared store; append what was granted."""
+    from connector_resilience.backends import LimitStore
+
+    store = open_store(url)
+    assert isinstance(store, LimitStore)
+    granted: list[str] = []
+    for i in range(count):
+        if store.take_token("fleet", rate_per_s=0.001, burst=40.0, max_wait_s=0.0).granted:
+            granted.append("token")
+        if store.spend_retry_budget(
+            "fleet", calls=0, retry=True, ratio=0.2, min_per_s=0, window_s=60
+        ):
+            granted.append("retry")
+        if store.acquire_lease("fleet", limit=3, lease_s=60.0, holder=f"{os.getpid()}-{i}").granted:
+            granted.append("lease")
+    # One short O_APPEND write per process: the lines of different processes never mix.
+    fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, "".join(f"{g}\n" for g in granted).encode())
+    finally:
+        os.close(fd)

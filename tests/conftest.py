@@ -11,13 +11,15 @@ import pytest
 from connector_resilience.backends import close_all_stores
 
 #: Environment variables a test must not inherit from the developer's shell.
-_OWN_PREFIXES = ("CONNECTOR_", "RETRY_", "CB_", "OAUTH", "CIRCUIT_")
+_OWN_PREFIXES = ("CONNECTOR_", "RETRY_", "CB_", "OAUTH", "CIRCUIT_", "RATE_LIMIT_", "BULKHEAD_")
 #: ... except the CI flag, which turns a missing redis-server or browser into a failure.
 _KEEP = frozenset({"CONNECTOR_RESILIENCE_CI"})
 
 LOCAL_BACKENDS = ("memory", "jsonl", "sqlite", "redis")
 #: Backends that several processes can share.
 SHARED_BACKENDS = ("jsonl", "sqlite", "redis")
+#: Redis as deployed in production: the conformance suite runs on these too.
+REDIS_DEPLOYMENTS = ("redis-cluster", "redis-sentinel")
 
 #: The ``redis_server`` and ``redis_server_factory`` fixtures.
 pytest_plugins = ["tests.redis_server"]
@@ -48,24 +50,35 @@ def url_for(backend: str, tmp_path: Path) -> str:
     raise ValueError(backend)
 
 
+#: The Redis deployments the suite runs on, by the fixture of tests/redis_server.py.
+_REDIS_FIXTURES = {
+    "redis": "redis_server",
+    "redis-cluster": "redis_cluster",
+    "redis-sentinel": "redis_sentinel",
+}
+
+
+def backend_url(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> str:
+    """A fresh store URL of ``backend``, starting the Redis deployment it needs."""
+    fixture = _REDIS_FIXTURES.get(backend)
+    if fixture is None:
+        return url_for(backend, tmp_path)
+    deployment = request.getfixturevalue(fixture)
+    # A Cluster has database 0 only, and names none in its URL.
+    db = "" if backend == "redis-cluster" else "/0"
+    return f"{deployment.url}{db}?prefix={tmp_path.name}"
+
+
 @pytest.fixture(params=LOCAL_BACKENDS)
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A URL per backend; Redis joins through tests/redis_server.py when a server runs."""
-    backend: str = request.param
-    if backend == "redis":
-        server = request.getfixturevalue("redis_server")
-        return f"{server.url}/0?prefix={tmp_path.name}"
-    return url_for(backend, tmp_path)
+    """A URL per backend; Redis (a server, a Cluster, a Sentinel) from tests/redis_server.py."""
+    return backend_url(request, request.param, tmp_path)
 
 
 @pytest.fixture(params=SHARED_BACKENDS)
 def shared_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A URL per backend that several processes can share."""
-    backend: str = request.param
-    if backend == "redis":
-        server = request.getfixturevalue("redis_server")
-        return f"{server.url}/0?prefix={tmp_path.name}"
-    return url_for(backend, tmp_path)
+    return backend_url(request, request.param, tmp_path)
 
 
 @pytest.fixture(params=[b for b in LOCAL_BACKENDS if b != "redis"])

@@ -76,6 +76,9 @@ class OAuthServer:
         send_expires_in: include ``expires_in`` in responses.
         github_style: answer like GitHub: errors with HTTP 200 and GitHub's own
             codes, and form encoding unless the client asks for JSON.
+        basic_decoder: how the Basic credential's id and secret are decoded:
+            ``"form"`` (RFC 6749 Appendix B, ``+`` is a space) or ``"authlib"``
+            (Authlib's own server code, which percent-decodes: ``+`` stays ``+``).
     """
 
     def __init__(
@@ -85,11 +88,14 @@ class OAuthServer:
         rotate_refresh_tokens: bool = True,
         send_expires_in: bool = True,
         github_style: bool = False,
+        basic_decoder: str = "form",
     ) -> None:
         self.access_ttl_s = access_ttl_s
         self.rotate_refresh_tokens = rotate_refresh_tokens
         self.send_expires_in = send_expires_in
         self.github_style = github_style
+        self.basic_decoder = basic_decoder
+        self._echo = 0
         self.clients: dict[str, str | None] = {CLIENT_ID: CLIENT_SECRET, PUBLIC_CLIENT_ID: None}
         self._state = _State()
         #: Every access and refresh token ever issued, for tests that look for leaks.
@@ -182,6 +188,15 @@ class OAuthServer:
         with self._lock:
             self._errors.append((error, status, description))
 
+    def echo_next(self, count: int = 1) -> None:
+        """Answer the next ``count`` token requests with an error that echoes the request.
+
+        Its description is the Authorization header and the raw form body, as
+        some servers' debug modes send them back.
+        """
+        with self._lock:
+            self._echo += count
+
     def before_next_request(self, action: Callable[[], None]) -> None:
         """Run ``action`` (in the server's thread) when the next token request arrives.
 
@@ -246,6 +261,7 @@ class OAuthServer:
     async def _token(self, request: web.Request) -> web.Response:
         # Read the whole request first, so a held request is complete even if
         # its client gives up waiting for the answer.
+        raw_body = await request.read()
         form = await request.post()
         with self._arrived:
             self._arrivals += 1
@@ -278,6 +294,10 @@ class OAuthServer:
         with self._lock:
             failure = self._failures.pop(0) if self._failures else None
             forced = self._errors.pop(0) if self._errors else None
+            echo, self._echo = self._echo > 0, max(0, self._echo - 1)
+        if echo:
+            said = f"{request.headers.get('Authorization', '')} {raw_body.decode()}"
+            return answer("invalid_request", 400, _error_body("invalid_request", said))
         if failure is not None:
             status, retry_after = failure
             extra = {"Retry-After": retry_after} if retry_after else {}
@@ -332,6 +352,14 @@ class OAuthServer:
     def _authenticate(self, request: web.Request, params: dict[str, str]) -> tuple[str | None, str]:
         header = request.headers.get("Authorization", "")
         in_body = "client_secret" in params
+        if header.startswith("Basic ") and self.basic_decoder == "authlib":
+            if in_body:
+                return None, "invalid"
+            from authlib.oauth2.rfc6749.util import extract_basic_authorization
+
+            basic_id, secret = extract_basic_authorization(request.headers)
+            ok = basic_id in self.clients and self.clients[basic_id] == secret
+            return (basic_id, "basic") if ok else (None, "invalid")
         if header.startswith("Basic "):
             if in_body:
                 return None, "invalid"  # RFC 6749 2.3: one method per request

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import random
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -327,6 +328,60 @@ def test_store_fault_falls_back_to_local_state_and_logs_once(
     _fail(breaker, 1)
     assert breaker.state == "closed"
     assert any("works again" in r.getMessage() for r in caplog.records)
+
+
+class ReorderingStore(MemoryStore):
+    """A memory store where one read runs before a write yet answers after it.
+
+    As two threads' connections to a server can: the read reads, then waits
+    until the write has run and been answered.
+    """
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.write_entered = threading.Event()
+        self.write_may_run = threading.Event()
+        self.read_done = threading.Event()
+        self.read_may_answer = threading.Event()
+        self.reorder = False
+        self.slow_reader: threading.Thread | None = None
+
+    def get_circuit(self, connector: str) -> CircuitRecord | None:
+        found = super().get_circuit(connector)
+        if threading.current_thread() is self.slow_reader:
+            self.read_done.set()
+            assert self.read_may_answer.wait(5)
+        return found
+
+    def compare_and_set_circuit(
+        self, connector: str, expected_version: int, record: CircuitRecord
+    ) -> bool:
+        if self.reorder:
+            self.write_entered.set()
+            assert self.write_may_run.wait(5)
+        return super().compare_and_set_circuit(connector, expected_version, record)
+
+
+def test_a_read_issued_during_a_write_but_run_before_it_does_not_roll_back() -> None:
+    store = ReorderingStore("memory://reordering")
+    breaker = CircuitBreaker("api", policy=_policy(sync_interval_s=0), store=store)
+    _fail(breaker, 2)
+    changes: list[tuple[str, str]] = []
+    breaker.add_listener(lambda change: changes.append((change.old, change.new)))
+    store.reorder = True
+    writer = threading.Thread(target=_fail, args=(breaker, 1))  # the third failure opens
+    writer.start()
+    assert store.write_entered.wait(5)
+    reader = threading.Thread(target=breaker.allow)
+    store.slow_reader = reader
+    reader.start()  # issued while the write is under way, reads the store before it
+    assert store.read_done.wait(5)
+    store.write_may_run.set()
+    writer.join(5)
+    store.read_may_answer.set()
+    reader.join(5)
+    assert changes == [("closed", "open")]
+    assert breaker.state == "open"
 
 
 def test_breaker_needs_a_name() -> None:

@@ -100,7 +100,7 @@ def test_health_of_one_connector_per_operation_and_errors_by_type(filled: str) -
     out = result.stdout
     assert "breaker:   open since" in out
     assert "3 consecutive failures" in out
-    assert "calls:     3 (3 failed, 6 attempts, 3 retries, 2 rejected by the breaker)" in out
+    assert "calls:     3 (3 failed, 6 attempts, 3 retries, 2 refused before sending)" in out
     assert _rows(out)["get_item"][1:5] == ["3", "100.0%", "100.0%", "3"]
     assert "recent errors by type" in out
     assert _rows(out)["ConnectionError"][1] == "6"
@@ -132,7 +132,8 @@ def test_circuits_lists_states_and_forced_overrides(filled: str) -> None:
     assert result.returncode == 0
     rows = _rows(result.stdout)
     assert rows["billing"][1:3] == ["open", "forced_open"]
-    assert rows["billing"][-1] == "deploy"
+    assert rows["billing"][-3:] == ["deploy", "-", "-"]  # REASON, OPENS, LAST FAILURE
+    assert rows["inventory"][-2:] == ["1", "ConnectionError"]
     assert rows["inventory"][1:3] == ["open", "-"]
     assert rows["search"][1:3] == ["closed", "-"]
     data = json.loads(run_cli("--store", filled, "circuits", "--json").stdout)
@@ -154,8 +155,8 @@ def test_forced_states_are_obeyed_by_the_next_decorated_call(filled: str) -> Non
         connectors.charge(1)
     assert refused.value.retry_at is None  # held until an operator resets it
 
-    # `close` forces it closed: calls go through and failures are not counted.
-    assert run_cli("--store", filled, "circuit", "close", "inventory").returncode == 0
+    # `disable` forces it closed: calls go through and failures are not counted.
+    assert run_cli("--store", filled, "circuit", "disable", "inventory").returncode == 0
     testing.reset()
     connectors = Connectors(filled)
     seen = connectors.run(billing=0, search=0, inventory=6)
@@ -178,9 +179,9 @@ def test_forced_states_are_obeyed_by_the_next_decorated_call(filled: str) -> Non
 
 
 def test_circuit_json_reports_the_new_record(filled: str) -> None:
-    result = run_cli("--store", filled, "--json", "circuit", "close", "search")
+    result = run_cli("--store", filled, "--json", "circuit", "disable", "search")
     data = json.loads(result.stdout)
-    assert (data["connector"], data["action"], data["state"]) == ("search", "close", "closed")
+    assert (data["connector"], data["action"], data["state"]) == ("search", "disable", "closed")
     assert (data["override"], data["reason"]) == ("disabled", "disabled by an operator")
     assert open_store(filled).get_circuit("search") is not None
 

@@ -272,16 +272,18 @@ def test_healthz_and_metrics_follow_the_store(shared_store_url: str) -> None:
         assert status == 200
         assert kind.startswith("text/plain")
         assert (
-            'connector_resilience_health_status{connector="search",status="degraded"} 1.0' in body
+            'connector_resilience_store_health_status{connector="search",status="degraded"} 1.0'
+            in body
         )
-        assert 'connector_resilience_window_calls{connector="billing"} 5.0' in body
+        assert 'connector_resilience_store_window_calls{connector="billing"} 5.0' in body
 
         Connectors(shared_store_url).run(billing=0, search=0, inventory=5)
         _until(lambda: _get(base + "healthz")[0] == 503, "/healthz to answer 503")
         assert json.loads(_get(base + "healthz")[2])["connectors"]["inventory"] == "down"
         _until(
             lambda: (
-                'circuit_state{connector="inventory",state="open"} 1.0' in _get(base + "metrics")[2]
+                'store_circuit_state{connector="inventory",state="open"} 1.0'
+                in _get(base + "metrics")[2]
             ),
             "/metrics to show the open circuit",
         )

@@ -118,6 +118,44 @@ def test_sqlite_reports_a_file_where_a_folder_should_be_as_store_error(tmp_path:
             "0",
             "RETRY_DEADLINE_S='0' is not accepted: expected a number > 0, or unset",
         ),
+        # Load control and breaker recovery (issues 15 and 20) speak the same way.
+        (
+            "RETRY_ATTEMPT_TIMEOUT_S",
+            "0",
+            "RETRY_ATTEMPT_TIMEOUT_S='0' is not accepted: expected a number > 0, or unset",
+        ),
+        (
+            "RETRY_BUDGET_SCOPE",
+            "cluster",
+            "RETRY_BUDGET_SCOPE='cluster' is not accepted: expected one of process, store",
+        ),
+        (
+            "RATE_LIMIT_PER_S",
+            "-1",
+            "RATE_LIMIT_PER_S='-1' is not accepted: expected a number > 0, or unset",
+        ),
+        (
+            "BULKHEAD_MAX_CONCURRENT",
+            "abc",
+            "BULKHEAD_MAX_CONCURRENT='abc' is not accepted: expected an integer >= 1, or unset",
+        ),
+        (
+            "CB_HALF_OPEN_SUCCESSES",
+            "x",
+            "CB_HALF_OPEN_SUCCESSES='x' is not accepted: expected an integer from 1 to 1000",
+        ),
+        (
+            "CB_COOLDOWN_MULTIPLIER",
+            "0.5",
+            "CB_COOLDOWN_MULTIPLIER='0.5' is not accepted: expected a finite number from 1 to 100",
+        ),
+        (
+            "CB_SLOW_START_S",
+            "-3",
+            "CB_SLOW_START_S='-3' is not accepted: expected a finite number from 0 to 86400",
+        ),
+        ("CB_QUORUM", "0", "CB_QUORUM='0' is not accepted: expected an integer from 1 to 64"),
+        ("CB_LOCAL_OPEN", "maybe", "CB_LOCAL_OPEN='maybe' is not accepted: expected true or false"),
     ],
 )
 def test_a_bad_variable_is_a_configuration_error_naming_it(
@@ -168,18 +206,25 @@ def test_a_bad_override_names_the_connector_variable(monkeypatch: pytest.MonkeyP
 def test_a_misspelt_variable_warns_with_the_closest_name(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RETRY_MAX_ATTEMTPS", "5")
     monkeypatch.setenv("CB_FAILURE_TO_OPEN", "2")
+    monkeypatch.setenv("RATE_LIMIT_PER_SEC", "5")  # load control's prefixes are ours too
+    monkeypatch.setenv("BULKHEAD_MAX_CONCURENT", "3")
     monkeypatch.setenv("CONNECTOR_RESILIENCE_CI", "1")  # ours, not a setting: no warning
     monkeypatch.setenv("CONNECTOR_TEAM", "payments")  # looks like nothing of ours
     with pytest.warns(ConfigurationWarning) as caught:
         policy = Policy()
     messages = sorted(str(w.message) for w in caught)
     assert messages == [
+        "BULKHEAD_MAX_CONCURENT is not a connector-resilience setting and is ignored; "
+        "did you mean BULKHEAD_MAX_CONCURRENT?",
         "CB_FAILURE_TO_OPEN is not a connector-resilience setting and is ignored; "
         "did you mean CB_FAILURES_TO_OPEN?",
+        "RATE_LIMIT_PER_SEC is not a connector-resilience setting and is ignored; "
+        "did you mean RATE_LIMIT_PER_S?",
         "RETRY_MAX_ATTEMTPS is not a connector-resilience setting and is ignored; "
         "did you mean RETRY_MAX_ATTEMPTS?",
     ]
     assert policy.retry.max_attempts == 3  # ignored, as it says
+    assert policy.limits.rate_per_s is None
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Policy()  # once per name, not at every Policy()

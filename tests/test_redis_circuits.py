@@ -86,7 +86,7 @@ def test_compare_and_set_is_one_atomic_script(redis_url: str, redis_server: Redi
     store.compare_and_set_circuit("api", 0, CircuitRecord(version=1))
     # Another writer (of any kind) bumping the version in between is detected.
     raw = redis.Redis.from_url(f"{redis_server.url}/0", decode_responses=True)
-    raw.hset(f"{store.prefix}:circuit-versions", "api", 2)
+    raw.hset(store.keys.circuit("api"), "version", 2)
     assert not store.compare_and_set_circuit("api", 1, CircuitRecord(version=2, failures=9))
     raw.close()
 

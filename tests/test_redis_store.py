@@ -7,7 +7,7 @@ import ipaddress
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -39,10 +39,11 @@ def test_url_options_and_defaults() -> None:
     tuned = RedisStore("rediss://h:6390/2?prefix=billing&retention_s=3600&socket_timeout=2.5")
     assert (tuned.prefix, tuned.retention_s) == ("billing", 3600.0)
     # Options that are not ours reach redis-py; ours do not.
-    assert "prefix" not in repr(tuned._client.connection_pool.connection_kwargs)
-    assert tuned._client.connection_pool.connection_kwargs["socket_timeout"] == 2.5
-    assert tuned._client.connection_pool.connection_kwargs["db"] == 2
-    assert tuned._client.connection_pool.connection_class is redis.SSLConnection
+    pool = cast(redis.Redis, tuned._client).connection_pool
+    assert "prefix" not in repr(pool.connection_kwargs)
+    assert pool.connection_kwargs["socket_timeout"] == 2.5
+    assert pool.connection_kwargs["db"] == 2
+    assert pool.connection_class is redis.SSLConnection
 
 
 @pytest.mark.parametrize(
@@ -142,7 +143,7 @@ def test_identical_records_are_all_kept(redis_url: str) -> None:
 
 def test_appends_trim_calls_past_the_retention(redis_server: RedisServer, raw: redis.Redis) -> None:
     store = open_redis_store(f"{redis_server.url}/0?prefix=retention&retention_s=60")
-    key = "retention:calls:api"
+    key = store.keys.calls("api")
     now = time.time()
     store.append_calls([_call(now - 120, operation="old")])
     # One member per batch; a batch is not trimmed by its own write...
@@ -173,7 +174,7 @@ def test_a_batch_partly_past_the_retention_is_filtered_then_compacted(
     # ...and compact() rewrites the batch without its expired call.
     counts = store.compact(metrics_retention_s=60)
     assert (counts["metrics_dropped"], counts["metrics_kept"]) == (1, 2)
-    assert raw.zcard("partly:calls:api") == 2
+    assert raw.zcard(store.keys.calls("api")) == 2
     assert [r.operation for r in store.read_calls(since=0)] == ["recent", "new"]
 
 
@@ -187,8 +188,7 @@ def test_compact_trims_by_age_and_forgets_emptied_connectors(
     counts = store.compact(metrics_retention_s=100)
     assert (counts["metrics_dropped"], counts["metrics_kept"]) == (2, 1)
     assert store.connectors() == ["api"]
-    prefix = store.prefix
-    assert raw.exists(f"{prefix}:calls:gone") == 0
+    assert raw.exists(store.keys.calls("gone")) == 0
     assert [r.ts for r in store.read_calls(since=0)] == [now - 1]
 
 
@@ -207,9 +207,9 @@ class _CountingConnection(redis.Connection):
 
 def test_round_trips_per_operation(redis_url: str) -> None:
     store = RedisStore(redis_url)
-    pool = store._client.connection_pool
-    pool.disconnect()
+    pool = cast(redis.Redis, store._client).connection_pool
     pool.connection_class = _CountingConnection
+    pool.reset()  # the check at open made a connection of the plain class
 
     def round_trips(operation: Callable[[], object]) -> int:
         before = _CountingConnection.sent

@@ -20,7 +20,7 @@ from multidict import CIMultiDict
 
 from connector_resilience import compute_backoff_ms as public_compute_backoff_ms
 from connector_resilience import testing
-from connector_resilience.errors import CircuitOpenError
+from connector_resilience.errors import BulkheadFullError, CircuitOpenError, RateLimitExceededError
 from connector_resilience.policy import Policy
 from connector_resilience.retry import (
     NEVER_RETRY,
@@ -783,6 +783,8 @@ NEVER: list[BaseException] = [
     SystemExit(1),
     GeneratorExit(),
     CircuitOpenError("github", retry_at=None),
+    RateLimitExceededError("github", retry_at=None),
+    BulkheadFullError("github"),
 ]
 
 

@@ -1,10 +1,12 @@
 """The contract every store backend must keep, run against each of them.
 
-A new backend joins by adding its URL to the ``store_url`` fixture.
+A new backend joins by adding its URL to the ``store_url`` fixture. Here the
+suite also runs on a Redis Cluster and through a Sentinel.
 """
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import random
 import signal
@@ -19,11 +21,28 @@ import pytest
 from connector_resilience.backends import (
     CallRecord,
     CircuitRecord,
+    LeaseGrant,
+    LimitStore,
     Store,
     close_all_stores,
     open_store,
 )
 from tests import _workers
+from tests.conftest import LOCAL_BACKENDS, REDIS_DEPLOYMENTS, SHARED_BACKENDS, backend_url
+
+
+# Private names, so that a module importing the suite (``from ... import *``,
+# as docs/stores.md shows) keeps its own ``store_url``.
+@pytest.fixture(name="store_url", params=LOCAL_BACKENDS + REDIS_DEPLOYMENTS)
+def _every_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Every backend, and Redis as deployed in production."""
+    return backend_url(request, request.param, tmp_path)
+
+
+@pytest.fixture(name="shared_store_url", params=SHARED_BACKENDS + REDIS_DEPLOYMENTS)
+def _every_shared_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Every backend several processes can share, and Redis as deployed in production."""
+    return backend_url(request, request.param, tmp_path)
 
 
 def _record(ts: float, connector: str = "api", **kw: object) -> CallRecord:
@@ -370,3 +389,154 @@ def test_a_rejected_record_may_stand_for_many_calls(store_url: str) -> None:
     )
     (record,) = store.read_calls(since=now - 1)
     assert (record.status, record.calls) == ("rejected", 25)
+
+
+# Load control (LimitStore) ---------------------------------------------------
+
+
+def test_every_backend_can_share_load_control(store_url: str) -> None:
+    assert isinstance(open_store(store_url), LimitStore)
+
+
+def test_retry_budget_allows_the_ratio_of_calls_plus_the_floor(store_url: str) -> None:
+    store = open_store(store_url)
+    assert isinstance(store, LimitStore)
+    rule = {"ratio": 0.2, "min_per_s": 0.5, "window_s": 60.0}
+    assert store.spend_retry_budget("api", calls=100, retry=False, **rule)
+    granted = [store.spend_retry_budget("api", calls=0, retry=True, **rule) for _ in range(60)]
+    # 0.2 x 100 calls + 0.5/s x 60 s = 50 retries, then refusals.
+    assert granted == [True] * 50 + [False] * 10
+    # More calls earn more retries; another connector has its own budget.
+    assert store.spend_retry_budget("api", calls=10, retry=True, **rule)
+    assert store.spend_retry_budget("other", calls=0, retry=True, **rule)
+
+
+def test_retry_budget_ratio_zero_allows_no_retry(store_url: str) -> None:
+    store = open_store(store_url)
+    assert isinstance(store, LimitStore)
+    rule = {"ratio": 0.0, "min_per_s": 10.0, "window_s": 10.0}
+    assert not store.spend_retry_budget("api", calls=1000, retry=True, **rule)
+
+
+def test_retry_budget_forgets_calls_and_retries_past_the_window(store_url: str) -> None:
+    store = open_store(store_url)
+    assert isinstance(store, LimitStore)
+    rule = {"ratio": 0.5, "min_per_s": 0.0, "window_s": 0.5}
+    assert store.spend_retry_budget("api", calls=2, retry=True, **rule)
+    assert not store.spend_retry_budget("api", calls=0, retry=True, **rule)
+    # Once the window has passed (by the store's clock), old calls no longer pay ...
+    start = store.now()
+    while store.now() < start + 1.0:
+        time.sleep(0.05)
+    assert not store.spend_retry_budget("api", calls=0, retry=True, **rule)
+    # ... and the old retries no longer count against new calls.
+    assert store.spend_retry_budget("api", calls=2, retry=True, **rule)
+
+
+def test_token_bucket_burst_then_refusal_with_the_time_a_token_is_due(store_url: str) -> None:
+    store = open_store(store_url)
+    assert isinstance(store, LimitStore)
+    bucket = {"rate_per_s": 2.0, "burst": 3.0}
+    grants = [store.take_token("api", max_wait_s=0.0, **bucket) for _ in range(4)]
+    assert [g.granted for g in grants] == [True, True, True, False]
+    assert all(g.wait_s == 0.0 for g in grants[:3])
+    assert 0.3 < grants[3].wait_s <= 0.5  # one token every 0.5 s
+    assert store.take_token("other", max_wait_s=0.0, **bucket).granted
+
+
+def test_token_reservations_queue_each_waiter_at_its_own_time(store_url: str) -> None:
+    store = open_store(store_url)
+    assert isinstance(store, LimitStore)
+    bucket = {"rate_per_s": 10.0, "burst": 1.0}
+    waits = [store.take_token("api", max_wait_s=1.0, **bucket).wait_s for _ in range(4)]
+    assert waits[0] == 0.0
+    for earlier, later in itertools.pairwise(waits):
+        assert 0.08 < later - earlier < 0.12  # one interval apart, not all at once
+    # Past the longest wait: refused, and the refusal reserves nothing.
+    refused = store.take_token("api", max_wait_s=0.05, **bucket)
+    assert not refused.granted
+    assert refused.wait_s > 0.25
+
+
+def test_pause_stops_tokens_until_it_ends(store_url: str) -> None:
+    store = open_store(store_url)
+    assert isinstance(store, LimitStore)
+    bucket = {"rate_per_s": 100.0, "burst": 50.0}
+    store.pause_tokens("api", seconds=30.0, **bucket)
+    refused = store.take_token("api", max_wait_s=1.0, **bucket)
+    assert not refused.granted
+    assert 29.0 < refused.wait_s <= 30.0
+    # A shorter pause never shortens a longer one.
+    store.pause_tokens("api", seconds=1.0, **bucket)
+    assert store.take_token("api", max_wait_s=1.0, **bucket).wait_s > 29.0
+
+
+def test_leases_cap_holders_and_free_a_slot_on_release(store_url: str) -> None:
+    store = open_store(store_url)
+    assert isinstance(store, LimitStore)
+
+    def take(holder: str, key: str = "api") -> LeaseGrant:
+        return store.acquire_lease(key, holder=holder, limit=2, lease_s=30.0)
+
+    assert take("a").granted
+    assert take("b").granted
+    full = take("c")
+    assert not full.granted
+    assert full.free_in_s is not None
+    assert 29.0 < full.free_in_s <= 30.0
+    assert take("a").granted  # a holder renews
+    store.release_lease("api", holder="a")
+    assert take("c").granted
+    assert take("a", "other").granted
+
+
+def test_a_lease_whose_holder_never_returns_ends_by_itself(store_url: str) -> None:
+    store = open_store(store_url)
+    assert isinstance(store, LimitStore)
+    assert store.acquire_lease("api", holder="dead", limit=1, lease_s=0.2).granted
+    assert not store.acquire_lease("api", holder="alive", limit=1, lease_s=0.2).granted
+    deadline = time.monotonic() + 5
+    while not store.acquire_lease("api", holder="alive", limit=1, lease_s=0.2).granted:
+        assert time.monotonic() < deadline, "the dead holder's lease never ended"
+        time.sleep(0.02)
+
+
+def test_tokens_taken_from_threads_never_exceed_the_bucket(store_url: str) -> None:
+    store = open_store(store_url)
+    assert isinstance(store, LimitStore)
+    granted: list[bool] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        for _ in range(20):
+            grant = store.take_token("api", rate_per_s=0.001, burst=30.0, max_wait_s=0.0)
+            with lock:
+                granted.append(grant.granted)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert granted.count(True) == 30
+
+
+def test_load_control_is_atomic_across_processes(shared_store_url: str, tmp_path: Path) -> None:
+    store = open_store(shared_store_url)
+    assert isinstance(store, LimitStore)
+    store.spend_retry_budget("fleet", calls=100, retry=False, ratio=0.2, min_per_s=0, window_s=60)
+    out = tmp_path / "outcomes"
+    ctx = _spawn()
+    _run_all(
+        [
+            ctx.Process(target=_workers.take_limits, args=(shared_store_url, 25, str(out)))
+            for _ in range(4)
+        ]
+    )
+    outcomes = out.read_text().split()
+    # 100 tokens asked of a bucket of 40: exactly 40 went out.
+    assert outcomes.count("token") == 40
+    # 100 retries asked of a budget of 0.2 x 100 calls: exactly 20 granted.
+    assert outcomes.count("retry") == 20
+    # 100 leases asked of 3 slots held to the end: exactly 3.
+    assert outcomes.count("lease") == 3

@@ -16,15 +16,18 @@ store object, so ``memory://`` is shared process-wide.
 from __future__ import annotations
 
 from connector_resilience._store_urls import known_schemes, redact_url, scheme_of
+from connector_resilience.backends._limit_state import LeaseGrant, TokenGrant
 from connector_resilience.backends._protocols import (
     DEFAULT_LOCK_LEASE_S,
     CircuitStore,
+    LimitStore,
     MetricsStore,
     Store,
     StoreFactory,
     TokenStore,
 )
 from connector_resilience.backends._records import (
+    CALL_NOTES,
     PARSE_ERRORS,
     CallRecord,
     CallStatus,
@@ -42,6 +45,7 @@ from connector_resilience.backends._registry import (
 )
 
 __all__ = [
+    "CALL_NOTES",
     "DEFAULT_LOCK_LEASE_S",
     "PARSE_ERRORS",
     "CallRecord",
@@ -50,10 +54,13 @@ __all__ = [
     "CircuitRecord",
     "CircuitState",
     "CircuitStore",
+    "LeaseGrant",
+    "LimitStore",
     "MetricsStore",
     "Store",
     "StoreFactory",
     "StoreStats",
+    "TokenGrant",
     "TokenStore",
     "close_all_stores",
     "filter_window",

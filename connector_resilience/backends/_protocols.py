@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, runtime_checkable
 
+from connector_resilience.backends._limit_state import LeaseGrant, TokenGrant
 from connector_resilience.backends._records import CallRecord, CircuitRecord
 
 
@@ -102,6 +103,51 @@ class Store(CircuitStore, TokenStore, MetricsStore, Protocol):
 
     def close(self) -> None:
         """Release files, connections and background work."""
+        ...
+
+
+@runtime_checkable
+class LimitStore(Protocol):
+    """Shared load-control state: retry budgets, token buckets and bulkhead leases.
+
+    Optional: a store without it gives ``*_SCOPE=store`` settings a
+    per-process limiter instead (with a warning). Each method is one atomic
+    step on the store's own clock, so every process sharing the store sees
+    one budget, one bucket and one set of slots per key.
+    """
+
+    def spend_retry_budget(
+        self,
+        key: str,
+        *,
+        calls: int,
+        retry: bool,
+        ratio: float,
+        min_per_s: float,
+        window_s: float,
+    ) -> bool:
+        """Count ``calls`` logical calls; with ``retry``, take one retry if the budget allows.
+
+        Returns whether the retry was granted (True when ``retry`` is False).
+        """
+        ...
+
+    def take_token(
+        self, key: str, *, rate_per_s: float, burst: float, max_wait_s: float
+    ) -> TokenGrant:
+        """Reserve the next token of ``key``'s bucket if it is due within ``max_wait_s``."""
+        ...
+
+    def pause_tokens(self, key: str, *, seconds: float, rate_per_s: float, burst: float) -> None:
+        """Hand out no token of ``key``'s bucket for ``seconds`` (a pause never shortens)."""
+        ...
+
+    def acquire_lease(self, key: str, *, limit: int, lease_s: float, holder: str) -> LeaseGrant:
+        """Give ``holder`` one of ``limit`` slots for ``lease_s`` seconds, if one is free."""
+        ...
+
+    def release_lease(self, key: str, *, holder: str) -> None:
+        """Give ``holder``'s slot back."""
         ...
 
 

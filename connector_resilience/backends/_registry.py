@@ -111,12 +111,16 @@ _BUILTINS: dict[str, tuple[str, str]] = {
     "sqlite": ("sqlite", "SqliteStore.from_url"),
     "redis": ("redis", "RedisStore.from_url"),
     "rediss": ("redis", "RedisStore.from_url"),
+    "redis+sentinel": ("redis", "RedisStore.from_url"),
+    "redis+cluster": ("redis", "RedisStore.from_url"),
 }
 #: Optional client libraries a built-in backend needs, and what to say when one is missing.
 _REDIS_MISSING = "the redis:// store needs redis-py: pip install 'connector-resilience[redis]'"
 _NEEDS: dict[str, tuple[str, str]] = {
     "redis": ("redis", _REDIS_MISSING),
     "rediss": ("redis", _REDIS_MISSING),
+    "redis+sentinel": ("redis", _REDIS_MISSING),
+    "redis+cluster": ("redis", _REDIS_MISSING),
 }
 
 _builtins_done = False

@@ -8,6 +8,10 @@
 * A corrupt line is skipped and counted, with one warning per read; a torn
   final line (a writer killed mid-line) is closed off by the next writer so
   that it can never swallow the record written after it.
+* Files are read in blocks: a line longer than ``MAX_LINE_BYTES`` is skipped
+  and counted without ever being held whole, and no reader loads a whole file.
+* Files are never opened through a symbolic link nor when another user owns
+  them, and a token folder others can write to is refused (``_files``).
 * Metrics are in time order (up to a few seconds of buffering), so a window
   query bisects the file and reads only the window.
 * ``compact()`` rewrites each file under its lock: temp file, fsync, rename.
@@ -33,13 +37,17 @@ from filelock import FileLock, Timeout
 
 from connector_resilience import _clock
 from connector_resilience.backends import PARSE_ERRORS, CallRecord, CircuitRecord, StoreStats
+from connector_resilience.backends import _limit_state as limit_state
 from connector_resilience.backends._files import (
     PRIVATE_FILE_MODE,
     atomic_write_lines,
+    check_folder,
     ensure_private_dir,
     open_private_append,
+    open_store_file,
     write_all,
 )
+from connector_resilience.backends._lines import MAX_LINE_BYTES, read_lines, skip_line
 from connector_resilience.errors import StoreError
 
 __all__ = ["JsonlStore"]
@@ -53,16 +61,27 @@ ORDER_SLACK_S = 300.0
 _SCAN_BYTES = 64 * 1024
 _LOCK_TIMEOUT_S = 30.0
 _POLL_S = 0.0005
+#: A bisection step reads this much of a line: enough for its leading "ts".
+_TS_PREFIX_BYTES = 64
 
 T = TypeVar("T")
 
 
 class _LockedFile:
-    """One JSONL file and the lock every writer of it takes."""
+    """One JSONL file and the lock every writer of it takes.
 
-    def __init__(self, path: Path, *, durable: bool = False) -> None:
+    ``secret`` files (tokens) refuse a folder other users can write to, for
+    reads as well as writes; the others warn about one once.
+    """
+
+    def __init__(
+        self, path: Path, *, what: str, durable: bool = False, secret: bool = False
+    ) -> None:
         self.path = path
+        self.what = what
         self.durable = durable
+        self.secret = secret
+        self._folder_checked = False
         self.stats = StoreStats()
         self._new_locks()
         _open_files.add(self)
@@ -78,9 +97,25 @@ class _LockedFile:
             poll_interval=_POLL_S,
         )
 
+    def check_folder(self) -> None:
+        """Refuse (tokens) or warn about (the rest) a folder other users can write to.
+
+        Tokens are checked at every use; the rest once per process (a warning
+        is all it would give, and metrics are written several times a second).
+        """
+        if self._folder_checked:
+            return
+        check_folder(self.path.parent, strict=self.secret, what=self.what)
+        self._folder_checked = not self.secret
+
+    def open_for_reading(self) -> IO[bytes]:
+        """The file, opened without following a link (``FileNotFoundError`` if absent)."""
+        return os.fdopen(open_store_file(self.path, os.O_RDONLY), "rb")
+
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         ensure_private_dir(self.path.parent)
+        self.check_folder()
         with self._thread_lock:
             try:
                 self._file_lock.acquire()
@@ -92,7 +127,18 @@ class _LockedFile:
                 self._file_lock.release()
 
     def append(self, lines: Sequence[bytes]) -> None:
-        """Append complete lines; the caller holds :meth:`locked`."""
+        """Append complete lines; the caller holds :meth:`locked`.
+
+        Raises:
+            ValueError: a line is longer than readers accept (``MAX_LINE_BYTES``);
+                nothing is written.
+        """
+        longest = max(map(len, lines), default=0)
+        if longest > MAX_LINE_BYTES + 1:  # + its newline
+            raise ValueError(
+                f"a {self.what} record of {longest} bytes is longer than the "
+                f"{MAX_LINE_BYTES} bytes a line may hold; it is not written"
+            )
         fd = open_private_append(self.path)
         try:
             size = os.fstat(fd).st_size
@@ -151,40 +197,52 @@ class _LastWins:
     def refresh(self) -> dict[str, Any]:
         """Read what was appended since the last call (or everything after a rewrite)."""
         with self._lock:
+            if self.file.secret:
+                self.file.check_folder()
             try:
-                st = os.stat(self.file.path)
+                # lstat: a link put in the file's place reads as changed, and is
+                # then refused when opened.
+                st = os.lstat(self.file.path)
             except FileNotFoundError:
                 self._inode, self._offset, self.values = None, 0, {}
                 return self.values
-            inode = (st.st_dev, st.st_ino)
-            if inode != self._inode or st.st_size < self._offset:
-                self._inode, self._offset, self.values = inode, 0, {}
-            if st.st_size == self._offset:
+            if (st.st_dev, st.st_ino) == self._inode and st.st_size == self._offset:
                 return self.values
-            with open(self.file.path, "rb") as handle:
-                handle.seek(self._offset)
-                chunk = handle.read(st.st_size - self._offset)
-            end = chunk.rfind(b"\n") + 1
+            try:
+                handle = self.file.open_for_reading()
+            except FileNotFoundError:
+                self._inode, self._offset, self.values = None, 0, {}
+                return self.values
             bad = 0
-            for line in chunk[:end].splitlines():
-                if not line.strip():
-                    continue
-                try:
-                    data = json.loads(line)
-                    key = data[self._field]
-                    if not isinstance(key, str):
-                        raise TypeError("key must be a string")
-                    self.values[key] = self._parse(data)
-                except PARSE_ERRORS:
-                    bad += 1
-            self._offset += end
+            with handle:
+                st = os.fstat(handle.fileno())
+                inode = (st.st_dev, st.st_ino)
+                if inode != self._inode or st.st_size < self._offset:
+                    self._inode, self._offset, self.values = inode, 0, {}
+                # Block by block: memory stays bounded whatever the file holds.
+                for lines, offset in read_lines(handle, self._offset, st.st_size):
+                    for line in lines:
+                        if line is None:
+                            bad += 1  # longer than MAX_LINE_BYTES
+                            continue
+                        if not line.strip():
+                            continue
+                        try:
+                            data = json.loads(line)
+                            key = data[self._field]
+                            if not isinstance(key, str):
+                                raise TypeError("key must be a string")
+                            self.values[key] = self._parse(data)
+                        except PARSE_ERRORS:
+                            bad += 1
+                    self._offset = offset
             if bad:
                 self.file.stats.skipped_lines += bad
                 logger.warning("skipped %d unreadable line(s) in %s", bad, self.file.path)
             return self.values
 
 
-class JsonlStore:
+class JsonlStore(limit_state.LimitSteps):
     """The JSONL store: metrics, circuit state and tokens in three files.
 
     Args:
@@ -203,9 +261,12 @@ class JsonlStore:
         token_path: str | os.PathLike[str],
         url: str | None = None,
     ) -> None:
-        self._metrics = _LockedFile(Path(metrics_path))
-        self._circuits_file = _LockedFile(Path(circuit_path))
-        self._tokens_file = _LockedFile(Path(token_path), durable=True)
+        self._metrics = _LockedFile(Path(metrics_path), what="metrics")
+        self._circuits_file = _LockedFile(Path(circuit_path), what="circuit states")
+        self._tokens_file = _LockedFile(Path(token_path), what="tokens", durable=True, secret=True)
+        self._limits_file = _LockedFile(
+            Path(circuit_path).with_name("load_control.json"), what="load-control counters"
+        )
         self.url = url or self.key_for_paths(
             metrics=metrics_path, circuits=circuit_path, tokens=token_path
         )
@@ -318,6 +379,7 @@ class JsonlStore:
         """
         path = self._tokens_file.path
         ensure_private_dir(path.parent)
+        self._tokens_file.check_folder()
         lock = FileLock(
             f"{path}.{_safe_name(connector)}.refresh.lock",
             timeout=timeout_s,
@@ -352,7 +414,7 @@ class JsonlStore:
         """Records in ``[since, until)``: bisect to the window, then read only it."""
         path = self._metrics.path
         try:
-            handle = open(path, "rb")  # noqa: SIM115 - closed below; kept open across the search
+            handle = self._metrics.open_for_reading()
         except FileNotFoundError:
             return []
         except OSError as exc:
@@ -361,28 +423,10 @@ class JsonlStore:
         bad = 0
         with handle:
             size = os.fstat(handle.fileno()).st_size
-            handle.seek(_window_start(handle, size, since - ORDER_SLACK_S))
-            data = handle.read(size - handle.tell())
-        end = data.rfind(b"\n") + 1
-        late = 0
-        for line in data[:end].splitlines():
-            if not line.strip():
-                continue
-            try:
-                record = CallRecord.from_json(json.loads(line))
-            except PARSE_ERRORS:
-                bad += 1
-                continue
-            if record.ts < since:
-                continue
-            if until is not None and record.ts >= until:
-                late += 1
-                # Past the window by more than the ordering slack: nothing later belongs.
-                if record.ts >= until + ORDER_SLACK_S:
-                    break
-                continue
-            if connector is None or record.connector == connector:
-                out.append(record)
+            start = _window_start(handle, size, since - ORDER_SLACK_S)
+            bad = _window_records(
+                handle, (start, size), since=since, until=until, connector=connector, out=out
+            )
         if bad:
             self._metrics.stats.skipped_lines += bad
             logger.warning("skipped %d unreadable line(s) in %s", bad, path)
@@ -396,24 +440,25 @@ class JsonlStore:
         return sorted(names)
 
     def _metric_connector_names(self) -> set[str]:
-        path = self._metrics.path
         with self._names_lock:
             try:
-                st = os.stat(path)
+                handle = self._metrics.open_for_reading()
             except FileNotFoundError:
                 return set()
-            inode, offset = self._names_offset
-            if inode != (st.st_dev, st.st_ino) or st.st_size < offset:
-                offset = 0
-                self._metric_names = set()
-            with open(path, "rb") as handle:
-                handle.seek(offset)
-                chunk = handle.read(st.st_size - offset)
-            end = chunk.rfind(b"\n") + 1
-            for match in _CONNECTOR_RE.finditer(chunk, 0, end):
-                with contextlib.suppress(ValueError):
-                    self._metric_names.add(json.loads(match.group(1)))
-            self._names_offset = ((st.st_dev, st.st_ino), offset + end)
+            with handle:
+                st = os.fstat(handle.fileno())
+                inode, start = self._names_offset
+                if inode != (st.st_dev, st.st_ino) or st.st_size < start:
+                    start = 0
+                    self._metric_names = set()
+                end = start
+                for lines, end in read_lines(handle, start, st.st_size):  # noqa: B007
+                    for line in lines:
+                        match = _CONNECTOR_RE.search(line) if line else None
+                        if match is not None:
+                            with contextlib.suppress(ValueError):
+                                self._metric_names.add(json.loads(match.group(1)))
+            self._names_offset = ((st.st_dev, st.st_ino), end)
             return set(self._metric_names)
 
     # Maintenance --------------------------------------------------------
@@ -425,7 +470,7 @@ class JsonlStore:
         with self._metrics.locked():
             tally = {"metrics_kept": 0, "metrics_dropped": 0}
             if self._metrics.path.exists():
-                atomic_write_lines(self._metrics.path, _retained(self._metrics.path, cutoff, tally))
+                atomic_write_lines(self._metrics.path, _retained(self._metrics, cutoff, tally))
             counts.update(tally)
         for kind, file, reader in (
             ("circuits", self._circuits_file, self._circuits),
@@ -444,21 +489,101 @@ class JsonlStore:
     def close(self) -> None:
         """Nothing stays open between calls."""
 
+    # Load control -------------------------------------------------------
 
-def _retained(path: Path, cutoff: float, tally: dict[str, int]) -> Iterator[bytes]:
+    def _limit_step(self, key: str, step: limit_state.Step[T]) -> T:
+        """Run one load-control step on ``key`` with the state file locked.
+
+        The file holds seconds-old counters, not history: it is replaced
+        whole (temp file, rename) without an fsync, since losing it in a crash
+        costs a few seconds of budget, and an unreadable one starts afresh.
+        """
+        file = self._limits_file
+        with file.locked():
+            try:
+                states = _read_limit_states(file)
+            except OSError as exc:
+                raise StoreError(f"cannot read {file.path}: {exc}") from exc
+            new_state, answer = step(states.get(key), _clock.wall())
+            states[key] = new_state
+            try:
+                atomic_write_lines(file.path, [_ENCODER.encode(states).encode()], durable=False)
+            except OSError as exc:
+                raise StoreError(f"cannot write {file.path}: {exc}") from exc
+        return answer
+
+
+def _read_limit_states(file: _LockedFile) -> dict[str, Any]:
+    """The load-control states in the file; an empty mapping if absent or unreadable."""
+    try:
+        with file.open_for_reading() as handle:
+            data = handle.read(MAX_LINE_BYTES + 1)
+    except FileNotFoundError:
+        return {}
+    try:
+        states = json.loads(data)
+    except ValueError:  # also a file past the bound, cut short: a few seconds of counters
+        logger.warning("%s is unreadable; load-control counters start afresh", file.path)
+        return {}
+    return states if isinstance(states, dict) else {}
+
+
+def _retained(file: _LockedFile, cutoff: float, tally: dict[str, int]) -> Iterator[bytes]:
     """Stream the metrics still inside the retention, normalised; count the rest."""
-    with open(path, "rb") as handle:
-        for line in handle:
+    with file.open_for_reading() as handle:
+        size = os.fstat(handle.fileno()).st_size
+        for lines, _offset in read_lines(handle, 0, size):
+            for line in lines:
+                if line is not None and not line.strip():
+                    continue
+                try:
+                    if line is None:
+                        raise ValueError("line too long")
+                    record = CallRecord.from_json(json.loads(line))
+                except PARSE_ERRORS:
+                    tally["metrics_dropped"] += 1
+                    continue
+                if record.ts < cutoff:
+                    tally["metrics_dropped"] += 1
+                    continue
+                tally["metrics_kept"] += 1
+                yield _dumps(record.to_json())
+
+
+def _window_records(
+    handle: IO[bytes],
+    span: tuple[int, int],
+    *,
+    since: float,
+    until: float | None,
+    connector: str | None,
+    out: list[CallRecord],
+) -> int:
+    """Append the records in ``[since, until)`` found in ``span`` to ``out``; count the bad."""
+    start, size = span
+    bad = 0
+    for lines, _offset in read_lines(handle, start, size):
+        for line in lines:
+            if line is None:
+                bad += 1  # longer than MAX_LINE_BYTES
+                continue
+            if not line.strip():
+                continue
             try:
                 record = CallRecord.from_json(json.loads(line))
             except PARSE_ERRORS:
-                tally["metrics_dropped"] += 1
+                bad += 1
                 continue
-            if record.ts < cutoff:
-                tally["metrics_dropped"] += 1
+            if record.ts < since:
                 continue
-            tally["metrics_kept"] += 1
-            yield _dumps(record.to_json())
+            if until is not None and record.ts >= until:
+                # Past the window by more than the ordering slack: nothing later belongs.
+                if record.ts >= until + ORDER_SLACK_S:
+                    return bad
+                continue
+            if connector is None or record.connector == connector:
+                out.append(record)
+    return bad
 
 
 def _as_json(value: Any) -> dict[str, Any]:
@@ -515,13 +640,16 @@ def _window_start(handle: IO[bytes], size: int, target: float) -> int:
     while hi - lo > _SCAN_BYTES:
         mid = (lo + hi) // 2
         handle.seek(mid)
-        handle.readline()
+        skip_line(handle)
         ts: float | None = None
         start = handle.tell()
         while start < hi:
-            line = handle.readline()
+            # Only the line's start: a huge line is stepped over, never read whole.
+            line = handle.readline(_TS_PREFIX_BYTES)
             if not line:
                 break
+            if not line.endswith(b"\n"):
+                skip_line(handle)
             ts = _line_ts(line)
             if ts is not None:
                 break

@@ -10,15 +10,18 @@ import contextlib
 import copy
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from connector_resilience import _clock
 from connector_resilience.backends import CallRecord, CircuitRecord, filter_window
+from connector_resilience.backends import _limit_state as limit_state
 
 __all__ = ["MemoryStore"]
 
+T = TypeVar("T")
 
-class MemoryStore:
+
+class MemoryStore(limit_state.LimitSteps):
     """A store held in dictionaries behind one lock.
 
     Args:
@@ -37,6 +40,7 @@ class MemoryStore:
         # Kept sorted by ts so a window read is a bisect, not a scan.
         self._ts: list[float] = []
         self._calls: list[CallRecord] = []
+        self._limits: dict[str, dict[str, Any]] = {}
 
     def __repr__(self) -> str:
         return f"MemoryStore({self.url!r})"
@@ -160,3 +164,12 @@ class MemoryStore:
 
     def close(self) -> None:
         """Nothing to release."""
+
+    # Load control -------------------------------------------------------
+
+    def _limit_step(self, key: str, step: limit_state.Step[T]) -> T:
+        """Run one load-control step on ``key`` under the store's lock."""
+        with self._lock:
+            state, answer = step(self._limits.get(key), _clock.wall())
+            self._limits[key] = state
+        return answer

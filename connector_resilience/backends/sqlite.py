@@ -4,6 +4,12 @@ WAL mode so readers never wait for writers, a busy timeout so writers queue
 instead of failing, an index on time for window queries, compare-and-set by
 ``UPDATE ... WHERE version = ?``, and a lease table for the token refresh lock.
 The schema version lives in ``PRAGMA user_version``.
+
+Every statement runs against a deadline (a progress handler interrupts it), so
+a damaged or hostile schema (a view over an endless recursive query, a trigger
+that never ends) costs a reader its budget, never a hang. The database file is
+never opened through a symbolic link nor when another user owns it, and tokens
+are refused in a folder other users can write to (``_files``).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from connector_resilience import _clock
 from connector_resilience.backends import (
@@ -28,7 +34,13 @@ from connector_resilience.backends import (
     CircuitRecord,
     StoreStats,
 )
-from connector_resilience.backends._files import PRIVATE_FILE_MODE, ensure_private_dir
+from connector_resilience.backends import _limit_state as limit_state
+from connector_resilience.backends._files import (
+    PRIVATE_FILE_MODE,
+    check_folder,
+    ensure_private_dir,
+    open_store_file,
+)
 from connector_resilience.errors import StoreError
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
@@ -40,6 +52,39 @@ _BUSY_TIMEOUT_MS = 10_000
 #: Breaker reads and writes happen in the caller's thread: a locked database
 #: must not stall a call long before the breaker falls back to local state.
 _STATE_BUSY_MS = 1_000
+#: Longest run of one statement (or transaction), lock wait included: breaker
+#: state is bounded like its lock wait; everything else gets its lock wait and
+#: as long again to run.
+_STATE_BUDGET_S = _STATE_BUSY_MS / 1000
+_STATEMENT_BUDGET_S = 2 * _BUSY_TIMEOUT_MS / 1000
+#: SQLite virtual-machine steps between two deadline checks (microseconds of work).
+_PROGRESS_STEPS = 1000
+
+
+class _Deadline:
+    """When the statement running on one connection must stop (monotonic seconds)."""
+
+    __slots__ = ("at", "budget_s")
+
+    def __init__(self) -> None:
+        self.at = float("inf")
+        self.budget_s = 0.0
+
+    def start(self, budget_s: float) -> None:
+        self.at, self.budget_s = time.monotonic() + budget_s, budget_s
+
+    def suspend(self) -> None:
+        """Let our own statements (a PRAGMA, a ROLLBACK) run to the end."""
+        self.at = float("inf")
+
+    def passed(self) -> int:
+        """The progress handler: non-zero interrupts the statement."""
+        return int(time.monotonic() > self.at)
+
+
+def _interrupted(exc: sqlite3.Error) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and "interrupted" in str(exc)
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS metrics (
@@ -73,6 +118,14 @@ CREATE TABLE IF NOT EXISTS locks (
 );
 """
 
+#: Load-control state: a table of its own, made on first use. Older versions
+#: ignore a table they do not know, so it needs no schema version of its own.
+_LOAD_CONTROL_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS load_control (key TEXT PRIMARY KEY, data TEXT NOT NULL)"
+)
+
+T = TypeVar("T")
+
 _COLUMNS = "ts, connector, operation, duration_ms, status, error, attempt, final, labels, calls"
 
 #: What each older schema version needs to become the current one.
@@ -104,7 +157,14 @@ def _switch_to_wal(conn: sqlite3.Connection) -> None:
             return
 
 
-class SqliteStore:
+def _stored_bool(value: Any) -> bool:
+    """An INTEGER 0 or 1 column as a bool; anything else is not a value this library wrote."""
+    if type(value) is int and value in (0, 1):
+        return bool(value)
+    raise ValueError(f"expected 0 or 1, got {type(value).__name__}")
+
+
+class SqliteStore(limit_state.LimitSteps):
     """A store in one SQLite database file.
 
     Args:
@@ -119,6 +179,7 @@ class SqliteStore:
         self._local = threading.local()
         self._init_lock = threading.Lock()
         self._initialised_pid: int | None = None
+        self._load_control_ready = False
 
     @classmethod
     def from_url(cls, url: str) -> SqliteStore:
@@ -137,24 +198,33 @@ class SqliteStore:
     # Connections --------------------------------------------------------
 
     def _connect(self, busy_ms: int = _BUSY_TIMEOUT_MS) -> sqlite3.Connection:
-        """This thread's connection (reopened after a fork), waiting ``busy_ms`` on a lock."""
+        """This thread's connection (reopened after a fork), waiting ``busy_ms`` on a lock.
+
+        What runs on it next must end within the budget that goes with
+        ``busy_ms`` (``_STATE_BUDGET_S`` or ``_STATEMENT_BUDGET_S``).
+        """
         pid = os.getpid()
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None and getattr(self._local, "pid", None) == pid:
+            deadline: _Deadline = self._local.deadline
+            deadline.suspend()
             if self._local.busy_ms != busy_ms:
                 conn.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
                 self._local.busy_ms = busy_ms
+            deadline.start(_STATE_BUDGET_S if busy_ms <= _STATE_BUSY_MS else _STATEMENT_BUDGET_S)
             return conn
         if self._initialised_pid != pid:
             with self._init_lock:
                 if self._initialised_pid != pid:
                     self._initialise()
                     self._initialised_pid = pid
-        conn = self._open_connection()
+        deadline = _Deadline()
+        conn = self._open_connection(deadline)
         self._local.conn, self._local.pid, self._local.busy_ms = conn, pid, _BUSY_TIMEOUT_MS
+        self._local.deadline = deadline
         return self._connect(busy_ms)
 
-    def _open_connection(self) -> sqlite3.Connection:
+    def _open_connection(self, deadline: _Deadline) -> sqlite3.Connection:
         try:
             conn = sqlite3.connect(
                 self.path,
@@ -162,24 +232,52 @@ class SqliteStore:
                 isolation_level=None,
                 check_same_thread=False,
             )
+            conn.set_progress_handler(deadline.passed, _PROGRESS_STEPS)
             conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open SQLite store {self.path}: {exc}") from exc
         return conn
 
+    def _failure(self, doing: str, exc: sqlite3.Error) -> StoreError:
+        """The StoreError for ``exc``, saying so when a statement ran out of time."""
+        if _interrupted(exc):
+            budget = getattr(getattr(self._local, "deadline", None), "budget_s", 0.0)
+            return StoreError(
+                f"cannot {doing} {self.path}: a statement ran past its {budget:g}s limit "
+                "(is the database damaged, or its schema not this library's?)"
+            )
+        return StoreError(f"cannot {doing} {self.path}: {exc}")
+
+    def _check_files(self) -> None:
+        """Refuse a database that is a link or another user's; judge its folder."""
+        check_folder(self._folder, strict=False, what="metrics and circuit states")
+        with contextlib.suppress(FileNotFoundError):
+            os.close(open_store_file(self.path, os.O_RDONLY))
+
+    def _check_token_folder(self) -> None:
+        """Tokens are refused in a folder other users can write to."""
+        check_folder(self._folder, strict=True, what="tokens")
+
+    @property
+    def _folder(self) -> Path:
+        return self.path.parent if str(self.path.parent) else Path(".")
+
     def _initialise(self) -> None:
         try:
-            ensure_private_dir(self.path.parent if str(self.path.parent) else Path("."))
-            if not self.path.exists():
+            ensure_private_dir(self._folder)
+            if not os.path.lexists(self.path):
                 # Create the file 0600 before SQLite does, so it is never world-readable.
                 with contextlib.suppress(FileExistsError):
                     os.close(
                         os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
                     )
+            self._check_files()
         except OSError as exc:  # PermissionError, a file where a folder should be...
             raise StoreError(f"cannot open SQLite store {self.path}: {exc}") from exc
-        conn = self._open_connection()
+        deadline = _Deadline()
+        conn = self._open_connection(deadline)
+        deadline.start(_STATEMENT_BUDGET_S)
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
@@ -203,7 +301,7 @@ class SqliteStore:
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot initialise SQLite store {self.path}: {exc}") from exc
+            raise self._failure("initialise SQLite store", exc) from exc
         finally:
             conn.close()
 
@@ -214,19 +312,24 @@ class SqliteStore:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot write to {self.path}: {exc}") from exc
+            raise self._failure("write to", exc) from exc
         try:
             yield conn
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
+        except BaseException as exc:
+            self._rollback(conn)
+            if isinstance(exc, sqlite3.Error):
+                raise self._failure("write to", exc) from exc
             raise
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise StoreError(f"cannot write to {self.path}: {exc}") from exc
+            self._rollback(conn)
+            raise self._failure("write to", exc) from exc
+
+    def _rollback(self, conn: sqlite3.Connection) -> None:
+        self._local.deadline.suspend()
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
 
     def _query(
         self, sql: str, params: Sequence[Any] = (), *, busy_ms: int = _BUSY_TIMEOUT_MS
@@ -234,7 +337,7 @@ class SqliteStore:
         try:
             return self._connect(busy_ms).execute(sql, params).fetchall()
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot read {self.path}: {exc}") from exc
+            raise self._failure("read", exc) from exc
 
     def now(self) -> float:
         """Wall-clock seconds since the epoch (every process on the host shares it)."""
@@ -272,7 +375,8 @@ class SqliteStore:
     def list_circuits(self) -> dict[str, CircuitRecord]:
         """Every readable circuit record."""
         out: dict[str, CircuitRecord] = {}
-        for connector, data in self._query("SELECT connector, data FROM circuits"):
+        rows = self._query("SELECT connector, data FROM circuits", busy_ms=_STATE_BUSY_MS)
+        for connector, data in rows:
             record = self._parse_circuit(connector, data)
             if record is not None:
                 out[connector] = record
@@ -290,11 +394,13 @@ class SqliteStore:
 
     def load_token(self, connector: str) -> dict[str, Any] | None:
         """The connector's token mapping, or ``None``."""
+        self._check_token_folder()
         rows = self._query("SELECT data FROM tokens WHERE connector = ?", (connector,))
         return self._parse_token(connector, rows[0][0]) if rows else None
 
     def save_token(self, connector: str, token: Mapping[str, Any]) -> None:
         """Replace the connector's token."""
+        self._check_token_folder()
         data = json.dumps(dict(token), separators=(",", ":"))
         with self._transaction() as conn:
             conn.execute(
@@ -306,6 +412,7 @@ class SqliteStore:
 
     def list_tokens(self) -> dict[str, dict[str, Any]]:
         """Every readable token mapping."""
+        self._check_token_folder()
         out: dict[str, dict[str, Any]] = {}
         for connector, data in self._query("SELECT connector, data FROM tokens"):
             token = self._parse_token(connector, data)
@@ -329,6 +436,7 @@ class SqliteStore:
         self, connector: str, *, timeout_s: float, lease_s: float | None = None
     ) -> Iterator[None]:
         """A lease row: held until released, or until the lease ends if its holder died."""
+        self._check_token_folder()
         lease = DEFAULT_LOCK_LEASE_S if lease_s is None else lease_s
         name = f"token:{connector}"
         owner = uuid.uuid4().hex
@@ -411,7 +519,7 @@ class SqliteStore:
                             "status": row[4],
                             "error": row[5],
                             "attempt": row[6],
-                            "final": bool(row[7]),
+                            "final": _stored_bool(row[7]),
                             "labels": labels,
                             "calls": row[9],
                         }
@@ -441,7 +549,7 @@ class SqliteStore:
             dropped = conn.execute("DELETE FROM metrics WHERE ts < ?", (cutoff,)).rowcount
             conn.execute("DELETE FROM locks WHERE expires_at < ?", (time.time(),))
         kept = self._query("SELECT COUNT(*) FROM metrics")[0][0]
-        with contextlib.suppress(sqlite3.Error):
+        with contextlib.suppress(sqlite3.Error, StoreError):
             self._connect().execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return {
             "metrics_kept": int(kept),
@@ -456,3 +564,31 @@ class SqliteStore:
         if conn is not None and getattr(self._local, "pid", None) == os.getpid():
             conn.close()
         self._local = threading.local()
+
+    # Load control -------------------------------------------------------
+
+    def _limit_step(self, key: str, step: limit_state.Step[T]) -> T:
+        """Run one load-control step on ``key`` in one write transaction."""
+        if not self._load_control_ready:
+            with self._transaction(_STATE_BUSY_MS) as conn:
+                conn.execute(_LOAD_CONTROL_SCHEMA)
+            self._load_control_ready = True
+        with self._transaction(_STATE_BUSY_MS) as conn:
+            try:
+                row = conn.execute("SELECT data FROM load_control WHERE key = ?", (key,)).fetchone()
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot read {self.path}: {exc}") from exc
+            try:
+                state = json.loads(row[0]) if row else None
+            except PARSE_ERRORS:
+                state = None  # seconds-old counters: starting afresh is harmless
+            new_state, answer = step(state if isinstance(state, dict) else None, _clock.wall())
+            try:
+                conn.execute(
+                    "INSERT INTO load_control (key, data) VALUES (?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET data = excluded.data",
+                    (key, json.dumps(new_state, separators=(",", ":"))),
+                )
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot write to {self.path}: {exc}") from exc
+        return answer

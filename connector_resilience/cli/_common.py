@@ -37,6 +37,7 @@ __all__ = [
     "open_context",
     "port_number",
     "print_json",
+    "printable",
     "scrub",
     "table",
 ]
@@ -221,6 +222,19 @@ def print_json(data: Any, *, out: TextIO) -> None:
     out.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def printable(text: str) -> str:
+    """``text`` safe to print on a terminal: every non-printable character escaped.
+
+    Names and reasons come from the store, which anyone who can write to it
+    fills: an ESC or BEL in a connector name must show as ``\x1b`` or ``\x07``,
+    never reach the terminal as a control sequence. Line and paragraph
+    separators, bidirectional overrides and lone surrogates are escaped too.
+    """
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
 def table(
     headers: Sequence[str], rows: Sequence[Sequence[str]], *, right: Collection[str] = ()
 ) -> str:
@@ -228,9 +242,10 @@ def table(
 
     Args:
         headers: column titles.
-        rows: cells, already formatted.
+        rows: cells, already formatted (control characters are escaped here).
         right: titles of the columns to right-align (numbers).
     """
+    rows = [[printable(cell) for cell in row] for row in rows]
     aligned_right = set(right)
     widths = [len(h) for h in headers]
     for row in rows:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from typing import TextIO
 
 from connector_resilience.cli._common import (
@@ -13,6 +14,7 @@ from connector_resilience.cli._common import (
     format_time,
     open_context,
     print_json,
+    printable,
     table,
 )
 from connector_resilience.cli._output import colour_column, colour_for, wants_colour
@@ -98,7 +100,7 @@ def _all(view: StoreView, ctx: Context, *, out: TextIO) -> None:
     if reasons:
         out.write("\n")
         for name, why in reasons:
-            out.write(f"{name}: {'; '.join(why)}\n")
+            out.write(printable(f"{name}: {'; '.join(why)}") + "\n")
 
 
 def _verdict(status: HealthStatus, summary: Summary) -> str:
@@ -150,7 +152,8 @@ def _one(view: StoreView, one: ConnectorView, ctx: Context, *, out: TextIO) -> N
     colour = wants_colour(out)
     verdict = _verdict(one.status, s)
     out.write(
-        f"connector: {one.connector}   store: {view.store}   window: {view.window_s:g}s\n"
+        f"connector: {printable(one.connector)}   store: {view.store}   "
+        f"window: {view.window_s:g}s\n"
         f"verdict:   {_painted(verdict, colour)}"
         + (f" ({'; '.join(one.report.reasons)})" if one.report.reasons else "")
         + "\n"
@@ -160,11 +163,16 @@ def _one(view: StoreView, one: ConnectorView, ctx: Context, *, out: TextIO) -> N
             if one.circuit_since is not None
             else "(never tripped)"
         )
-        + (f": {one.circuit.reason}" if one.circuit is not None and one.circuit.reason else "")
+        + (
+            f": {printable(one.circuit.reason)}"
+            if one.circuit is not None and one.circuit.reason
+            else ""
+        )
         + "\n"
         f"calls:     {s.total_calls} ({s.errors} failed, {s.attempts} attempts, "
-        f"{s.retries} retries, {s.rejected} rejected by the breaker)\n"
-        f"last call: {format_time(s.last_call_at, now=now)}\n\n"
+        f"{s.retries} retries, {s.rejected} refused before sending)\n"
+        + _refusals_line(s.refusals)
+        + f"last call: {format_time(s.last_call_at, now=now)}\n\n"
     )
     if operations:
         rows = [
@@ -216,3 +224,10 @@ def _one(view: StoreView, one: ConnectorView, ctx: Context, *, out: TextIO) -> N
         out.write(table(["ERROR", "COUNT", "LAST SEEN", "OPERATIONS"], rows, right=("COUNT",)))
     else:
         out.write("no errors in the window\n")
+
+
+def _refusals_line(refusals: Mapping[str, int]) -> str:
+    """What load control refused, by kind, when it refused anything."""
+    if not refusals:
+        return ""
+    return "refused:   " + ", ".join(f"{n} {kind}" for kind, n in sorted(refusals.items())) + "\n"

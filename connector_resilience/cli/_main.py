@@ -145,11 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     command("circuits", "every connector's circuit breaker: state, forced, since when", _circuits)
     circuit = command(
         "circuit",
-        "force a breaker: `open` refuses every call, `close` lets every call through "
-        "without counting failures; both hold until `reset` returns it to automatic",
+        "steer a breaker: `open` refuses every call and `disable` lets every call "
+        "through without counting failures, both until `reset` returns it to automatic; "
+        "`half-open` ends an open breaker's cooldown now, `close` closes it as a "
+        "recovery would (slow start included)",
         _circuit,
     )
-    circuit.add_argument("action", choices=("open", "close", "reset"))
+    circuit.add_argument("action", choices=("open", "disable", "half-open", "close", "reset"))
     circuit.add_argument("connector", metavar="CONNECTOR")
     circuit.add_argument("--reason", help="why (shown by `circuits` and in rejections)")
 

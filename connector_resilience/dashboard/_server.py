@@ -18,7 +18,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any, TextIO
 
 from connector_resilience._extras import require
-from connector_resilience.backends import CallRecord, Store
+from connector_resilience.backends import CALL_NOTES, CallRecord, Store
 from connector_resilience.metrics import HealthStatus, percentile
 from connector_resilience.metrics.overview import StoreView, read_view
 from connector_resilience.policy import Policy
@@ -71,7 +71,8 @@ def time_series(
     for record in records:
         index = min(buckets - 1, max(0, int((record.ts - start) / width)))
         if record.status == "rejected":
-            rejected[index] += record.calls
+            if record.error not in CALL_NOTES:  # notes are not refused calls
+                rejected[index] += record.calls
             continue
         durations[index].append(record.duration_ms)
         errors[index] += record.status == "error"
@@ -287,6 +288,8 @@ def run_dashboard(
     refresh_s: float = 2.0,
     stale_after_s: float = 60.0,
     out: TextIO | None = None,
+    max_connections: int = 100,
+    header_timeout_s: float = 10.0,
 ) -> int:
     """Serve the dashboard until interrupted (Ctrl-C or SIGTERM); prints its URL first.
 
@@ -299,6 +302,10 @@ def run_dashboard(
         refresh_s: seconds between refreshes.
         stale_after_s: data older than this is marked stale.
         out: where to print the URL (stdout).
+        max_connections: connections served at once; more are answered 503.
+        header_timeout_s: a connection that has not sent a whole request head
+            in this many seconds is closed, and so is one idle for as long
+            between requests (half-open connections are never held for ever).
 
     Returns:
         The exit code, 0.
@@ -319,7 +326,17 @@ def run_dashboard(
     )
     app = create_app(state)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(app, host=host, port=port, out=out, store_name=_name(state)))
+        asyncio.run(
+            _serve(
+                app,
+                host=host,
+                port=port,
+                out=out,
+                store_name=_name(state),
+                max_connections=max_connections,
+                header_timeout_s=header_timeout_s,
+            )
+        )
     return 0
 
 
@@ -330,9 +347,18 @@ def _name(state: DashboardState) -> str:
 
 
 async def _serve(
-    app: web.Application, *, host: str, port: int, out: TextIO, store_name: str
+    app: web.Application,
+    *,
+    host: str,
+    port: int,
+    out: TextIO,
+    store_name: str,
+    max_connections: int,
+    header_timeout_s: float,
 ) -> None:
     from aiohttp import web
+
+    from connector_resilience.dashboard._connections import ConnectionGuard
 
     if not _is_loopback(host):
         sys.stderr.write(
@@ -340,20 +366,25 @@ async def _serve(
             "anyone who can reach it sees your connectors\n"
         )
     sock = socket.create_server((host, port))
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=header_timeout_s)
     await runner.setup()
+    loop = asyncio.get_running_loop()
+    assert runner.server is not None  # set up above
+    guard = ConnectionGuard(
+        runner.server, max_connections=max_connections, header_timeout_s=header_timeout_s
+    )
+    server = await loop.create_server(guard, sock=sock)
     try:
-        await web.SockSite(runner, sock).start()
         bound = sock.getsockname()[1]
         shown = f"[{host}]" if ":" in host else host
         out.write(f"dashboard on http://{shown}:{bound}/ (store: {store_name}); Ctrl-C to stop\n")
         out.flush()
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows
             loop.add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()
     finally:
+        server.close()
         await runner.cleanup()
 
 

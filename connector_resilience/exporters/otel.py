@@ -1,46 +1,51 @@
 """OpenTelemetry metrics of this process's calls.
 
-Instruments (on the meter ``connector_resilience``), named after OpenTelemetry's
-``http.client.request.duration`` conventions; a Prometheus exporter renders them
-as the same names :class:`~connector_resilience.exporters.PrometheusCollector`
-uses (``connector_resilience_call_duration_seconds``, ``..._calls_total`` ...)::
+Instruments (on the meter ``connector_resilience``); OpenTelemetry's Prometheus
+exporter renders them as exactly the series
+:class:`~connector_resilience.exporters.PrometheusCollector` exports
+(``connector_resilience_call_duration_seconds``, ``..._calls_total`` ...), so the
+same queries and dashboards work on both pipelines::
 
     connector_resilience.call.duration   histogram, s        every attempt
     connector_resilience.calls           counter, {call}     calls that ran, final outcome
-    connector_resilience.rejected_calls  counter, {call}     refused by an open circuit
+    connector_resilience.rejected_calls  counter, {call}     refused before they went out
+    connector_resilience.retry_budget_refusals  counter, {retry}  retries the budget refused
+    connector_resilience.fallbacks       counter, {call}     calls answered by their fallback
     connector_resilience.retries         counter, {retry}    attempts after the first
-    connector_resilience.circuit.state   gauge, 1            1 for the current state
+    connector_resilience.circuit.state   gauge, {state}      1 for the current state
 
-Attributes: ``connector``, ``operation``, ``outcome`` (success / error), and when
-known ``error.type``, ``http.request.method`` and ``http.response.status_code``;
-the circuit gauge has ``connector`` and ``state``.
+Attributes of the duration: ``connector``, ``operation``, ``outcome`` (success /
+error) and, following the HTTP client conventions, ``error.type`` (the status
+code for an HTTP status >= 400, else the exception's type name),
+``http.request.method``, ``http.response.status_code``, ``server.address`` and
+``server.port`` when known. The calls counter has ``connector``, ``operation``,
+``outcome``, ``retried`` and ``error.type``; the rejected counter ``connector``,
+``operation`` and ``reason`` (``CircuitOpenError``, ``RateLimitExceededError``,
+``BulkheadFullError``); the circuit gauge ``connector`` and ``state`` (closed,
+open, half_open, forced_open, disabled).
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from connector_resilience._extras import require
 from connector_resilience.backends import CallRecord, Store
-from connector_resilience.circuit import effective_state
 from connector_resilience.exporters._common import (
+    CIRCUIT_STATES,
     DURATION_BUCKETS_S,
     PREFIX,
-    http_method,
-    outcome,
-    resolve_store,
-    status_code,
+    attempt_attributes,
+    call_attributes,
+    read_circuit_states,
+    refusal_counter,
 )
-from connector_resilience.exporters.prometheus import CIRCUIT_STATES
 from connector_resilience.metrics import add_observer, remove_observer
 from connector_resilience.policy import Policy
 
 __all__ = ["OpenTelemetryMetrics"]
-
-logger = logging.getLogger("connector_resilience.exporters")
 
 
 class OpenTelemetryMetrics:
@@ -95,16 +100,28 @@ class OpenTelemetryMetrics:
         self._rejected = meter.create_counter(
             f"{PREFIX}.rejected_calls",
             unit="{call}",
-            description="Calls an open circuit refused without running them.",
+            description="Calls refused without running them, by the guard that refused.",
         )
+        self._notes = {
+            "retry_budget_refusals": meter.create_counter(
+                f"{PREFIX}.retry_budget_refusals",
+                unit="{retry}",
+                description="Retries the retry budget refused.",
+            ),
+            "fallbacks": meter.create_counter(
+                f"{PREFIX}.fallbacks",
+                unit="{call}",
+                description="Calls answered by their fallback.",
+            ),
+        }
         self._retries = meter.create_counter(
             f"{PREFIX}.retries", unit="{retry}", description="Attempts after the first."
         )
         meter.create_observable_gauge(
             f"{PREFIX}.circuit.state",
             callbacks=[self._observe_circuits],
-            unit="1",
-            description="Circuit breaker state: 1 for the current state, 0 for the others.",
+            unit="{state}",
+            description="Circuit breaker state (from the store): 1 for the current state, else 0.",
         )
         add_observer(self.observe)
 
@@ -119,20 +136,15 @@ class OpenTelemetryMetrics:
         for record in batch:
             base = {"connector": record.connector, "operation": record.operation}
             if record.status == "rejected":
-                self._rejected.add(record.calls, base)
+                counter, reason = refusal_counter(record)
+                if counter == "rejected_calls":
+                    self._rejected.add(record.calls, {**base, "reason": reason})
+                else:
+                    self._notes[counter].add(record.calls, base)
                 continue
-            attributes: dict[str, str | int] = {**base, "outcome": outcome(record)}
-            if record.status == "error":
-                attributes["error.type"] = record.error or "error"
-            method = http_method(record)
-            if method:
-                attributes["http.request.method"] = method
-            code = status_code(record)
-            if code.isdigit():
-                attributes["http.response.status_code"] = int(code)
-            self._duration.record(record.duration_ms / 1000.0, attributes)
+            self._duration.record(record.duration_ms / 1000.0, attempt_attributes(record))
             if record.final:
-                self._calls.add(1, attributes)
+                self._calls.add(1, call_attributes(record))
             if record.attempt > 1:
                 self._retries.add(1, base)
 
@@ -140,22 +152,10 @@ class OpenTelemetryMetrics:
         from opentelemetry.metrics import Observation
 
         with self._lock:
-            connectors = sorted(self._connectors)
-        if not connectors:
-            return []
-        try:
-            store = resolve_store(self._store_arg, self._policy)
-            records = store.list_circuits()
-            now = store.now()
-        except Exception as exc:  # an export must go on when the store does not answer
-            logger.warning("cannot read circuit states for OpenTelemetry: %s", exc)
-            return []
-        current = {
-            name: effective_state(records[name], now) if name in records else "closed"
-            for name in connectors
-        }
+            connectors = list(self._connectors)
+        current = read_circuit_states(self._store_arg, self._policy, connectors)
         return [
-            Observation(float(state == current[name]), {"connector": name, "state": state})
-            for name in connectors
+            Observation(float(state == shown), {"connector": name, "state": state})
+            for name, shown in sorted(current.items())
             for state in CIRCUIT_STATES
         ]

@@ -1,49 +1,57 @@
 """Prometheus collectors (prometheus_client's custom collector API).
 
-Two views, for two jobs:
+Two views, for two jobs, with no series name in common:
 
 * :class:`PrometheusCollector` counts what **this process** does, fed by every
   batch of call records it writes (``metrics.add_observer``): true counters and
   a duration histogram, for ``rate()`` and ``histogram_quantile()``. Register
-  it in the registry your service already exposes.
+  it in the registry your service already exposes. Its labels are the ones
+  OpenTelemetry's Prometheus exporter writes for :class:`OpenTelemetryMetrics`,
+  so one set of queries and dashboards serves both.
 * :class:`PrometheusStoreCollector` reports what **the store** says over the
   health window, for every process sharing it: verdicts, breaker states,
-  windowed counts and percentiles, all gauges (a window's count goes down as
-  calls leave it, so it must not pose as a counter). The dashboard's
-  ``/metrics`` serves it.
+  windowed counts and percentiles, all gauges named ``connector_resilience_store_*``
+  (a window's count goes down as calls leave it, so it must not pose as a
+  counter). The dashboard's ``/metrics`` serves it.
 
-Metric names (labels in braces; see docs/operations.md)::
+Metric names (labels in braces; every series is in docs/operations.md)::
 
     connector_resilience_call_duration_seconds  histogram {connector, operation, outcome,
-                                                            method, status_class}
+        error_type, http_request_method, http_response_status_code, server_address, server_port}
     connector_resilience_calls_total            counter   {connector, operation, outcome,
-                                                            method, status_class}
-    connector_resilience_rejected_calls_total   counter   {connector, operation}
+                                                            retried, error_type}
+    connector_resilience_rejected_calls_total   counter   {connector, operation, reason}
+    connector_resilience_retry_budget_refusals_total  counter  {connector, operation}
+    connector_resilience_fallbacks_total        counter   {connector, operation}
     connector_resilience_retries_total          counter   {connector, operation}
-    connector_resilience_circuit_state          gauge     {connector, state}  (both views)
-    connector_resilience_health_status          gauge     {connector, status} (store view)
-    connector_resilience_window_*               gauges    (store view)
+    connector_resilience_circuit_state          gauge     {connector, state}
+    connector_resilience_store_*                gauges    (store view)
 """
 
 from __future__ import annotations
 
 import bisect
 import collections
-import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from connector_resilience._extras import require
 from connector_resilience.backends import CallRecord, Store
-from connector_resilience.circuit import effective_state
 from connector_resilience.exporters._common import (
+    ATTEMPT_ATTRIBUTES,
+    CALL_ATTRIBUTES,
+    CIRCUIT_STATES,
     DURATION_BUCKETS_S,
+    OPERATION_ATTRIBUTES,
     PREFIX,
-    http_method,
-    outcome,
+    REJECTED_ATTRIBUTES,
+    attempt_attributes,
+    call_attributes,
+    label_name,
+    read_circuit_states,
+    refusal_counter,
     resolve_store,
-    status_class,
 )
 from connector_resilience.metrics import HealthStatus, add_observer, remove_observer
 from connector_resilience.metrics.overview import StoreView, read_view
@@ -56,13 +64,14 @@ __all__ = [
     "store_view_families",
 ]
 
-logger = logging.getLogger("connector_resilience.exporters")
+_ATTEMPT_LABELS = [label_name(a) for a in ATTEMPT_ATTRIBUTES]
+_CALL_LABELS = [label_name(a) for a in CALL_ATTRIBUTES]
+_OPERATION_LABELS = list(OPERATION_ATTRIBUTES)
 
-#: One ``circuit_state`` series per state; the current one is 1.
-CIRCUIT_STATES = ("closed", "open", "half_open")
 
-_CALL_LABELS = ["connector", "operation", "outcome", "method", "status_class"]
-_OPERATION_LABELS = ["connector", "operation"]
+def _key(attributes: dict[str, str | int], names: Sequence[str]) -> tuple[str, ...]:
+    """Label values in ``names`` order; an absent attribute is ``""`` (Prometheus: no label)."""
+    return tuple(str(attributes.get(name, "")) for name in names)
 
 
 class _Histogram:
@@ -109,7 +118,12 @@ class PrometheusCollector:
         self._bounds = tuple(sorted(buckets))
         self._lock = threading.Lock()
         self._calls: collections.Counter[tuple[str, ...]] = collections.Counter()
+        # Refused calls by (connector, operation, reason); notes by metric suffix.
         self._rejected: collections.Counter[tuple[str, ...]] = collections.Counter()
+        self._notes: dict[str, collections.Counter[tuple[str, ...]]] = {
+            "retry_budget_refusals": collections.Counter(),
+            "fallbacks": collections.Counter(),
+        }
         self._retries: collections.Counter[tuple[str, ...]] = collections.Counter()
         self._durations: dict[tuple[str, ...], _Histogram] = {}
         self._connectors: set[str] = set()
@@ -126,19 +140,17 @@ class PrometheusCollector:
                 self._connectors.add(record.connector)
                 operation_key = (record.connector, record.operation)
                 if record.status == "rejected":
-                    self._rejected[operation_key] += record.calls
+                    counter, reason = refusal_counter(record)
+                    if counter == "rejected_calls":
+                        self._rejected[(*operation_key, reason)] += record.calls
+                    else:
+                        self._notes[counter][operation_key] += record.calls
                     continue
-                key = (
-                    record.connector,
-                    record.operation,
-                    outcome(record),
-                    http_method(record),
-                    status_class(record),
-                )
                 if record.attempt > 1:
                     self._retries[operation_key] += 1
                 if record.final:
-                    self._calls[key] += 1
+                    self._calls[_key(call_attributes(record), CALL_ATTRIBUTES)] += 1
+                key = _key(attempt_attributes(record), ATTEMPT_ATTRIBUTES)
                 histogram = self._durations.get(key)
                 if histogram is None:
                     histogram = self._durations[key] = _Histogram(len(self._bounds) + 1)
@@ -164,7 +176,7 @@ class PrometheusCollector:
         duration = HistogramMetricFamily(
             f"{PREFIX}_call_duration_seconds",
             "Duration of each attempt of a call to a connector (retries are attempts too).",
-            labels=_CALL_LABELS,
+            labels=_ATTEMPT_LABELS,
             unit="seconds",
         )
         calls = CounterMetricFamily(
@@ -174,9 +186,21 @@ class PrometheusCollector:
         )
         rejected = CounterMetricFamily(
             f"{PREFIX}_rejected_calls",
-            "Calls an open circuit refused without running them.",
-            labels=_OPERATION_LABELS,
+            "Calls refused without running them (reason: breaker, rate limiter or bulkhead).",
+            labels=list(REJECTED_ATTRIBUTES),
         )
+        notes = {
+            "retry_budget_refusals": CounterMetricFamily(
+                f"{PREFIX}_retry_budget_refusals",
+                "Retries the retry budget refused (the call ended with its last outcome).",
+                labels=_OPERATION_LABELS,
+            ),
+            "fallbacks": CounterMetricFamily(
+                f"{PREFIX}_fallbacks",
+                "Calls answered by their fallback.",
+                labels=_OPERATION_LABELS,
+            ),
+        }
         retries = CounterMetricFamily(
             f"{PREFIX}_retries",
             "Attempts after the first (each retry of a call).",
@@ -184,7 +208,7 @@ class PrometheusCollector:
         )
         state = GaugeMetricFamily(
             f"{PREFIX}_circuit_state",
-            "Circuit breaker state: 1 for the current state, 0 for the others.",
+            "Circuit breaker state (read from the store): 1 for the current state, else 0.",
             labels=["connector", "state"],
         )
         if with_samples:
@@ -192,6 +216,7 @@ class PrometheusCollector:
                 histograms = {k: (list(h.buckets), h.total) for k, h in self._durations.items()}
                 call_counts = dict(self._calls)
                 rejected_counts = dict(self._rejected)
+                note_counts = {name: dict(counts) for name, counts in self._notes.items()}
                 retry_counts = dict(self._retries)
                 connectors = sorted(self._connectors)
             for key, (buckets, total) in sorted(histograms.items()):
@@ -204,25 +229,15 @@ class PrometheusCollector:
                 calls.add_metric(list(key), n)
             for key, n in sorted(rejected_counts.items()):
                 rejected.add_metric(list(key), n)
+            for name, counts in note_counts.items():
+                for key, n in sorted(counts.items()):
+                    notes[name].add_metric(list(key), n)
             for key, n in sorted(retry_counts.items()):
                 retries.add_metric(list(key), n)
-            _add_circuit_states(state, self._circuit_states(connectors))
-        yield from (duration, calls, rejected, retries, state)
-
-    def _circuit_states(self, connectors: Sequence[str]) -> dict[str, str]:
-        if not connectors:
-            return {}
-        try:
-            store = resolve_store(self._store_arg, self._policy)
-            records = store.list_circuits()
-            now = store.now()
-        except Exception as exc:  # a scrape must answer even when the store does not
-            logger.warning("cannot read circuit states for /metrics: %s", exc)
-            return {}
-        return {
-            name: effective_state(records[name], now) if name in records else "closed"
-            for name in connectors
-        }
+            _add_circuit_states(
+                state, read_circuit_states(self._store_arg, self._policy, connectors)
+            )
+        yield from (duration, calls, rejected, *notes.values(), retries, state)
 
 
 class PrometheusStoreCollector:
@@ -271,10 +286,10 @@ def store_view_families(view: StoreView | None) -> list[Any]:
     """Prometheus metric families for a store view (empty families for ``None``)."""
     from prometheus_client.core import GaugeMetricFamily
 
-    window = f" over the last {view.window_s:g}s" if view is not None else ""
+    window = f" over the last {view.window_s:g}s" if view is not None else " over the window"
 
     def gauge(name: str, text: str, labels: list[str]) -> Any:
-        return GaugeMetricFamily(f"{PREFIX}_{name}", text, labels=labels)
+        return GaugeMetricFamily(f"{PREFIX}_store_{name}", text, labels=labels)
 
     health = gauge(
         "health_status",
@@ -283,14 +298,17 @@ def store_view_families(view: StoreView | None) -> list[Any]:
     )
     state = gauge(
         "circuit_state",
-        "Circuit breaker state: 1 for the current state, 0 for the others.",
+        "Circuit breaker state in the store: 1 for the current state, 0 for the others.",
         ["connector", "state"],
     )
     calls = gauge("window_calls", f"Calls that ran{window}.", ["connector"])
-    errors = gauge("window_errors", f"Calls that failed after retries{window}.", ["connector"])
+    failed = gauge(
+        "window_failed_calls", f"Calls that failed after retries{window}.", ["connector"]
+    )
+    attempts = gauge("window_attempts", f"Attempts, retries included{window}.", ["connector"])
     retries = gauge("window_retries", f"Retries{window}.", ["connector"])
     rejected = gauge(
-        "window_rejected_calls", f"Calls refused by the breaker{window}.", ["connector"]
+        "window_rejected_calls", f"Calls refused before they went out{window}.", ["connector"]
     )
     error_ratio = gauge(
         "window_attempt_error_ratio",
@@ -299,29 +317,41 @@ def store_view_families(view: StoreView | None) -> list[Any]:
     )
     latency = gauge(
         "window_latency_seconds",
-        f"Attempt latency percentiles{window}.",
-        ["connector", "quantile"],
+        f"Attempt latency percentiles{window} (percentile = 50, 95, 99).",
+        ["connector", "percentile"],
     )
     last_call = gauge(
         "last_call_timestamp_seconds",
         "Unix time of the newest call record in the window (data freshness).",
         ["connector"],
     )
-    families = [health, state, calls, errors, retries, rejected, error_ratio, latency, last_call]
+    families = [
+        health,
+        state,
+        calls,
+        failed,
+        attempts,
+        retries,
+        rejected,
+        error_ratio,
+        latency,
+        last_call,
+    ]
     if view is None:
         return families
     for c in view.connectors:
         name, s = c.connector, c.summary
         for status in HealthStatus:
             health.add_metric([name, status.value], float(c.status is status))
-        _add_circuit_states(state, {name: c.report.circuit_state})
+        _add_circuit_states(state, {name: c.override or c.report.circuit_state})
         calls.add_metric([name], s.total_calls)
-        errors.add_metric([name], s.errors)
+        failed.add_metric([name], s.errors)
+        attempts.add_metric([name], s.attempts)
         retries.add_metric([name], s.retries)
         rejected.add_metric([name], s.rejected)
         error_ratio.add_metric([name], s.attempt_error_rate)
-        for quantile, ms in (("0.5", s.p50_ms), ("0.95", s.p95_ms), ("0.99", s.p99_ms)):
-            latency.add_metric([name, quantile], ms / 1000.0)
+        for percentile, ms in (("50", s.p50_ms), ("95", s.p95_ms), ("99", s.p99_ms)):
+            latency.add_metric([name, percentile], ms / 1000.0)
         if s.last_call_at is not None:
             last_call.add_metric([name], s.last_call_at)
     return families

@@ -25,6 +25,7 @@ import math
 from collections.abc import Mapping
 
 from connector_resilience import _clock
+from connector_resilience._names import check_name
 from connector_resilience.backends import (
     Store,
     open_store,
@@ -116,10 +117,11 @@ def record_call(
         policy: settings (the environment's policy if ``None``).
 
     Raises:
-        ValueError: an empty name, a negative duration, or an unknown status.
+        ValueError: an empty name or one that cannot be stored (a lone
+            surrogate), a negative duration, or an unknown status.
     """
-    if not connector or not operation:
-        raise ValueError("connector and operation must be non-empty strings")
+    check_name(connector, what="connector name")
+    check_name(operation, what="operation name")
     if status not in ("ok", "error"):
         raise ValueError(f"status must be 'ok' or 'error', not {status!r}")
     if not (duration_ms >= 0 and math.isfinite(duration_ms)):

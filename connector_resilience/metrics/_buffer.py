@@ -30,19 +30,22 @@ class MetricsBuffer:
 
     ``rows.append`` is the whole cost a call pays. Faults are logged once per
     burst; while the store is unreachable up to ``max_pending`` rows are kept,
-    after which the oldest are dropped and counted in ``dropped``.
+    after which the oldest are dropped and counted in ``dropped``. A record the
+    store cannot hold at all is left out of its batch (the rest is written) and
+    counted in ``unwritable``.
     """
 
     def __init__(self, store: Store, *, flush_interval_s: float, max_pending: int) -> None:
         self.store = store
         self.rows: collections.deque[MetricRow] = collections.deque()
-        # (connector, operation, labels) per refused call; counted at flush.
-        self.rejections: collections.deque[tuple[str, str, Mapping[str, str] | None]] = (
+        # (connector, operation, labels, why) per refused call; counted at flush.
+        self.rejections: collections.deque[tuple[str, str, Mapping[str, str] | None, str]] = (
             collections.deque()
         )
         self.flush_interval_s = flush_interval_s
         self.max_pending = max_pending
         self.dropped = 0
+        self.unwritable = 0
         self.written = 0
         self._dropping = False
         self._retry: list[CallRecord] = []
@@ -83,7 +86,7 @@ class MetricsBuffer:
             if not batch:
                 return True
             try:
-                self.store.append_calls(batch)
+                refused = _append_isolating(self.store, batch)  # batch: what is left to write
             except Exception as exc:
                 self._faults.fault(exc)
                 excess = len(batch) - self.max_pending
@@ -108,31 +111,46 @@ class MetricsBuffer:
                     self.dropped,
                 )
             self._faults.ok()
+            if refused:
+                self._note_refused(refused)
             self.written += len(batch)
             _notify(batch)
             return True
 
+    def _note_refused(self, refused: list[CallRecord]) -> None:
+        if not self.unwritable:
+            logger.warning(
+                "store %s cannot hold %d metric record(s) (the first: connector %a, "
+                "operation %a); the rest of the batch was written. Such records are "
+                "counted in MetricsBuffer.unwritable and not logged again",
+                self._faults.url,
+                len(refused),
+                refused[0].connector,
+                refused[0].operation,
+            )
+        self.unwritable += len(refused)
+
     def _count_rejections(self) -> list[CallRecord]:
-        """One ``rejected`` record per (connector, operation, labels), with its count."""
-        counts: dict[tuple[str, str, int], list[Any]] = {}
+        """One ``rejected`` record per (connector, operation, labels, why), with its count."""
+        counts: dict[tuple[str, str, int, str], list[Any]] = {}
         pop = self.rejections.popleft
         try:
             while True:
-                connector, operation, labels = pop()
-                key = (connector, operation, id(labels))
+                connector, operation, labels, why = pop()
+                key = (connector, operation, id(labels), why)
                 entry = counts.get(key)
                 if entry is None:
-                    counts[key] = [connector, operation, labels, 1]
+                    counts[key] = [connector, operation, labels, why, 1]
                 else:
-                    entry[3] += 1
+                    entry[4] += 1
         except IndexError:
             pass
         if not counts:
             return []
         now = _clock.wall()
         return [
-            CallRecord(now, c, o, 0.0, "rejected", "CircuitOpenError", 0, True, labels, n)
-            for c, o, labels, n in counts.values()
+            CallRecord(now, c, o, 0.0, "rejected", why, 0, True, labels, n)
+            for c, o, labels, why, n in counts.values()
         ]
 
     def stop(self) -> None:
@@ -142,6 +160,52 @@ class MetricsBuffer:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
         self.flush()
+
+
+def _append_isolating(store: Store, batch: list[CallRecord]) -> list[CallRecord]:
+    """Append ``batch``, leaving out the records the store refuses as records.
+
+    A store refuses a record it cannot encode (a label with a lone surrogate,
+    a line too long) with ``ValueError`` or ``TypeError``, and writes nothing
+    of that batch. One such record must not fail its batch for ever: the batch
+    is halved until each refused record stands alone, and the rest is written.
+
+    Returns:
+        The refused records. ``batch`` then holds exactly what was written; if
+        a store fault is raised instead, exactly what was not written.
+    """
+    try:
+        store.append_calls(batch)
+    except (ValueError, TypeError):
+        pass
+    else:
+        return []
+    written: list[CallRecord] = []
+    refused: list[CallRecord] = [] if len(batch) > 1 else batch[:]
+    parts = _halves(batch)  # a stack of parts, the earliest on top
+    while parts:
+        part = parts.pop()
+        try:
+            store.append_calls(part)
+        except (ValueError, TypeError):
+            parts += _halves(part)
+            if len(part) == 1:
+                refused.extend(part)
+            continue
+        except Exception:
+            batch[:] = [record for rest in (part, *reversed(parts)) for record in rest]
+            raise
+        written.extend(part)
+    batch[:] = written
+    return refused
+
+
+def _halves(part: list[CallRecord]) -> list[list[CallRecord]]:
+    """``part`` split in two, the later half first (for a stack); nothing for one record."""
+    if len(part) < 2:
+        return []
+    middle = len(part) // 2
+    return [part[middle:], part[:middle]]
 
 
 _observers: list[Callable[[Sequence[CallRecord]], object]] = []

@@ -8,7 +8,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from connector_resilience.backends import CallRecord
+from connector_resilience.backends import CALL_NOTES, CallRecord
 
 
 class HealthStatus(enum.StrEnum):
@@ -36,12 +36,17 @@ class Summary:
         attempt_errors: attempts that failed.
         attempt_error_rate: ``attempt_errors / attempts``.
         retries: ``attempts - total_calls``.
-        rejected: calls an open circuit refused (not in the counts above).
+        rejected: calls refused before they went out (not in the counts above):
+            by an open circuit, the rate limiter or the bulkhead.
         p50_ms: median attempt latency.
         p95_ms: 95th percentile attempt latency.
         p99_ms: 99th percentile attempt latency.
         errors_by_type: failed attempts per exception type name.
         last_call_at: time of the newest record, or ``None``.
+        refusals: load control's refusals by kind: ``CircuitOpenError``,
+            ``RateLimitExceededError``, ``BulkheadFullError`` (the ``rejected``
+            calls), ``RetryBudgetExhausted`` (retries refused) and
+            ``FallbackUsed`` (calls a fallback answered).
     """
 
     connector: str | None
@@ -59,6 +64,7 @@ class Summary:
     p99_ms: float = 0.0
     errors_by_type: Mapping[str, int] = field(default_factory=dict)
     last_call_at: float | None = None
+    refusals: Mapping[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         """A JSON-ready mapping."""
@@ -78,6 +84,7 @@ class Summary:
             "p99_ms": self.p99_ms,
             "errors_by_type": dict(self.errors_by_type),
             "last_call_at": self.last_call_at,
+            "refusals": dict(self.refusals),
         }
 
 
@@ -122,12 +129,15 @@ def summarize_records(
     total = errors = attempts = attempt_errors = rejected = 0
     durations: list[float] = []
     by_type: collections.Counter[str] = collections.Counter()
+    refusals: collections.Counter[str] = collections.Counter()
     last: float | None = None
     for r in records:
         if last is None or r.ts > last:
             last = r.ts
         if r.status == "rejected":
-            rejected += r.calls
+            refusals[r.error or "CircuitOpenError"] += r.calls
+            if r.error not in CALL_NOTES:
+                rejected += r.calls
             continue
         attempts += 1
         durations.append(r.duration_ms)
@@ -155,4 +165,5 @@ def summarize_records(
         p99_ms=percentile(durations, 99),
         errors_by_type=dict(by_type),
         last_call_at=last,
+        refusals=dict(refusals),
     )

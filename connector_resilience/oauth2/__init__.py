@@ -33,7 +33,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from connector_resilience import _clock
 from connector_resilience.backends import store_for_policy
 from connector_resilience.errors import (
     InvalidGrantError,
@@ -57,6 +56,7 @@ from connector_resilience.oauth2._token import (
     is_encrypted,
     load_stored_token,
     needs_refresh,
+    store_clock,
     token_from_mapping,
     token_to_mapping,
 )
@@ -120,14 +120,13 @@ def save_token(
     """
     settings = policy_for(connector, policy)
     cipher = cipher_for_policy(settings)
+    target = store or store_for_policy(settings)
     parsed = (
         token
         if isinstance(token, OAuth2Token)
-        else token_from_mapping(connector, token, cipher=cipher, received_at=_clock.wall())
+        else token_from_mapping(connector, token, cipher=cipher, received_at=store_clock(target)())
     )
-    (store or store_for_policy(settings)).save_token(
-        connector, token_to_mapping(parsed, cipher=cipher)
-    )
+    target.save_token(connector, token_to_mapping(parsed, cipher=cipher))
     return parsed
 
 
@@ -203,7 +202,7 @@ def token_statuses(
 ) -> list[TokenStatus]:
     """The status of every token in ``store``, by connector name. Needs no encryption key."""
     base = policy or current_policy()
-    at = _clock.wall() if now is None else now
+    at = store_clock(store)() if now is None else now
     out: list[TokenStatus] = []
     for connector, mapping in sorted(store.list_tokens().items()):
         # Check the shape with the secrets swapped for placeholders: no key needed,

@@ -5,20 +5,30 @@ runtime dependencies stay pydantic-settings, tenacity and filelock); the async
 API runs it in a worker thread, so there is one implementation. Transient
 failures (5xx, 429, network faults) are retried by tenacity with the policy's
 backoff; RFC 6749 section 5.2 errors are not, ``invalid_grant`` least of all.
+
+One request, connect to last byte, ends by its deadline (``timeout_s``, and
+never past the refresh's budget): a timer shuts its socket down, so an endpoint
+that drips its answer a byte at a time cannot hold a refresh (and the token
+lock) for longer. Whatever the endpoint echoes back is masked in every encoding
+the request carried the secrets in (raw, form-encoded, percent-encoded, the
+base64 Basic credential).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import ipaddress
 import json
 import logging
 import re
+import socket
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from email.message import Message
 from typing import TYPE_CHECKING, Any, Literal, Self
 
@@ -77,7 +87,9 @@ class OAuth2Config(BaseModel):
         scope: scope to request (client_credentials) or to narrow to (refresh).
         extra_params: further form parameters (``audience``, ``resource``...);
             kept out of ``repr`` and masked in error descriptions.
-        timeout_s: socket timeout of one request.
+        timeout_s: the longest one request may take, from connecting to the
+            last byte of the answer (not per socket read: an endpoint that
+            drips its answer is cut off too).
         keep_fields: non-standard response fields to keep with the token.
         error_aliases: provider error codes to read as RFC 6749 ones
             (GitHub's ``bad_refresh_token`` is ``invalid_grant``).
@@ -152,6 +164,7 @@ def fetch_token(
     previous: OAuth2Token | None,
     policy: Policy,
     budget_s: float | None = None,
+    clock: Callable[[], float] | None = None,
 ) -> OAuth2Token:
     """Run the configured grant once (retrying transient failures) and return the new token.
 
@@ -163,6 +176,9 @@ def fetch_token(
         policy: retry settings (attempts, backoff, deadline).
         budget_s: longest time for every attempt and wait together (the
             refresh lock's lease), on top of the policy's deadline.
+        clock: the clock the token's ``obtained_at`` and ``expires_at`` are
+            stamped with (the store's, so every host judges expiry alike);
+            the local wall clock if ``None``.
 
     Raises:
         InvalidGrantError: the endpoint rejected the grant; re-authenticate.
@@ -172,6 +188,9 @@ def fetch_token(
     """
     params: dict[str, str] = {"grant_type": config.grant}
     secrets = [config.client_secret.get_secret_value()] if config.client_secret else []
+    if config.client_secret is not None and config.auth_method == "client_secret_basic":
+        credential = basic_auth(config.client_id, config.client_secret.get_secret_value())
+        secrets.append(credential.removeprefix("Basic "))
     if config.grant == "refresh_token":
         if previous is None or previous.refresh_token is None:
             raise TokenError(f"connector {connector!r} has no refresh token to refresh with")
@@ -183,12 +202,14 @@ def fetch_token(
         params["scope"] = config.scope
     params.update(config.extra_params)
     secrets.extend(config.extra_params.values())
+    secrets = _sent_forms(secrets)
     data = _post_with_retries(
         config, params, connector=connector, secrets=secrets, policy=policy, budget_s=budget_s
     )
     try:
         token = OAuth2Token.from_response(
             data,
+            now=clock() if clock is not None else None,
             previous=previous if config.grant == "refresh_token" else None,
             keep_fields=config.keep_fields,
             default_expires_in_s=config.default_expires_in_s,
@@ -266,6 +287,20 @@ def _post_with_retries(
         raise
 
 
+def _sent_forms(secrets: list[str]) -> list[str]:
+    """Each secret as the request carries it (raw, form-encoded, percent-encoded), longest first.
+
+    An endpoint that echoes the request back in its error puts these forms,
+    not only the raw value, into the text this library shows.
+    """
+    forms = {
+        form
+        for secret in secrets
+        for form in (secret, urllib.parse.quote_plus(secret), urllib.parse.quote(secret, safe=""))
+    }
+    return sorted(forms, key=len, reverse=True)
+
+
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
     """A token endpoint that redirects is misconfigured; following could leak credentials."""
 
@@ -273,7 +308,85 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
         return None
 
 
-_opener = urllib.request.build_opener(_NoRedirects)
+class _Deadline:
+    """Cuts one request off at its deadline by shutting its sockets down from a timer.
+
+    A socket timeout bounds each read, not the request: an endpoint sending a
+    byte per read keeps it alive for ever. The connections are registered as
+    they connect; at the deadline their sockets are shut down, which wakes the
+    blocked read with an end of stream.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.passed = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def cancel(self) -> None:
+        """The request is over: no shutdown."""
+        self._timer.cancel()
+
+    def connection_class(self, base: type[http.client.HTTPConnection]) -> Any:
+        """``base``, with each connection's socket watched once connected."""
+        deadline = self
+
+        class Watched(base):  # type: ignore[valid-type, misc]
+            def connect(self) -> None:
+                super().connect()
+                deadline._watch(self.sock)
+
+        return Watched
+
+    def _watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            passed = self.passed
+        if passed:
+            _shut(sock)
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.passed = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    # The plain socket's shutdown, on an SSL socket too: it acts on the file
+    # descriptor and leaves the TLS state (another thread is reading it) alone.
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _HTTP(urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self._deadline = deadline
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(self._deadline.connection_class(http.client.HTTPConnection), req)
+
+
+class _HTTPS(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self._deadline = deadline
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(
+            self._deadline.connection_class(http.client.HTTPSConnection),
+            req,
+            context=self._context,  # type: ignore[attr-defined]
+        )
+
+
+def _opener(deadline: _Deadline) -> urllib.request.OpenerDirector:
+    """An opener whose connections end by ``deadline`` and that never follows a redirect."""
+    return urllib.request.build_opener(_NoRedirects, _HTTP(deadline), _HTTPS(deadline))
 
 
 def _post_once(
@@ -310,27 +423,24 @@ def _post_once(
         config.auth_method,
         connector,
     )
+    deadline = _Deadline(timeout)
     try:
-        with _opener.open(request, timeout=timeout) as response:
-            status: int = response.status
-            raw = response.read(_MAX_BODY)
-            response_headers: Message = response.headers
-    except urllib.error.HTTPError as exc:
-        status, response_headers = exc.code, exc.headers
-        try:
-            raw = exc.read(_MAX_BODY)
-        except (OSError, http.client.HTTPException):
-            raw = b""
-        finally:
-            exc.close()
+        status, response_headers, raw = _exchange(request, deadline, timeout=timeout)
     except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, resets
         reason = getattr(exc, "reason", None) or exc
+        what = (
+            f"no complete answer within {timeout:g}s (timeout_s, or the refresh's budget)"
+            if deadline.passed
+            else f"{type(exc).__name__}: {reason}"
+        )
         raise TokenEndpointError(
             connector,
             error="network_error",
-            description=_clean(f"{type(exc).__name__}: {reason}", secrets),
+            description=_clean(what, secrets),
             retryable=True,
         ) from exc
+    finally:
+        deadline.cancel()
     data = _decode(raw, response_headers.get_content_type())
     error = data.get("error") if data is not None else None
     if 200 <= status < 300 and data is not None and error is None:
@@ -352,13 +462,43 @@ def _post_once(
     )
 
 
+def _exchange(
+    request: urllib.request.Request, deadline: _Deadline, *, timeout: float
+) -> tuple[int, Message, bytes]:
+    """Send ``request``; its status, headers and body (at most ``_MAX_BODY`` bytes).
+
+    Raises:
+        OSError, http.client.HTTPException: no whole answer, the deadline included.
+    """
+    try:
+        with _opener(deadline).open(request, timeout=timeout) as response:
+            status: int = response.status
+            headers: Message = response.headers
+            raw = response.read(_MAX_BODY)
+    except urllib.error.HTTPError as exc:
+        status, headers = exc.code, exc.headers
+        try:
+            raw = exc.read(_MAX_BODY)
+        except (OSError, http.client.HTTPException):
+            raw = b""
+        finally:
+            exc.close()
+    if deadline.passed:  # the shutdown may have cut the body short: it is not whole
+        raise http.client.IncompleteRead(raw)
+    return status, headers, raw
+
+
 def basic_auth(client_id: str, client_secret: str) -> str:
     """The ``Authorization`` value of RFC 6749 section 2.3.1.
 
-    The id and secret are form-urlencoded before they are joined and base64'd,
-    so a ``:`` or non-ASCII character in either survives the round trip.
+    The id and secret are encoded before they are joined and base64'd, so a
+    ``:`` or non-ASCII character in either survives the round trip. The
+    encoding is percent-encoding of everything but unreserved characters
+    (a space is ``%20``, never ``+``), which RFC 6749 Appendix B's form
+    decoding and plain percent-decoding (Authlib's server, and others) both
+    read back as the same credential.
     """
-    pair = f"{urllib.parse.quote_plus(client_id)}:{urllib.parse.quote_plus(client_secret)}"
+    pair = f"{urllib.parse.quote(client_id, safe='')}:{urllib.parse.quote(client_secret, safe='')}"
     return "Basic " + base64.b64encode(pair.encode("ascii")).decode("ascii")
 
 

@@ -9,6 +9,13 @@ One refresh at a time, at two levels:
   the store and refreshes only if the stored token still needs it; the others
   find the new token when they get the lock.
 
+The lock is leased for half of OAUTH_LOCK_TIMEOUT_S and a refresh is cut off
+before its lease ends, while a waiter waits the whole OAUTH_LOCK_TIMEOUT_S: if
+the holder dies, its lease ends while the waiters still wait, and exactly one
+of them takes over, after re-reading the store (the holder may have saved a
+rotated token before it died). Expiry is stamped and judged by the store's
+clock (Redis's ``TIME`` on Redis), so hosts whose clocks differ agree on it.
+
 The decision runs once, synchronously, in the leader's thread (a worker thread
 for asyncio callers): there is no async copy of it.
 """
@@ -39,6 +46,7 @@ from connector_resilience.oauth2._token import (
     cipher_for_policy,
     load_stored_token,
     needs_refresh,
+    store_clock,
     token_to_mapping,
 )
 from connector_resilience.policy import current_policy
@@ -51,8 +59,12 @@ __all__ = ["TokenManager", "policy_for"]
 
 logger = logging.getLogger("connector_resilience.oauth2")
 
-#: Share of OAUTH_LOCK_TIMEOUT_S a refresh may take, so that it ends before a
-#: lease-based lock (SQLite) expires and before waiting processes give up.
+#: Share of OAUTH_LOCK_TIMEOUT_S (a waiter's longest wait) a holder's lease
+#: lasts: a waiter outlasts the lease of a holder that died, with time left
+#: for the survivor's own refresh.
+_LEASE_SHARE = 0.5
+#: Share of the lease a refresh may take, so that it ends before a lease-based
+#: lock (SQLite, Redis) expires.
 _REFRESH_BUDGET_SHARE = 0.9
 #: After a transient refresh failure, a still-valid token is used without
 #: retrying the refresh for at most this long.
@@ -109,6 +121,7 @@ class TokenManager:
         self.config = config
         self.policy = policy_for(connector, policy)
         self.store: TokenStore = store or store_for_policy(self.policy)
+        self._now = store_clock(self.store)
         # Built now so that a missing `cryptography` fails at setup, not mid-call.
         self._cipher: TokenCipher | None = cipher_for_policy(self.policy)
         self._lock = threading.Lock()
@@ -289,7 +302,9 @@ class TokenManager:
             try:
                 held.enter_context(
                     # The refresh is cut off before the lease ends (_REFRESH_BUDGET_SHARE).
-                    self.store.token_lock(self.connector, timeout_s=timeout, lease_s=timeout)
+                    self.store.token_lock(
+                        self.connector, timeout_s=timeout, lease_s=timeout * _LEASE_SHARE
+                    )
                 )
             except TimeoutError:
                 failure = TokenError(
@@ -315,7 +330,8 @@ class TokenManager:
                 connector=self.connector,
                 previous=current,
                 policy=self.policy,
-                budget_s=self.policy.oauth.lock_timeout_s * _REFRESH_BUDGET_SHARE,
+                budget_s=self.policy.oauth.lock_timeout_s * _LEASE_SHARE * _REFRESH_BUDGET_SHARE,
+                clock=self._now,
             )
         except InvalidGrantError:
             # Another writer (one whose lock lease ran out, or one not using
@@ -325,7 +341,7 @@ class TokenManager:
                 latest is not None
                 and current is not None
                 and _newer(latest, current)
-                and not latest.expired()
+                and not latest.expired(now=self._now())
             ):
                 logger.warning(
                     "refresh token of connector %r was already used; "
@@ -340,7 +356,7 @@ class TokenManager:
             return self._fall_back(flight, current, exc)
         self._save(token)
         self._quiet_until = 0.0
-        left = token.seconds_left()
+        left = token.seconds_left(now=self._now())
         logger.info(
             "connector %r got a new token from %s (%s grant%s)",
             self.connector,
@@ -357,7 +373,7 @@ class TokenManager:
         if flight.kind == "replace":
             assert flight.rejected is not None
             return self._usable_instead_of(token, flight.rejected)
-        return self._fresh(token) or (self.config is None and not token.expired())
+        return self._fresh(token) or (self.config is None and not token.expired(now=self._now()))
 
     def _check_obtainable(self, current: OAuth2Token | None) -> None:
         """Fail fast, before any lock or request, when no new token can be had."""
@@ -382,9 +398,10 @@ class TokenManager:
         self, flight: _Flight, current: OAuth2Token | None, failure: TokenError
     ) -> OAuth2Token:
         """After a transient failure, keep using a token that has not expired yet."""
-        if flight.kind != "ensure" or current is None or current.expired():
+        now = self._now()
+        if flight.kind != "ensure" or current is None or current.expired(now=now):
             raise failure
-        left = current.seconds_left()
+        left = current.seconds_left(now=now)
         quiet = _QUIET_AFTER_FAILURE_S if left is None else min(_QUIET_AFTER_FAILURE_S, left / 2)
         self._quiet_until = _clock.monotonic() + quiet
         logger.warning(
@@ -401,9 +418,10 @@ class TokenManager:
 
     def _fresh(self, token: OAuth2Token) -> bool:
         """Not due for refresh, or due but inside the pause after a failed refresh."""
-        if not needs_refresh(token, policy=self.policy):
+        now = self._now()
+        if not needs_refresh(token, policy=self.policy, now=now):
             return True
-        return _clock.monotonic() < self._quiet_until and not token.expired()
+        return _clock.monotonic() < self._quiet_until and not token.expired(now=now)
 
     def _fresh_cached(self) -> OAuth2Token | None:
         cached = self._cached
@@ -411,7 +429,7 @@ class TokenManager:
 
     def _usable_instead_of(self, token: OAuth2Token, rejected: str) -> bool:
         return token.access_token.get_secret_value() != rejected and not needs_refresh(
-            token, policy=self.policy
+            token, policy=self.policy, now=self._now()
         )
 
     def _read(self) -> OAuth2Token | None:

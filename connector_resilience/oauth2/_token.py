@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -36,6 +36,7 @@ __all__ = [
     "is_encrypted",
     "load_stored_token",
     "needs_refresh",
+    "store_clock",
     "token_from_mapping",
     "token_to_mapping",
 ]
@@ -176,6 +177,18 @@ def _seconds(value: Any) -> float | None:
 
 def _is_extra_value(value: Any) -> bool:
     return isinstance(value, str | int | float | bool)
+
+
+def store_clock(store: object) -> Callable[[], float]:
+    """The clock token expiry is stamped and judged by for tokens kept in ``store``.
+
+    The store's own ``now()`` when it has one: Redis's ``TIME`` for a Redis
+    store, so that a host whose clock runs fast neither stamps a token valid
+    for too long nor judges another host's token by its own time. File and
+    memory stores answer with the local wall clock, as before.
+    """
+    now = getattr(store, "now", None)
+    return now if callable(now) else _clock.wall
 
 
 def needs_refresh(

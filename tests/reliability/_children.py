@@ -185,8 +185,13 @@ def hammer(
     seed: int,
     healthy: bool,
     results: Any,
+    hold_s: float = 0.0,
 ) -> None:
-    """``threads`` threads calling one breaker; report every write and StateChange seen."""
+    """``threads`` threads calling one breaker; report every write and StateChange seen.
+
+    ``hold_s``: how long each call takes (a slow dependency), so that probes
+    overlap and contend for the half-open slots.
+    """
     written: list[dict[str, Any]] = []
     lock = threading.Lock()
 
@@ -219,6 +224,8 @@ def hammer(
         on_state_change=on_change,
     )
     def call(fail: bool) -> int:
+        if hold_s:
+            time.sleep(hold_s)  # the dependency's own latency
         if fail:
             raise BoomError
         return 1
@@ -238,11 +245,47 @@ def hammer(
     results.put({"worker": worker, "written": written, "changes": changes, "flushed": flushed})
 
 
+class _DyingHolder:
+    """A store that lets its TokenManager take the token lock, save, then hang until killed."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.url = inner.url
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    @contextlib.contextmanager
+    def token_lock(self, connector: str, **kwargs: Any) -> Any:
+        with self._inner.token_lock(connector, **kwargs):
+            emit(kind="locked", lease_s=kwargs.get("lease_s"))
+            assert sys.stdin.readline().strip() == "go"
+            yield
+
+    def save_token(self, connector: str, token: Any) -> None:
+        self._inner.save_token(connector, token)
+        emit(kind="saved", access_token=token["access_token"])
+        sys.stdin.readline()  # never answered: the parent kills this process here
+        os._exit(3)
+
+
+def token_holder(
+    url: str, token_url: str, client_id: str, client_secret: str, lock_timeout_s: str
+) -> None:
+    """A refresh that takes the lock, saves the rotated token and dies before releasing it."""
+    policy = Policy(store={"url": url}, oauth={"lock_timeout_s": float(lock_timeout_s)})
+    config = OAuth2Config(token_url=token_url, client_id=client_id, client_secret=client_secret)
+    store = _DyingHolder(open_store(url))
+    TokenManager("api", config=config, store=store, policy=policy).refresh()
+
+
 if __name__ == "__main__":
     mode, *rest = sys.argv[1:]
     if mode == "crash":
         crash(rest[0], rest[1], rest[2], rest[3], int(rest[4]))
     elif mode == "store-fault":
         store_fault(rest[0], rest[1])
+    elif mode == "token-holder":
+        token_holder(*rest)
     else:
         raise SystemExit(f"unknown mode {mode!r}")

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from connector_resilience import CircuitOpenError, Policy, flush_metrics, resilient, summarize
+from connector_resilience import CircuitOpenError, Policy, resilient, summarize
 from connector_resilience.backends import CircuitRecord, open_store
 from connector_resilience.backends.memory import MemoryStore
 from connector_resilience.circuit import CircuitBreaker, StateChange
@@ -28,11 +28,13 @@ PROCESSES = 3
 THREADS = 4
 
 
-def _hammer(url: str, *, calls: int, healthy: bool) -> list[dict[str, Any]]:
+def _hammer(url: str, *, calls: int, healthy: bool, hold_s: float = 0.0) -> list[dict[str, Any]]:
     ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()
     workers = [
-        ctx.Process(target=_children.hammer, args=(url, w, THREADS, calls, 9, healthy, results))
+        ctx.Process(
+            target=_children.hammer, args=(url, w, THREADS, calls, 9, healthy, results, hold_s)
+        )
         for w in range(PROCESSES)
     ]
     for worker in workers:
@@ -45,9 +47,12 @@ def _hammer(url: str, *, calls: int, healthy: bool) -> list[dict[str, Any]]:
 
 
 def test_breaker_history_is_a_legal_walk_under_contention(shared_store_url: str) -> None:
-    reports = _hammer(shared_store_url, calls=120, healthy=False)
+    # Each call takes 3 ms, so probes overlap and contend for the two slots.
+    reports = _hammer(shared_store_url, calls=120, healthy=False, hold_s=0.003)
     written = [CircuitRecord.from_json(r) for report in reports for r in report["written"]]
     last = check_history(written, max_probes=2, threshold=3)
+    most_live = max(len([p for p in r.probes if p[1] > r.changed_at]) for r in written)
+    assert most_live == 2, "no record ever held two live probes: the cap was not put to the test"
     stored = open_store(shared_store_url).get_circuit("hammered")
     assert stored is not None
     assert stored.version == last
@@ -120,52 +125,74 @@ def test_a_slow_stale_read_never_rolls_the_breaker_back() -> None:
 
 
 def test_probe_cap_holds_for_threads_in_one_process() -> None:
-    """Many threads at a half-open breaker: never more probes in flight than the cap."""
+    """8 threads rush a half-open breaker with a cap of 2: exactly 2 get in, 6 are refused.
+
+    Admitted probes stay in flight (no outcome, so the slots stay taken) until
+    every other thread has been refused; a broken cap lets a third one in.
+    """
+    cap = 2
+    workers = 8
     policy = Policy(
         store={"url": "memory://probes"},
         circuit={
             "failures_to_open": 1,
             "cooldown_s": 0.001,
             "half_open_prob": 1.0,
-            "half_open_max_probes": 2,
+            "half_open_max_probes": cap,
             "sync_interval_s": 0,
         },
         retry={"max_attempts": 1},
     )
+    release = threading.Event()
+    changed = threading.Condition()
     inside = 0
     most = 0
-    guard = threading.Lock()
-    gate = threading.Barrier(8)
+    refused: set[int] = set()
 
     @resilient("probed", policy=policy, retry_on=())
     def call() -> None:
         nonlocal inside, most
-        with guard:
+        with changed:
             inside += 1
             most = max(most, inside)
-        try:
-            raise RuntimeError("still down")  # every probe fails: the breaker re-opens
-        finally:
-            with guard:
-                inside -= 1
+            changed.notify_all()
+        release.wait(10)  # in flight, holding its slot, until every other thread is refused
+        with changed:
+            inside -= 1
+        raise RuntimeError("still down")
 
-    def run() -> None:
+    release.set()
+    with contextlib.suppress(RuntimeError):
+        call()  # the breaker opens: from here on an admitted call is a probe
+    release.clear()
+    with changed:
+        most = 0
+    gate = threading.Barrier(workers)
+
+    def run(index: int) -> None:
         gate.wait(10)
-        for _ in range(300):
-            with contextlib.suppress(RuntimeError, CircuitOpenError):
+        while not release.is_set():
+            try:
                 call()
+            except RuntimeError:
+                return  # it was a probe
+            except CircuitOpenError:
+                with changed:
+                    refused.add(index)
+                    changed.notify_all()
 
-    threads = [threading.Thread(target=run) for _ in range(8)]
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(workers)]
     for thread in threads:
         thread.start()
+    with changed:
+        changed.wait_for(lambda: len(refused) >= workers - cap and inside >= cap, timeout=10)
+        admitted, seen_most = inside, most
+    release.set()
     for thread in threads:
-        thread.join(60)
-    assert flush_metrics()
-    # The first call of all may run closed, with the others; after that only probes run.
-    assert most <= 8
-    summary = summarize("probed", policy=policy)
-    assert summary.total_calls + summary.rejected == 8 * 300
-    store = open_store("memory://probes")
-    record = store.get_circuit("probed")
+        thread.join(10)
+    assert seen_most <= cap, f"{seen_most} probes in flight at once, the cap is {cap}"
+    assert (admitted, len(refused)) == (cap, workers - cap)
+    assert most == cap
+    record = open_store("memory://probes").get_circuit("probed")
     assert record is not None
-    assert len(record.probes) <= 2
+    assert len(record.probes) <= cap

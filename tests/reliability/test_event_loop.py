@@ -259,19 +259,41 @@ async def test_a_locked_sqlite_store_never_freezes_the_loop(tmp_path: Path) -> N
     await call(False)  # the engine and the schema exist
     holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     holder.execute("BEGIN EXCLUSIVE")
+    released_at: list[float] = []
+
+    def release() -> None:
+        holder.execute("ROLLBACK")
+        released_at.append(time.monotonic())
+
     # Released from another thread after a while, whatever the loop is doing.
-    timer = threading.Timer(0.5, lambda: holder.execute("ROLLBACK"))
+    timer = threading.Timer(0.5, release)
     timer.start()
+    finished_at: list[float] = []
+
+    async def failing_call() -> BaseException | int:
+        try:
+            return await call(True)
+        except RuntimeError as exc:
+            return exc
+        finally:
+            finished_at.append(time.monotonic())
+
     try:
         async with Heartbeat() as heartbeat:
-            failing = [asyncio.create_task(call(True)) for _ in range(5)]
+            failing = [asyncio.create_task(failing_call()) for _ in range(5)]
             await asyncio.sleep(0.3)
             lag_while_locked = heartbeat.worst_s
-            results = await asyncio.gather(*failing, return_exceptions=True)
+            results = await asyncio.gather(*failing)
     finally:
         timer.join()
         holder.close()
     assert all(isinstance(r, RuntimeError) for r in results)
+    # The calls did wait on the lock (their breaker writes), off the loop...
+    assert min(finished_at) >= released_at[0], "a call finished before the lock was released"
+    # ...and their failures reached the store once it was free.
+    stored = open_store(f"sqlite:///{path}").get_circuit("locked")
+    assert stored is not None
+    assert stored.failures == 5
     print(f"\nlocked SQLite: worst loop lag {lag_while_locked * 1000:.1f} ms")
     assert lag_while_locked < HEARTBEAT_LAG_S
 

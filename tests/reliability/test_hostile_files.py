@@ -14,6 +14,9 @@ import logging
 import math
 import sqlite3
 import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,11 +24,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connector_resilience.backends import CallRecord, CircuitRecord
+from connector_resilience import summarize
+from connector_resilience.backends import CallRecord, CircuitRecord, open_store
+from connector_resilience.backends import sqlite as sqlite_backend
 from connector_resilience.backends.jsonl import JsonlStore
 from connector_resilience.backends.sqlite import SqliteStore
+from connector_resilience.circuit import CircuitBreaker
+from connector_resilience.cli._common import EXIT_ERROR
+from connector_resilience.errors import StoreError
 from connector_resilience.oauth2 import OAuth2Token, load_token, token_statuses
 from connector_resilience.policy import Policy
+from tests._ops import run_cli
 
 SETTINGS = settings(
     max_examples=60,
@@ -51,6 +60,8 @@ wrong = st.sampled_from(
 )
 #: Bytes that can never parse as a JSON object (they start with a byte JSON forbids there).
 garbage = st.binary(max_size=200).map(lambda b: b"\x00" + b.replace(b"\n", b" "))
+#: A final line whose writer was killed: no newline in it (one would end the line).
+torn_tails = st.none() | st.binary(min_size=1, max_size=50).map(lambda b: b.replace(b"\n", b"x"))
 #: Too deep for any JSON parser's recursion: the classic "huge line" attack.
 nested = st.integers(min_value=5_000, max_value=200_000).map(lambda n: b"[" * n + b"]" * n)
 
@@ -86,14 +97,26 @@ def metric_lines(draw: st.DrawFn) -> tuple[bytes, CallRecord | None]:
     if kind == "truncated":
         full = _line(valid)
         return full[: draw(st.integers(min_value=1, max_value=len(full) - 1))], None
-    field = draw(st.sampled_from(["ts", "duration_ms", "status", "connector", "operation"]))
+    field = draw(
+        st.sampled_from(
+            ["ts", "duration_ms", "status", "connector", "operation", "final", "attempt", "error"]
+        )
+    )
     value: Any
     if field in ("connector", "operation"):
         value = draw(wrong.filter(lambda v: not isinstance(v, str)))
     elif field == "status":
         value = draw(wrong | st.sampled_from(["OK", "fine", ""]))
+    elif field == "final":  # only true or false: "no" is not false, 1 is not true
+        value = draw(st.sampled_from(["no", "false", 0, 1, None, [], float("nan")]))
+    elif field == "attempt":
+        value = draw(st.sampled_from([True, False, -1, 1.5, "2", None]))
+    elif field == "error":
+        value = draw(st.sampled_from([5, ["E"], {"type": "E"}, True]))
     else:
-        value = draw(wrong | st.sampled_from([float("inf"), -float("inf"), "12"]))
+        value = draw(wrong | st.sampled_from([float("inf"), -float("inf"), "12", True, -1]))
+        if field == "ts" and value == -1:
+            value = True  # a negative time is odd, but finite: not refused
     return _line({**valid, field: value}), None
 
 
@@ -138,7 +161,20 @@ def circuit_lines(draw: st.DrawFn) -> tuple[bytes, tuple[str, CircuitRecord] | N
                 ("failures", [1]),
                 ("opened_at", "yesterday"),
                 ("opened_at", 10**400),
+                ("opened_at", float("-inf")),
                 ("reopen_at", {"at": 1}),
+                ("reopen_at", float("nan")),  # the breaker would never half-open
+                ("reopen_at", float("inf")),
+                ("changed_at", float("nan")),
+                ("version", True),  # not the integer 1
+                ("version", -1),
+                ("failures", True),
+                ("failures", -3),
+                ("reason", 5),
+                ("probes", [["p", float("inf")]]),  # a slot held for ever
+                ("probes", [["p", float("nan")]]),
+                ("probes", [[7, 1.0]]),
+                ("probes", [["p", 1.0, "extra"]]),
                 ("changed_at", 10**400),
                 ("changed_at", "soon"),
                 ("probes", 5),
@@ -224,7 +260,7 @@ def _fresh_jsonl() -> tuple[JsonlStore, Path]:
 
 
 @SETTINGS
-@given(st.lists(metric_lines(), max_size=30), st.none() | st.binary(min_size=1, max_size=50))
+@given(st.lists(metric_lines(), max_size=30), torn_tails)
 def test_jsonl_metrics_reads_keep_exactly_the_valid_records(
     lines: list[tuple[bytes, CallRecord | None]], tail: bytes | None
 ) -> None:
@@ -243,7 +279,7 @@ def test_jsonl_metrics_reads_keep_exactly_the_valid_records(
 
 
 @SETTINGS
-@given(st.lists(circuit_lines(), max_size=30), st.none() | st.binary(min_size=1, max_size=50))
+@given(st.lists(circuit_lines(), max_size=30), torn_tails)
 def test_jsonl_circuit_reads_keep_the_last_valid_record(
     lines: list[tuple[bytes, tuple[str, CircuitRecord] | None]], tail: bytes | None
 ) -> None:
@@ -260,7 +296,7 @@ def test_jsonl_circuit_reads_keep_the_last_valid_record(
 
 
 @SETTINGS
-@given(st.lists(token_lines(), max_size=30), st.none() | st.binary(min_size=1, max_size=50))
+@given(st.lists(token_lines(), max_size=30), torn_tails)
 def test_jsonl_tokens_are_whole_or_absent(
     lines: list[tuple[bytes, tuple[str, dict[str, Any] | None] | None]], tail: bytes | None
 ) -> None:
@@ -372,8 +408,27 @@ def test_sqlite_metric_rows_are_returned_or_counted(rows: list[tuple[Any, ...]])
     store.compact(metrics_retention_s=1e12)
 
 
+VALID_CIRCUIT = json.dumps(CircuitRecord(version=1, failures=2).to_json())
+VALID_TOKEN = json.dumps({"access_token": "at-valid", "token_type": "Bearer"})
+
+
+def _json_object(value: Any) -> bool:
+    """Whether a SQLite value is the text of a JSON object (what a token row must hold)."""
+    if not isinstance(value, str | bytes):
+        return False
+    try:
+        return isinstance(json.loads(value), dict)
+    except (ValueError, RecursionError):
+        return False
+
+
 @SETTINGS
-@given(st.lists(st.tuples(names, sqlite_nonnull), max_size=6))
+@given(
+    st.lists(
+        st.tuples(names, sqlite_nonnull | st.sampled_from([VALID_CIRCUIT, VALID_TOKEN])),
+        max_size=6,
+    )
+)
 def test_sqlite_circuit_and_token_rows_never_raise_or_half_parse(
     rows: list[tuple[str, Any]],
 ) -> None:
@@ -388,17 +443,28 @@ def test_sqlite_circuit_and_token_rows_never_raise_or_half_parse(
                 "INSERT OR REPLACE INTO tokens (connector, data, updated_at) VALUES (?, ?, 0)",
                 (connector, value),
             )
+    final = dict(rows)  # INSERT OR REPLACE: the last value per connector stays
     for name in CONNECTORS:
         circuit = store.get_circuit(name)
-        assert circuit is None or isinstance(circuit, CircuitRecord)
-        token = load_token(name, store=store, policy=POLICY)
-        assert token is None or (
-            isinstance(token, OAuth2Token) and token.access_token.get_secret_value()
+        assert circuit == (
+            CircuitRecord(version=1, failures=2) if final.get(name) == VALID_CIRCUIT else None
         )
-    store.list_circuits()
+        token = load_token(name, store=store, policy=POLICY)
+        if final.get(name) == VALID_TOKEN:
+            assert token is not None
+            assert token.access_token.get_secret_value() == "at-valid"
+        else:
+            assert token is None
+    assert set(store.list_circuits()) == {n for n, v in final.items() if v == VALID_CIRCUIT}
     store.list_tokens()
     token_statuses(store, policy=POLICY)
-    assert store.stats.skipped_lines >= 0
+    # Each read of an unreadable row counts once: a circuit row twice (get_circuit,
+    # list_circuits), a token row that is not a JSON object three times (load_token,
+    # list_tokens, token_statuses). A JSON object that is not a token is the token
+    # layer's to refuse (it reads as absent, above), not the store's to count.
+    bad_circuits = sum(v != VALID_CIRCUIT for v in final.values())
+    bad_tokens = sum(not _json_object(v) for v in final.values())
+    assert store.stats.skipped_lines == 2 * bad_circuits + 3 * bad_tokens
 
 
 def test_sqlite_poisoned_rows_are_skipped_and_counted(tmp_path: Path) -> None:
@@ -421,11 +487,250 @@ def test_sqlite_poisoned_rows_are_skipped_and_counted(tmp_path: Path) -> None:
             "VALUES (1.0, 'm', 'op', 1.0, 'ok', ?)",
             (poison,),
         )
+    # Five poisoned items, each read once: five skipped.
     assert store.get_circuit("deep") is None
     assert store.get_circuit("huge") is None
-    assert set(store.list_circuits()) == {"good"}
     assert store.load_token("deep") is None
-    assert set(store.list_tokens()) == {"good"}
     records = store.read_calls(since=0)
+    assert records == []
+    assert store.stats.skipped_lines == 5
+    # Listing reads the three poisoned circuit and token rows again.
+    assert set(store.list_circuits()) == {"good"}
+    assert set(store.list_tokens()) == {"good"}
+    assert store.stats.skipped_lines == 8
     assert all(math.isfinite(r.duration_ms) for r in records)
-    assert store.stats.skipped_lines >= 4
+
+
+# Issue 21, item 4: one huge line -----------------------------------------------
+
+#: The documented bound on a line (``backends._lines.MAX_LINE_BYTES``).
+MAX_LINE_BYTES = 1 << 20
+#: Far longer than the bound, and than the memory a read may take.
+HUGE_LINE_BYTES = 24 << 20
+#: A read of the files below never holds more than this (blocks, not lines).
+READ_MEMORY_BOUND = 8 << 20
+
+
+def _exactly(length: int, data: dict[str, Any]) -> bytes:
+    """``data`` as one JSON line of exactly ``length`` bytes (padded in an unknown field)."""
+    bare = json.dumps({**data, "x_pad": ""}, separators=(",", ":")).encode()
+    line = json.dumps({**data, "x_pad": "a" * (length - len(bare))}, separators=(",", ":"))
+    assert len(line) == length
+    return line.encode()
+
+
+def _peak_bytes(read: Any) -> tuple[Any, int]:
+    tracemalloc.start()
+    try:
+        result = read()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_line_past_the_bound_is_skipped_and_never_read_whole(tmp_path: Path) -> None:
+    """summarize(), CircuitBreaker.allow() and load_token() in bounded memory, lines counted."""
+    from connector_resilience.backends import _lines
+
+    assert _lines.MAX_LINE_BYTES == MAX_LINE_BYTES
+    folder = tmp_path / "state"
+    store = JsonlStore.from_url(f"jsonl://{folder}")
+    now = time.time()
+    call = {"ts": now, "connector": "api", "operation": "op", "duration_ms": 5.0, "status": "ok"}
+    circuit = {"connector": "api", **CircuitRecord(version=1, failures=1).to_json()}
+    token = {"connector": "api", "access_token": "at-1", "token_type": "Bearer"}
+    huge = b'{"connector":"api","x":"' + b"a" * HUGE_LINE_BYTES + b'"}'
+    for kind, data in (("metrics", call), ("circuits", circuit), ("tokens", token)):
+        lines = [
+            _exactly(MAX_LINE_BYTES, data),  # at the bound: read
+            huge,  # far past it: skipped, and never held whole
+            _exactly(MAX_LINE_BYTES + 1, data),  # one byte past: skipped
+            json.dumps(data).encode(),
+        ]
+        _write(store.paths[kind], lines, torn_tail=None)
+    policy = Policy(store={"url": f"jsonl://{folder}"})
+
+    fresh = JsonlStore.from_url(f"jsonl://{folder}")
+    summary, peak = _peak_bytes(lambda: summarize("api", store=fresh, policy=policy, window_s=60))
+    assert summary.total_calls == 2
+    assert fresh.stats.skipped_lines == 2
+    assert peak < READ_MEMORY_BOUND, f"summarize() held {peak / 2**20:.0f} MiB"
+
+    fresh = JsonlStore.from_url(f"jsonl://{folder}")
+    allowed, peak = _peak_bytes(lambda: CircuitBreaker("api", policy=policy, store=fresh).allow())
+    assert allowed
+    assert fresh.get_circuit("api") == CircuitRecord(version=1, failures=1)
+    assert fresh.stats.skipped_lines == 2
+    assert peak < READ_MEMORY_BOUND, f"the breaker held {peak / 2**20:.0f} MiB"
+
+    fresh = JsonlStore.from_url(f"jsonl://{folder}")
+    loaded, peak = _peak_bytes(lambda: load_token("api", store=fresh, policy=policy))
+    assert loaded is not None
+    assert loaded.access_token.get_secret_value() == "at-1"
+    assert fresh.stats.skipped_lines == 2
+    assert peak < READ_MEMORY_BOUND, f"load_token() held {peak / 2**20:.0f} MiB"
+
+    # Compaction streams too, and keeps exactly the readable records.
+    counts, peak = _peak_bytes(lambda: fresh.compact(metrics_retention_s=3600))
+    assert counts == {"metrics_kept": 2, "metrics_dropped": 2, "circuits": 1, "tokens": 1}
+    assert peak < READ_MEMORY_BOUND, f"compact() held {peak / 2**20:.0f} MiB"
+
+
+def test_a_record_past_the_line_bound_is_refused_at_write(tmp_path: Path) -> None:
+    """What a reader would skip is never written: the writer refuses it, clearly."""
+    store = JsonlStore.from_url(f"jsonl://{tmp_path}")
+    with pytest.raises(ValueError, match="longer than"):
+        store.save_token("api", {"access_token": "at-" + "a" * MAX_LINE_BYTES})
+    assert store.load_token("api") is None
+
+
+# Issue 21, item 5: a hostile SQLite schema ----------------------------------------
+
+#: A view over a recursive query that never ends: every read of it runs for ever.
+ENDLESS = (
+    "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) "
+    "SELECT {columns} FROM r WHERE n < 0"
+)
+#: The documented bound on a breaker read or write, and slack for a loaded machine.
+BREAKER_BOUND_S = 1.0
+SLACK_S = 0.5
+
+
+def _endless_view(path: Path, table: str, columns: str) -> None:
+    with sqlite3.connect(path, isolation_level=None) as conn:
+        conn.execute(f"DROP TABLE {table}")
+        conn.execute(f"CREATE VIEW {table} AS " + ENDLESS.format(columns=columns))
+
+
+def test_a_hostile_sqlite_schema_never_hangs_the_breaker_or_the_cli(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    SqliteStore(path).list_circuits()  # a real schema first
+    _endless_view(path, "circuits", "'api' AS connector, 1 AS version, '{}' AS data")
+    policy = Policy(store={"url": f"sqlite:///{path}"}, circuit={"sync_interval_s": 0})
+
+    started = time.monotonic()
+    breaker = CircuitBreaker("api", policy=policy)
+    built_s = time.monotonic() - started
+    started = time.monotonic()
+    assert breaker.allow()  # the store is unreadable: the breaker runs on local state
+    allow_s = time.monotonic() - started
+    assert built_s < BREAKER_BOUND_S + SLACK_S, f"CircuitBreaker() took {built_s:.1f}s"
+    assert allow_s < BREAKER_BOUND_S + SLACK_S, f"allow() took {allow_s:.1f}s"
+    assert breaker.state == "closed"
+
+    proc = run_cli("--store", f"sqlite:///{path}", "health")  # it used to never end
+    assert proc.returncode == EXIT_ERROR, proc.stderr
+    assert "ran past its 1s limit" in proc.stderr
+
+
+def test_every_sqlite_statement_ends_within_its_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Metrics and tokens too (their budget, 20 s, is shortened here to keep the test short)."""
+    monkeypatch.setattr(sqlite_backend, "_STATEMENT_BUDGET_S", 0.3)
+    path = tmp_path / "state.db"
+    store = SqliteStore(path)
+    store.list_circuits()
+    _endless_view(path, "tokens", "'api' AS connector, '{}' AS data, 0 AS updated_at")
+    with sqlite3.connect(path, isolation_level=None) as conn:
+        conn.execute(
+            "CREATE TRIGGER endless AFTER INSERT ON metrics BEGIN SELECT count(*) FROM ("
+            + ENDLESS.format(columns="n")
+            + "); END"
+        )
+    record = CallRecord(ts=1.0, connector="api", operation="op", duration_ms=1.0, status="ok")
+    operations: list[Callable[[], object]] = [
+        lambda: store.load_token("api"),
+        lambda: store.append_calls([record]),
+    ]
+    for operation in operations:
+        started = time.monotonic()
+        with pytest.raises(StoreError, match=r"ran past its 0\.3s limit"):
+            operation()
+        took = time.monotonic() - started
+        assert took < 0.3 + SLACK_S, f"a statement ran {took:.1f}s"
+    assert store.read_calls(since=0) == []  # the interrupted insert left nothing half-done
+
+
+# Issue 21, item 7: stored values no writer produces --------------------------------
+
+BAD_CIRCUITS: list[dict[str, Any]] = [
+    {"reopen_at": float("nan")},
+    {"reopen_at": float("inf")},
+    {"opened_at": float("-inf")},
+    {"changed_at": float("nan")},
+    {"probes": [["p", float("inf")]]},
+    {"probes": [["p", float("nan")]]},
+    {"probes": [[7, 1.0]]},
+    {"version": True},
+    {"failures": True},
+    {"version": -1},
+    {"reason": 5},
+]
+
+
+def test_circuit_values_no_writer_produces_are_skipped(shared_store_url: str) -> None:
+    """NaN or infinite times and leases, booleans for integers: refused on every store."""
+    store = open_store(shared_store_url)
+    base = CircuitRecord(version=1, state="open", opened_at=1.0, reopen_at=2.0, changed_at=1.0)
+    good = base.to_json()
+    assert store.list_circuits() == {}  # (creates SQLite's schema)
+    for index, change in enumerate(BAD_CIRCUITS):
+        _plant_circuit(shared_store_url, store, f"c{index}", json.dumps({**good, **change}))
+    _plant_circuit(shared_store_url, store, "ok", json.dumps(good))
+    assert store.list_circuits() == {"ok": base}
+    skipped = store.stats.skipped_lines  # type: ignore[attr-defined]
+    assert skipped == len(BAD_CIRCUITS)
+    for index in range(len(BAD_CIRCUITS)):
+        assert store.get_circuit(f"c{index}") is None
+
+
+def _plant_circuit(url: str, store: Any, connector: str, data: str) -> None:
+    """Write ``data`` as ``connector``'s circuit record, behind the store's back."""
+    if url.startswith("jsonl://"):
+        payload = json.loads(data)
+        line = json.dumps({"connector": connector, **payload}, allow_nan=True).encode()
+        store.paths["circuits"].parent.mkdir(mode=0o700, exist_ok=True)
+        with store.paths["circuits"].open("ab") as handle:
+            handle.write(line + b"\n")
+    elif url.startswith("sqlite://"):
+        with sqlite3.connect(store.path, isolation_level=None) as conn:
+            conn.execute("INSERT INTO circuits VALUES (?, 1, ?)", (connector, data))
+    else:
+        import redis
+
+        client = redis.Redis.from_url(url.partition("?")[0])
+        client.hset(store.keys.circuit(connector), mapping={"version": 1, "record": data})
+        client.sadd(store.keys.circuit_index, connector)
+
+
+def test_metric_values_no_writer_produces_are_skipped(tmp_path: Path) -> None:
+    """``final`` only true or false (not "no", not 1), counts never booleans: JSONL, SQLite."""
+    good = CallRecord(ts=5.0, connector="m", operation="op", duration_ms=1.0, status="ok")
+    bad: list[dict[str, Any]] = [
+        {"final": "no"},
+        {"final": 1},
+        {"attempt": True},
+        {"ts": True},
+        {"duration_ms": -1.0},
+        {"error": 5},
+    ]
+    jsonl = JsonlStore.from_url(f"jsonl://{tmp_path / 'j'}")
+    _write(
+        jsonl.paths["metrics"],
+        [_line({**good.to_json(), **change}) for change in bad] + [_line(good.to_json())],
+        torn_tail=None,
+    )
+    assert jsonl.read_calls(since=0) == [good]
+    assert jsonl.stats.skipped_lines == len(bad)
+
+    sqlite_store = SqliteStore(tmp_path / "state.db")
+    sqlite_store.list_circuits()
+    with _raw(sqlite_store) as conn:
+        insert = (
+            "INSERT INTO metrics (ts, connector, operation, duration_ms, status, attempt, final) "
+            "VALUES (5.0, 'm', 'op', 1.0, 'ok', ?, ?)"
+        )
+        conn.executemany(insert, [(1, "no"), (1, 2), (1, 0.5), (-1, 1), (1, 1)])
+    assert sqlite_store.read_calls(since=0) == [good]
+    assert sqlite_store.stats.skipped_lines == 4

@@ -177,6 +177,12 @@ def test_locked_sqlite_successful_calls_go_on_and_metrics_arrive_once(tmp_path: 
     assert len(summary) == PHASE_1 + PHASE_2
 
 
+#: What docs/reliability.md promises: a breaker read or write waits at most 1 s
+#: for a locked SQLite database. Slack: scheduling on a loaded machine.
+BREAKER_WAIT_S = 1.0
+SLACK_S = 0.3
+
+
 def test_locked_sqlite_a_failing_call_is_not_stalled_by_the_lock(tmp_path: Path) -> None:
     policy, path = _locked_sqlite(tmp_path)
 
@@ -187,14 +193,27 @@ def test_locked_sqlite_a_failing_call_is_not_stalled_by_the_lock(tmp_path: Path)
         return 1
 
     call(False)
+    breaker = breaker_for("locked", policy=policy, store=open_store(f"sqlite:///{path}"))
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
     try:
-        finished, took = _run_bounded(lambda: call(True), 2.0)
+        finished, took = _run_bounded(lambda: call(True), BREAKER_WAIT_S + 2)
+        # The failure was counted, on local state: the store could not take it.
+        assert breaker.record.failures == 1
     finally:
         holder.execute("ROLLBACK")
         holder.close()
     assert finished, f"a failing call took {took:.1f}s behind the SQLite lock"
+    assert took < BREAKER_WAIT_S + SLACK_S, f"the breaker waited {took:.2f}s for the lock"
+    # Once the lock is gone, the failure reaches the store: the metrics and the breaker.
+    assert flush_metrics()
+    statuses = [r.status for r in open_store(f"sqlite:///{path}").read_calls(since=0)]
+    assert statuses == ["ok", "error"]
+    with pytest.raises(BoomError):
+        call(True)  # the next write that works carries the first failure with it
+    stored = open_store(f"sqlite:///{path}").get_circuit("locked")
+    assert stored is not None
+    assert stored.failures == 2
 
 
 # Redis stopped mid-run and started again ---------------------------------------

@@ -43,6 +43,8 @@ class ServerClock:
         describe: the (redacted) store URL, for log messages.
         resync_s: how often to measure the offset again.
         retry_s: how soon to try again after a failure.
+        before_reading: run before each reading, outside the timed round
+            trip (the store checks its deployment there when it could not at open).
     """
 
     def __init__(
@@ -52,8 +54,10 @@ class ServerClock:
         describe: str,
         resync_s: float = RESYNC_INTERVAL_S,
         retry_s: float = RETRY_INTERVAL_S,
+        before_reading: Callable[[], None] | None = None,
     ) -> None:
         self._read_server_time = read_server_time
+        self._before_reading = before_reading
         self._describe = describe
         self._resync_s = resync_s
         self._retry_s = retry_s
@@ -90,6 +94,8 @@ class ServerClock:
         Raises:
             Exception: whatever ``read_server_time`` raises.
         """
+        if self._before_reading is not None:
+            self._before_reading()
         before = time.monotonic()
         seconds, micros = self._read_server_time()
         after = time.monotonic()

@@ -9,18 +9,16 @@ import json
 import logging
 import os
 import secrets
+import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from typing import Any, Final, cast
 
 import redis
 import redis.asyncio
-import redis.asyncio.retry
-from redis.backoff import NoBackoff
-from redis.commands.core import AsyncScript
-from redis.exceptions import LockError, RedisError
-from redis.retry import Retry
+import redis.cluster
+from redis.commands.core import AsyncScript, Script
+from redis.exceptions import LockError, RedisClusterException, RedisError
 
 from connector_resilience import _clock
 from connector_resilience.backends import (
@@ -28,57 +26,42 @@ from connector_resilience.backends import (
     PARSE_ERRORS,
     CallRecord,
     CircuitRecord,
+    LeaseGrant,
     StoreStats,
+    TokenGrant,
     redact_url,
 )
+from connector_resilience.backends.redis import _limit_scripts, _topology
 from connector_resilience.backends.redis._clock import ServerClock
-from connector_resilience.backends.redis._watch import ANY_CONNECTOR, CircuitWatcher
+from connector_resilience.backends.redis._keys import KeyLayout
+from connector_resilience.backends.redis._once import Batch, BatchLedger
+from connector_resilience.backends.redis._scripts import (
+    APPEND_CALLS_LUA,
+    COMPARE_AND_SET_LUA,
+    REWRITE_CALLS_LUA,
+    TRIM_CALLS_LUA,
+)
+from connector_resilience.backends.redis._target import (
+    DEFAULT_PREFIX,
+    DEFAULT_RETENTION_S,
+    Kind,
+    parse_target,
+    password_of,
+)
+from connector_resilience.backends.redis._topology import AsyncClient, SyncClient
+from connector_resilience.backends.redis._watch import ANY_CONNECTOR, FOLLOW_S, CircuitWatcher
 from connector_resilience.errors import ConfigurationError, StoreError
 
 __all__ = ["ANY_CONNECTOR", "DEFAULT_PREFIX", "DEFAULT_RETENTION_S", "RedisStore"]
 
 logger = logging.getLogger("connector_resilience.store")
 
-DEFAULT_PREFIX: Final = "connector-resilience"
-DEFAULT_RETENTION_S: Final = 7 * 86400.0
-
-#: Short timeouts: a store fault must reach the caller (who falls back to
-#: local state) in about a second, not after the OS gives up on a socket.
-#: A URL may set others (``?socket_timeout=2``).
-_CONNECT_TIMEOUT_S: Final = 0.5
-_SOCKET_TIMEOUT_S: Final = 1.0
-#: Options this module sets itself; a URL may not change them.
-_RESERVED_OPTIONS: Final = frozenset({"decode_responses", "encoding", "encoding_errors"})
+#: What a Redis fault can raise (redis-py's Cluster errors are not RedisErrors).
+_FAULTS: Final = (RedisError, RedisClusterException, OSError)
 #: How often the token lock polls while another process holds it.
 _LOCK_POLL_S: Final = 0.01
 #: Redis counts a lease in whole milliseconds; a zero lease is an error.
 _MIN_LEASE_S: Final = 0.001
-
-# KEYS: circuits hash, versions hash. ARGV: connector, expected version,
-# new version, record JSON, channel. Publishing inside the script makes the
-# notification part of the same atomic step as the write.
-_COMPARE_AND_SET_LUA: Final = """
-local current = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
-if current ~= tonumber(ARGV[2]) then
-    return 0
-end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
-redis.call('PUBLISH', ARGV[5], ARGV[1])
-return 1
-"""
-
-# KEYS: one connector's calls, the call-connectors set. ARGV: cutoff, connector.
-# The connector leaves the index only if its set is empty at that instant, so
-# a concurrent append is never orphaned.
-_TRIM_LUA: Final = """
-local dropped = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
-local kept = redis.call('ZCARD', KEYS[1])
-if kept == 0 then
-    redis.call('SREM', KEYS[2], ARGV[2])
-end
-return {dropped, kept}
-"""
 
 
 # Record ids: a random token per process and a counter. Members of a sorted
@@ -136,89 +119,32 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-@dataclass(frozen=True, slots=True)
-class _Keys:
-    """Every Redis name the store uses, derived from the prefix and db."""
-
-    prefix: str
-    db: int
-
-    @property
-    def circuits(self) -> str:
-        return f"{self.prefix}:circuits"
-
-    @property
-    def circuit_versions(self) -> str:
-        return f"{self.prefix}:circuit-versions"
-
-    @property
-    def circuit_channel(self) -> str:
-        # Channels are server-wide, not per database: the db keeps two apps
-        # that share a prefix in different databases apart.
-        return f"{self.prefix}:circuit-changed:{self.db}"
-
-    @property
-    def tokens(self) -> str:
-        return f"{self.prefix}:tokens"
-
-    @property
-    def call_connectors(self) -> str:
-        return f"{self.prefix}:call-connectors"
-
-    def calls(self, connector: str) -> str:
-        return f"{self.prefix}:calls:{connector}"
-
-    def token_lock(self, connector: str) -> str:
-        return f"{self.prefix}:lock:token:{connector}"
+def _rows(records: Sequence[CallRecord]) -> list[list[Any]]:
+    """Records as compact arrays in ``_ROW_FIELDS`` order (the connector is the key's)."""
+    return [
+        [
+            r.ts,
+            r.operation,
+            r.duration_ms,
+            r.status,
+            r.error,
+            r.attempt,
+            r.final,
+            dict(r.labels) if r.labels else None,
+            r.calls,
+        ]
+        for r in records
+    ]
 
 
 @dataclass(frozen=True, slots=True)
-class _Options:
-    redis_url: str
-    prefix: str
-    retention_s: float
+class _Sync:
+    """The synchronous client and its registered scripts."""
 
-
-def _parse_url(url: str) -> _Options:
-    """Split our own options off the URL; the rest is redis-py's."""
-    safe = redact_url(url)
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - validates the port
-    except ValueError as exc:
-        raise ConfigurationError(f"malformed Redis store URL {safe!r}: {exc}") from None
-    if parts.scheme not in ("redis", "rediss"):
-        raise ConfigurationError(f"a Redis store URL starts redis:// or rediss://, not {safe!r}")
-    db_text = parts.path.strip("/")
-    if db_text and not db_text.isdigit():
-        raise ConfigurationError(
-            f"the Redis database in {safe!r} must be a number, not {db_text!r}"
-        )
-    own: dict[str, str] = {}
-    rest: list[tuple[str, str]] = []
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        if name in ("prefix", "retention_s"):
-            own[name] = value
-        elif name in _RESERVED_OPTIONS:
-            raise ConfigurationError(
-                f"{name} is set by connector-resilience; remove it from {safe!r}"
-            )
-        else:
-            rest.append((name, value))
-    prefix = own.get("prefix", DEFAULT_PREFIX)
-    if not prefix or any(ch.isspace() for ch in prefix):
-        raise ConfigurationError(f"the key prefix in {safe!r} must be non-empty, without spaces")
-    try:
-        retention_s = float(own.get("retention_s", DEFAULT_RETENTION_S))
-    except ValueError:
-        retention_s = -1.0
-    if not retention_s > 0 or retention_s == float("inf"):
-        raise ConfigurationError(f"retention_s in {safe!r} must be a positive number of seconds")
-    # ``redis://`` alone means the local default server, as with redis-py.
-    redis_url = urlunsplit(
-        parts._replace(netloc=parts.netloc or "localhost", query=urlencode(rest))
-    )
-    return _Options(redis_url=redis_url, prefix=prefix, retention_s=retention_s)
+    client: SyncClient
+    compare_and_set: Script
+    #: The load-control scripts (``_LIMIT_LUA``), registered with this client.
+    limits: dict[str, Script]
 
 
 @dataclass(slots=True)
@@ -226,12 +152,28 @@ class _AsyncClient:
     """The asyncio client of one event loop (redis.asyncio clients are bound to theirs)."""
 
     loop: asyncio.AbstractEventLoop
-    client: redis.asyncio.Redis
+    client: AsyncClient
     compare_and_set: AsyncScript
     closer: AsyncGenerator[None, None]
+    #: The load-control scripts (``_LIMIT_LUA``), registered with this client.
+    limits: dict[str, AsyncScript]
 
 
-async def _close_with_loop(client: redis.asyncio.Redis) -> AsyncGenerator[None, None]:
+async def _move_async_pool(client: AsyncClient) -> None:
+    """:meth:`RedisStore._follow_master` for an asyncio client, in its own loop."""
+    pool: Any = cast(Any, client).connection_pool
+    with contextlib.suppress(*_FAULTS):
+        await pool.get_master_address()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+async def _close_with_loop(client: AsyncClient) -> AsyncGenerator[None, None]:
     """Closes ``client`` when its event loop shuts down.
 
     A loop run by ``asyncio.run`` (or an ``asyncio.Runner``, as pytest-asyncio
@@ -253,58 +195,191 @@ class RedisStore:
     """A store in Redis, shared by every process and host that opens the same URL.
 
     Args:
-        url: ``redis://`` or ``rediss://`` URL (see the module documentation).
+        url: ``redis://``, ``rediss://``, ``redis+sentinel://`` or
+            ``redis+cluster://`` URL (see the package documentation).
 
     Raises:
-        ConfigurationError: a malformed URL or an option redis-py does not know.
+        ConfigurationError: a malformed URL, an option redis-py does not know,
+            a deployment the URL does not fit (a Sentinel behind ``redis://``,
+            a replica, ...) or an ACL user missing a right the store needs.
+            The last two are checked at open when Redis answers, else as soon
+            as it does (then logged, and every operation fails with a
+            ``StoreError`` saying why).
     """
 
     def __init__(self, url: str) -> None:
-        options = _parse_url(url)
+        target = parse_target(url)
         #: The URL with its password replaced by ``***``.
         self.url = redact_url(url)
-        self.prefix = options.prefix
-        self.retention_s = options.retention_s
+        self.prefix = target.prefix
+        self.retention_s = target.retention_s
+        #: Every key and channel name the store uses.
+        self.keys = KeyLayout(target.prefix, target.db)
         self.stats = StoreStats()
-        self._redis_url = options.redis_url
-        self._client = self._sync_client()
-        db = int(self._client.connection_pool.connection_kwargs.get("db") or 0)
-        self._keys = _Keys(self.prefix, db)
-        self._password = self._client.connection_pool.connection_kwargs.get("password") or ""
-        self._compare_and_set = self._client.register_script(_COMPARE_AND_SET_LUA)
-        self._trim = self._client.register_script(_TRIM_LUA)
-        self._clock = ServerClock(self._read_server_time, describe=self.url)
-        self._watcher = CircuitWatcher(self._client, self._keys.circuit_channel, describe=self.url)
+        self._target = target
+        self._secrets = password_of(target)
+        self._sync_lock = threading.Lock()
+        self._sync: _Sync | None = None
+        self._verified = False
+        self._misconfigured: str | None = None
+        self._ledger = BatchLedger()
+        self._clock = ServerClock(
+            self._read_server_time, describe=self.url, before_reading=self._check_if_put_off
+        )
+        self._watcher = CircuitWatcher(
+            self._new_pubsub,
+            self.keys.circuit_channel,
+            describe=self.url,
+        )
         self._async_clients: dict[asyncio.AbstractEventLoop, _AsyncClient] = {}
+        self._stop_following = threading.Event()
+        self._open()
+        if target.kind == "sentinel":
+            threading.Thread(
+                target=self._follow_forever,
+                args=(self._stop_following,),
+                name="connector-resilience-redis-follow",
+                daemon=True,
+            ).start()
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
-        """Open a store from a ``redis://`` or ``rediss://`` URL."""
+        """Open a store from any of the Redis URL schemes."""
         return cls(url)
 
     def __repr__(self) -> str:
         return f"RedisStore({self.url!r})"
 
+    @property
+    def shape(self) -> Kind:
+        """``"standalone"``, ``"sentinel"`` or ``"cluster"``: how the store talks to Redis.
+
+        A ``redis://`` URL that turns out to name a Cluster node reads
+        ``"cluster"`` once the store has seen it.
+        """
+        return self._target.kind
+
     # Connections --------------------------------------------------------
 
-    def _sync_client(self) -> redis.Redis:
-        # One immediate retry on a dropped connection: after a Redis restart
-        # every pooled connection is dead, and the retry reconnects.
-        retry = Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
+    def _open(self) -> None:
+        """Check the deployment now, or in the background when opened on an event loop."""
+        if _running_loop() is not None:
+            # The check does network I/O, which an event loop's thread must not wait on.
+            threading.Thread(
+                target=self._check,
+                kwargs={"raising": False, "at_open": True},
+                name="connector-resilience-redis-check",
+                daemon=True,
+            ).start()
+            return
+        self._check(raising=True, at_open=True)
+
+    def _sync_client(self) -> _Sync:
+        """The synchronous client, built on first use (a Cluster client connects to build).
+
+        Raises:
+            StoreError: a Cluster could not be reached to learn its slots.
+        """
+        sync = self._sync
+        if sync is not None:
+            return sync
+        with self._sync_lock:
+            if self._sync is None:
+                with self._failing_as_store_error("connecting"):
+                    client = _topology.sync_client(self._target)
+                self._sync = _Sync(
+                    client,
+                    client.register_script(COMPARE_AND_SET_LUA),
+                    {name: client.register_script(text) for name, text in _LIMIT_LUA.items()},
+                )
+            return self._sync
+
+    @property
+    def _client(self) -> SyncClient:
+        return self._sync_client().client
+
+    def _new_pubsub(self) -> Any:
+        return cast(Any, self._client).pubsub()
+
+    def _follow_forever(self, stop: threading.Event) -> None:
+        """Ask where the master is every ``FOLLOW_S`` until the store closes (Sentinel only)."""
+        while not stop.wait(FOLLOW_S):
+            if self._sync is not None and self._follow_master():
+                self._watcher.resubscribe()
+
+    def _follow_master(self) -> bool:
+        """Ask the sentinels where the master is; move every connection if it moved.
+
+        A failover leaves the old master accepting writes until the
+        sentinels demote it (up to ~10 s): connections that stay on it would
+        share state with each other, not with the rest. Runs in the store's
+        follower thread, once a second.
+        """
+        pool: Any = cast(Any, self._client).connection_pool
+        before = pool.master_address
         try:
-            client = redis.Redis.from_url(
-                self._redis_url,
-                decode_responses=True,
-                retry=retry,
-                socket_connect_timeout=_CONNECT_TIMEOUT_S,
-                socket_timeout=_SOCKET_TIMEOUT_S,
+            # Disconnects the idle connections itself when the address changed.
+            after = pool.get_master_address()
+        except _FAULTS:
+            return False  # sentinels away: keep what we have
+        if before is None or after == before:
+            return False
+        # redis-py drops the idle connections now, and one in use by another
+        # thread when it comes back to the pool (it no longer "owns" it).
+        for entry in list(self._async_clients.values()):
+            if entry.loop.is_running():
+                asyncio.run_coroutine_threadsafe(_move_async_pool(entry.client), entry.loop)
+        logger.warning("store %s: the master moved to %s:%s (failover)", self.url, *after)
+        return True
+
+    def _check(self, *, raising: bool, at_open: bool) -> None:
+        """Check the shape and the ACL rights; a ``redis://`` Cluster node switches to a Cluster.
+
+        Args:
+            raising: raise a misfit; else log it, and fail every operation with it.
+            at_open: nothing has used the store yet (so it may still switch to a
+                Cluster client); a put-off check is logged once, at open.
+
+        Raises:
+            ConfigurationError: with ``raising``, when the deployment does not fit.
+        """
+        try:
+            mode = _topology.verify(self._client, self._target, self.keys, describe=self.url)
+            if mode == "cluster" and self._target.kind == "standalone":
+                if not at_open:
+                    raise ConfigurationError(
+                        f"Redis store {self.url} is a Cluster node: open it with "
+                        "redis+cluster://HOST:PORT (found after the store was opened)"
+                    )
+                self._switch_to_cluster()
+                _topology.verify(self._client, self._target, self.keys, describe=self.url)
+        except ConfigurationError as exc:
+            if raising:
+                self.close()
+                raise
+            self._misconfigured = str(exc)
+            logger.error(  # noqa: TRY400 - a configuration problem, not a crash: no traceback
+                "%s; every operation of this store fails until it is reopened", exc
             )
-            pool = client.connection_pool
-            # Built but not connected: an unknown URL option fails here, not on first use.
-            pool.connection_class(**pool.connection_kwargs)
-        except (TypeError, ValueError) as exc:
-            raise ConfigurationError(f"bad option in Redis store URL {self.url!r}: {exc}") from None
-        return client
+            return
+        except (*_FAULTS, StoreError) as exc:
+            if at_open:
+                self._put_off_checks(exc)
+            return
+        self._verified = True
+
+    def _switch_to_cluster(self) -> None:
+        old, self._sync = self._sync, None
+        if old is not None:
+            old.client.close()
+        self._target = self._target.as_cluster()
+        self._sync_client()
+
+    def _put_off_checks(self, exc: BaseException) -> None:
+        logger.warning(
+            "%s; the deployment and ACL rights are checked when it answers",
+            self._describe_failure("checking the deployment", exc),
+        )
 
     async def _async_client(self) -> _AsyncClient:
         """This event loop's client, created on first use in it."""
@@ -315,33 +390,40 @@ class RedisStore:
         # Clients of loops that have ended can never be used (or closed) again.
         for old in [old for old in self._async_clients if old.is_closed()]:
             del self._async_clients[old]
-        retry = redis.asyncio.retry.Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
-        client = redis.asyncio.Redis.from_url(
-            self._redis_url,
-            decode_responses=True,
-            retry=retry,
-            socket_connect_timeout=_CONNECT_TIMEOUT_S,
-            socket_timeout=_SOCKET_TIMEOUT_S,
-        )
+        client = _topology.async_client(self._target)
         closer = _close_with_loop(client)
         await anext(closer)  # the loop now knows it, and will close it at shutdown
-        entry = _AsyncClient(loop, client, client.register_script(_COMPARE_AND_SET_LUA), closer)
+        entry = _AsyncClient(
+            loop,
+            client,
+            client.register_script(COMPARE_AND_SET_LUA),
+            closer,
+            {name: client.register_script(text) for name, text in _LIMIT_LUA.items()},
+        )
         self._async_clients[loop] = entry
         return entry
 
     @contextlib.contextmanager
     def _failing_as_store_error(self, what: str) -> Iterator[None]:
         """Turn any Redis failure into a StoreError naming the redacted URL."""
+        if self._misconfigured is not None:
+            raise StoreError(f"Redis store {self.url}: {what} refused: {self._misconfigured}")
         try:
             yield
-        except (RedisError, OSError) as exc:
+        except _FAULTS as exc:
             raise StoreError(self._describe_failure(what, exc)) from exc
 
     def _describe_failure(self, what: str, exc: BaseException) -> str:
         detail = str(exc)
-        if self._password:
-            detail = detail.replace(self._password, "***")
+        for secret in self._secrets:
+            detail = detail.replace(secret, "***")
         return f"Redis store {self.url}: {what} failed ({type(exc).__name__}: {detail})"
+
+    def _check_if_put_off(self) -> None:
+        if not self._verified and self._misconfigured is None:
+            # Redis did not answer at open: check now that it may (the clock
+            # reads it in the background every second until it does).
+            self._check(raising=False, at_open=False)
 
     def _read_server_time(self) -> tuple[int, int]:
         seconds, micros = self._client.time()
@@ -363,7 +445,7 @@ class RedisStore:
     def get_circuit(self, connector: str) -> CircuitRecord | None:
         """The connector's record, or ``None`` (one round trip)."""
         with self._failing_as_store_error("reading a circuit"):
-            raw = self._client.hget(self._keys.circuits, connector)
+            raw = self._client.hget(self.keys.circuit(connector), "record")
         return self._parse_circuit(connector, raw)
 
     def compare_and_set_circuit(
@@ -376,7 +458,27 @@ class RedisStore:
         """
         keys, args = self._compare_and_set_args(connector, expected_version, record)
         with self._failing_as_store_error("updating a circuit"):
-            return bool(self._compare_and_set(keys=keys, args=args))
+            if expected_version != 0:
+                return bool(self._sync_client().compare_and_set(keys=keys, args=args))
+            pipe = self._client.pipeline(transaction=False)
+            self._queue_first_compare_and_set(pipe, connector, keys, args)
+            return bool(pipe.execute()[-1])
+
+    def _queue_first_compare_and_set(
+        self,
+        pipe: Any,
+        connector: str,
+        keys: list[str],
+        args: list[str | int],
+    ) -> None:
+        """A connector's first record: index it, then the script, in one round trip.
+
+        The index comes first: a failing script then leaves a name without a
+        record, which listings skip. (EVAL, not EVALSHA: a pipeline cannot
+        reload a script the server forgot.)
+        """
+        pipe.sadd(self.keys.circuit_index, connector)
+        pipe.execute_command("EVAL", COMPARE_AND_SET_LUA, len(keys), *keys, *args)
 
     def _compare_and_set_args(
         self, connector: str, expected_version: int, record: CircuitRecord
@@ -384,23 +486,26 @@ class RedisStore:
         if record.version != expected_version + 1:
             raise ValueError("record.version must be expected_version + 1")
         data = json.dumps(record.to_json(), separators=(",", ":"))
-        keys = [self._keys.circuits, self._keys.circuit_versions]
+        keys = [self.keys.circuit(connector)]
         args: list[str | int] = [
-            connector,
             expected_version,
             record.version,
+            connector,
+            self.keys.circuit_channel,
             data,
-            self._keys.circuit_channel,
         ]
         return keys, args
 
     def list_circuits(self) -> dict[str, CircuitRecord]:
-        """Every readable circuit record (one round trip)."""
+        """Every readable circuit record (two round trips: the index, then the records)."""
         with self._failing_as_store_error("listing circuits"):
-            raw = self._client.hgetall(self._keys.circuits)
+            names = sorted(map(_text, self._client.smembers(self.keys.circuit_index)))
+            pipe = self._client.pipeline(transaction=False)
+            for name in names:
+                pipe.hget(self.keys.circuit(name), "record")
+            raw = pipe.execute() if names else []
         out: dict[str, CircuitRecord] = {}
-        for name, data in raw.items():
-            connector = _text(name)
+        for connector, data in zip(names, raw, strict=True):
             record = self._parse_circuit(connector, data)
             if record is not None:
                 out[connector] = record
@@ -411,7 +516,8 @@ class RedisStore:
 
         The callback runs in one background subscriber thread per store,
         usually within a millisecond of the change; exceptions it raises are
-        logged. If the subscription drops (Redis restarted), the thread
+        logged. If the subscription drops (Redis restarted, network cut) or
+        goes silent (no answer to a ping within a second), the thread
         resubscribes by itself and then calls ``callback("*")``, meaning
         "changes may have been missed: read every circuit again".
         Waits (at most 1 s) for the first subscription, so a change made after
@@ -437,22 +543,31 @@ class RedisStore:
     def load_token(self, connector: str) -> dict[str, Any] | None:
         """The connector's token mapping, or ``None``."""
         with self._failing_as_store_error("reading a token"):
-            raw = self._client.hget(self._keys.tokens, connector)
+            raw = self._client.get(self.keys.token(connector))
         return self._parse_token(connector, raw)
 
     def save_token(self, connector: str, token: Mapping[str, Any]) -> None:
         """Replace the connector's token (as durable as the server's persistence)."""
         data = json.dumps(dict(token), separators=(",", ":"))
         with self._failing_as_store_error("saving a token"):
-            self._client.hset(self._keys.tokens, connector, data)
+            pipe = self._client.pipeline(transaction=False)
+            self._queue_save_token(pipe, connector, data)
+            pipe.execute()
+
+    def _queue_save_token(self, pipe: Any, connector: str, data: str) -> None:
+        pipe.sadd(self.keys.token_index, connector)
+        pipe.set(self.keys.token(connector), data)
 
     def list_tokens(self) -> dict[str, dict[str, Any]]:
-        """Every readable token mapping."""
+        """Every readable token mapping (two round trips)."""
         with self._failing_as_store_error("listing tokens"):
-            raw = self._client.hgetall(self._keys.tokens)
+            names = sorted(map(_text, self._client.smembers(self.keys.token_index)))
+            pipe = self._client.pipeline(transaction=False)
+            for name in names:
+                pipe.get(self.keys.token(name))
+            raw = pipe.execute() if names else []
         out: dict[str, dict[str, Any]] = {}
-        for name, data in raw.items():
-            connector = _text(name)
+        for connector, data in zip(names, raw, strict=True):
             token = self._parse_token(connector, data)
             if token is not None:
                 out[connector] = token
@@ -472,13 +587,13 @@ class RedisStore:
             TimeoutError: not acquired within ``timeout_s``.
             StoreError: Redis could not be reached.
         """
-        lock = self._client.lock(
-            self._keys.token_lock(connector),
-            timeout=max(DEFAULT_LOCK_LEASE_S if lease_s is None else lease_s, _MIN_LEASE_S),
-            sleep=_LOCK_POLL_S,
-            blocking_timeout=timeout_s,
-        )
         with self._failing_as_store_error("taking the token lock"):
+            lock = self._client.lock(
+                self.keys.token_lock(connector),
+                timeout=max(DEFAULT_LOCK_LEASE_S if lease_s is None else lease_s, _MIN_LEASE_S),
+                sleep=_LOCK_POLL_S,
+                blocking_timeout=timeout_s,
+            )
             acquired = lock.acquire()
         if not acquired:
             raise TimeoutError(f"token lock for {connector!r} not acquired in {timeout_s:g}s")
@@ -487,7 +602,7 @@ class RedisStore:
         finally:
             try:
                 lock.release()
-            except (LockError, RedisError, OSError) as exc:
+            except (LockError, *_FAULTS) as exc:
                 self._lock_release_failed(connector, exc)
 
     def _lock_release_failed(self, connector: str, exc: BaseException) -> None:
@@ -521,59 +636,65 @@ class RedisStore:
     # Metrics ------------------------------------------------------------
 
     def append_calls(self, records: Sequence[CallRecord]) -> None:
-        """Add records in one transaction (one round trip), trimming past the retention first."""
+        """Add records in one round trip, trimming past the retention first.
+
+        Exactly once: if a write fails after Redis may have applied it (a
+        timeout), an append that starts with the same records sends them
+        under the same batch numbers, and Redis skips the ones it applied.
+        """
         if not records:
             return
-        groups = self._members_by_connector(records)
-        with self._failing_as_store_error("writing metrics"):
-            pipe = self._client.pipeline(transaction=True)
-            self._queue_append(pipe, groups)
+        plan = self._plan_append(records)
+        with self._settling(plan), self._failing_as_store_error("writing metrics"):
+            pipe = self._client.pipeline(transaction=False)
+            self._queue_append(pipe, plan)
             pipe.execute()
 
-    def _members_by_connector(self, records: Sequence[CallRecord]) -> dict[str, dict[str, float]]:
-        """``{connector: {member: score}}``: one member per connector per batch.
+    def _plan_append(self, records: Sequence[CallRecord]) -> dict[str, list[Batch]]:
+        """``{connector: batches}``: each connector's records, numbered for exactly-once."""
+        grouped: dict[str, list[CallRecord]] = {}
+        for record in records:
+            grouped.setdefault(record.connector, []).append(record)
+        return {name: self._ledger.plan(name, group) for name, group in grouped.items()}
 
-        A member holds a batch's calls as compact JSON arrays (``_ROW_FIELDS``),
-        scored by its newest call. Encoding and sending one member per record
-        cost ~9 us a record; per batch it is ~1 us. The price: trimming on append
-        drops whole batches only, so a batch partly past the retention keeps its
-        older calls until ``compact()`` rewrites it (as files keep them too).
+    @contextlib.contextmanager
+    def _settling(self, plan: Mapping[str, list[Batch]]) -> Iterator[None]:
+        """Tell the ledger how a write of ``plan`` ended: applied, or in doubt."""
+        try:
+            yield
+        except BaseException:
+            for connector, batches in plan.items():
+                self._ledger.in_doubt(connector, batches)
+            raise
+        for connector, batches in plan.items():
+            self._ledger.applied(connector, batches)
+
+    def _queue_append(self, pipe: Any, plan: Mapping[str, list[Batch]]) -> None:
+        """The commands of one append, on a sync or asyncio pipeline.
+
+        One member per connector per batch holds the batch's calls as compact
+        JSON arrays (``_ROW_FIELDS``), scored by its newest call. Encoding and
+        sending one member per record cost ~9 us a record; per batch it is
+        ~1 us. The price: trimming on append drops whole batches only, so a
+        batch partly past the retention keeps its older calls until
+        ``compact()`` rewrites it (as files keep them too).
         """
-        rows: dict[str, list[list[Any]]] = {}
-        for r in records:
-            rows.setdefault(r.connector, []).append(
-                [
-                    r.ts,
-                    r.operation,
-                    r.duration_ms,
-                    r.status,
-                    r.error,
-                    r.attempt,
-                    r.final,
-                    dict(r.labels) if r.labels else None,
-                    r.calls,
-                ]
-            )
-        return {connector: _batch_member(batch) for connector, batch in rows.items()}
-
-    def _queue_append(
-        self,
-        pipe: redis.client.Pipeline | redis.asyncio.client.Pipeline,
-        groups: Mapping[str, Mapping[str, float]],
-    ) -> None:
-        """The commands of one append, on a sync or asyncio pipeline."""
         # Records are stamped by their writers' wall clocks, and retention is
         # days, not milliseconds: this host's clock is good enough here, and
         # reading it never waits on Redis (which an event loop must not).
         cutoff = _clock.wall() - self.retention_s
-        for connector, members in groups.items():
-            key = self._keys.calls(connector)
-            # Trim before adding, so a batch is never trimmed by its own write.
-            pipe.zremrangebyscore(key, "-inf", f"({cutoff!r}")
-            pipe.zadd(key, dict(members))
-            # A connector no longer called vanishes once all its calls are past retention.
-            pipe.expire(key, int(self.retention_s) + 1)
-        pipe.sadd(self._keys.call_connectors, *groups)
+        ttl = int(self.retention_s) + 1
+        writer = self._ledger.writer
+        for connector, batches in plan.items():
+            args: list[Any] = [repr(cutoff), ttl, self._ledger.low_water(connector, batches)]
+            for batch in batches:
+                ((member, score),) = _batch_member(_rows(batch.records)).items()
+                args += [batch.seq, repr(score), member]
+            keys = (self.keys.calls(connector), self.keys.batches(connector, writer))
+            pipe.execute_command("EVAL", APPEND_CALLS_LUA, len(keys), *keys, *args)
+        # After the data: a compaction that just dropped the connector from
+        # the index (its calls had all expired) cannot leave these unlisted.
+        pipe.sadd(self.keys.call_index, *plan)
 
     def read_calls(
         self, *, since: float, until: float | None = None, connector: str | None = None
@@ -590,11 +711,11 @@ class RedisStore:
             if connector is not None:
                 names = [connector]
             else:
-                names = sorted(map(_text, self._client.smembers(self._keys.call_connectors)))
+                names = sorted(map(_text, self._client.smembers(self.keys.call_index)))
             pipe = self._client.pipeline(transaction=False)
             for name in names:
-                pipe.zrangebyscore(self._keys.calls(name), repr(float(start)), "+inf")
-            batches: list[list[str]] = pipe.execute()
+                pipe.zrangebyscore(self.keys.calls(name), repr(float(start)), "+inf")
+            batches: list[list[str]] = pipe.execute() if names else []
         out: list[CallRecord] = []
         for name, members in zip(names, batches, strict=True):
             out.extend(
@@ -633,9 +754,9 @@ class RedisStore:
         """Connectors named in metrics, circuits or tokens (one round trip)."""
         with self._failing_as_store_error("listing connectors"):
             pipe = self._client.pipeline(transaction=False)
-            pipe.smembers(self._keys.call_connectors)
-            pipe.hkeys(self._keys.circuits)
-            pipe.hkeys(self._keys.tokens)
+            pipe.smembers(self.keys.call_index)
+            pipe.smembers(self.keys.circuit_index)
+            pipe.smembers(self.keys.token_index)
             metrics, circuits, tokens = pipe.execute()
         return sorted({_text(name) for name in (*metrics, *circuits, *tokens)})
 
@@ -650,12 +771,13 @@ class RedisStore:
         cutoff = self.now() - metrics_retention_s
         kept = dropped = 0
         with self._failing_as_store_error("compacting metrics"):
-            names = sorted(map(_text, self._client.smembers(self._keys.call_connectors)))
+            client = self._client
+            names = sorted(map(_text, client.smembers(self.keys.call_index)))
             for name in names:
-                key = self._keys.calls(name)
+                key = self.keys.calls(name)
                 remove: list[str] = []
                 rewrite: dict[str, float] = {}
-                members: list[Any] = self._client.zrangebyscore(key, "-inf", "+inf")
+                members: list[Any] = client.zrangebyscore(key, "-inf", "+inf")
                 for raw in members:
                     member = _text(raw)
                     try:
@@ -671,16 +793,16 @@ class RedisStore:
                         if recent:
                             rewrite.update(_batch_member(recent).items())
                 # Only members read above are touched: a concurrent append stays.
-                pipe = self._client.pipeline(transaction=True)
-                if remove:
-                    pipe.zrem(key, *remove)
-                if rewrite:
-                    pipe.zadd(key, rewrite)
-                pipe.execute()
-                # Forget the connector if its set is now empty (atomically, see _TRIM_LUA).
-                self._trim(keys=[key, self._keys.call_connectors], args=[repr(cutoff), name])
-            circuits = self._client.hlen(self._keys.circuits)
-            tokens = self._client.hlen(self._keys.tokens)
+                if remove or rewrite:
+                    pairs = [part for member, score in rewrite.items() for part in (score, member)]
+                    client.eval(REWRITE_CALLS_LUA, 1, key, len(remove), *remove, *pairs)
+                _, left = client.eval(TRIM_CALLS_LUA, 1, key, repr(cutoff))
+                if not left:
+                    self._forget_call_connector(client, name)
+            pipe = client.pipeline(transaction=False)
+            pipe.scard(self.keys.circuit_index)
+            pipe.scard(self.keys.token_index)
+            circuits, tokens = pipe.execute()
         return {
             "metrics_kept": kept,
             "metrics_dropped": dropped,
@@ -688,20 +810,32 @@ class RedisStore:
             "tokens": int(tokens),
         }
 
+    def _forget_call_connector(self, client: SyncClient, name: str) -> None:
+        """Drop a connector left with no calls from the index, unless an append just came."""
+        client.srem(self.keys.call_index, name)
+        # An append writes its calls, then indexes them: if one landed after
+        # the trim, it is indexed again here or by its own SADD, never lost.
+        if client.exists(self.keys.calls(name)):
+            client.sadd(self.keys.call_index, name)
+
     def close(self) -> None:
         """Stop the change feed and drop connections (a later call reconnects)."""
+        self._stop_following.set()
         self._watcher.stop()
         self._clock.close()
         self._close_async_clients()
-        self._client.connection_pool.disconnect()
+        sync = self._sync
+        if sync is not None:
+            with contextlib.suppress(*_FAULTS):
+                if isinstance(sync.client, redis.cluster.RedisCluster):
+                    cast(Any, sync.client).disconnect_connection_pools()
+                else:
+                    sync.client.connection_pool.disconnect()
 
     def _close_async_clients(self) -> None:
         """Close the asyncio clients whose loops can still run their close."""
         entries, self._async_clients = list(self._async_clients.values()), {}
-        try:
-            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
+        running = _running_loop()
         for entry in entries:
             loop = entry.loop
             if loop.is_closed():
@@ -710,7 +844,7 @@ class RedisStore:
                 # Possibly this very thread, inside a coroutine: schedule, do not wait.
                 asyncio.run_coroutine_threadsafe(_finish(entry.closer), loop)
             elif running is None:
-                with contextlib.suppress(RedisError, OSError):
+                with contextlib.suppress(*_FAULTS):
                     loop.run_until_complete(_finish(entry.closer))
             # Else another loop runs in this thread: this one closes it at its shutdown.
 
@@ -724,9 +858,9 @@ class RedisStore:
 
     async def aget_circuit(self, connector: str) -> CircuitRecord | None:
         """:meth:`get_circuit` without blocking the event loop."""
-        client = (await self._async_client()).client
         with self._failing_as_store_error("reading a circuit"):
-            raw = await client.hget(self._keys.circuits, connector)
+            client = (await self._async_client()).client
+            raw = await client.hget(self.keys.circuit(connector), "record")
         return self._parse_circuit(connector, raw)
 
     async def acompare_and_set_circuit(
@@ -734,34 +868,40 @@ class RedisStore:
     ) -> bool:
         """:meth:`compare_and_set_circuit` without blocking the event loop."""
         keys, args = self._compare_and_set_args(connector, expected_version, record)
-        script = (await self._async_client()).compare_and_set
         with self._failing_as_store_error("updating a circuit"):
-            return bool(await script(keys=keys, args=args))
+            entry = await self._async_client()
+            if expected_version != 0:
+                return bool(await entry.compare_and_set(keys=keys, args=args))
+            pipe = entry.client.pipeline(transaction=False)
+            self._queue_first_compare_and_set(pipe, connector, keys, args)
+            return bool((await pipe.execute())[-1])
 
     async def aappend_calls(self, records: Sequence[CallRecord]) -> None:
         """:meth:`append_calls` without blocking the event loop."""
         if not records:
             return
-        groups = self._members_by_connector(records)
-        client = (await self._async_client()).client
-        with self._failing_as_store_error("writing metrics"):
-            pipe = client.pipeline(transaction=True)
-            self._queue_append(pipe, groups)
+        plan = self._plan_append(records)
+        with self._settling(plan), self._failing_as_store_error("writing metrics"):
+            client = (await self._async_client()).client
+            pipe = client.pipeline(transaction=False)
+            self._queue_append(pipe, plan)
             await pipe.execute()
 
     async def aload_token(self, connector: str) -> dict[str, Any] | None:
         """:meth:`load_token` without blocking the event loop."""
-        client = (await self._async_client()).client
         with self._failing_as_store_error("reading a token"):
-            raw = await client.hget(self._keys.tokens, connector)
+            client = (await self._async_client()).client
+            raw = await client.get(self.keys.token(connector))
         return self._parse_token(connector, raw)
 
     async def asave_token(self, connector: str, token: Mapping[str, Any]) -> None:
         """:meth:`save_token` without blocking the event loop."""
         data = json.dumps(dict(token), separators=(",", ":"))
-        client = (await self._async_client()).client
         with self._failing_as_store_error("saving a token"):
-            await client.hset(self._keys.tokens, connector, data)
+            client = (await self._async_client()).client
+            pipe = client.pipeline(transaction=False)
+            self._queue_save_token(pipe, connector, data)
+            await pipe.execute()
 
     @contextlib.asynccontextmanager
     async def atoken_lock(
@@ -773,13 +913,13 @@ class RedisStore:
             TimeoutError: not acquired within ``timeout_s``.
             StoreError: Redis could not be reached.
         """
-        lock = (await self._async_client()).client.lock(
-            self._keys.token_lock(connector),
-            timeout=max(DEFAULT_LOCK_LEASE_S if lease_s is None else lease_s, _MIN_LEASE_S),
-            sleep=_LOCK_POLL_S,
-            blocking_timeout=timeout_s,
-        )
         with self._failing_as_store_error("taking the token lock"):
+            lock = (await self._async_client()).client.lock(
+                self.keys.token_lock(connector),
+                timeout=max(DEFAULT_LOCK_LEASE_S if lease_s is None else lease_s, _MIN_LEASE_S),
+                sleep=_LOCK_POLL_S,
+                blocking_timeout=timeout_s,
+            )
             acquired = await lock.acquire()
         if not acquired:
             raise TimeoutError(f"token lock for {connector!r} not acquired in {timeout_s:g}s")
@@ -788,5 +928,113 @@ class RedisStore:
         finally:
             try:
                 await lock.release()
-            except (LockError, RedisError, OSError) as exc:
+            except (LockError, *_FAULTS) as exc:
                 self._lock_release_failed(connector, exc)
+
+    # Load control -------------------------------------------------------
+    #
+    # Each rule is one Lua script run on the server's clock (_limit_scripts).
+
+    def _limit_call(self, name: str, key: str, args: Sequence[str | int | float]) -> Any:
+        with self._failing_as_store_error("updating load-control state"):
+            script = self._sync_client().limits[name]
+            return script(keys=[self.keys.limits(key)], args=list(args))
+
+    async def _alimit_call(self, name: str, key: str, args: Sequence[str | int | float]) -> Any:
+        with self._failing_as_store_error("updating load-control state"):
+            script = (await self._async_client()).limits[name]
+            return await script(keys=[self.keys.limits(key)], args=list(args))
+
+    def spend_retry_budget(
+        self,
+        key: str,
+        *,
+        calls: int,
+        retry: bool,
+        ratio: float,
+        min_per_s: float,
+        window_s: float,
+    ) -> bool:
+        """Count calls and maybe take a retry from ``key``'s budget (one script, one round trip)."""
+        args = _budget_args(calls, retry, ratio, min_per_s, window_s)
+        return bool(self._limit_call("budget", f"budget:{key}", args))
+
+    async def aspend_retry_budget(
+        self,
+        key: str,
+        *,
+        calls: int,
+        retry: bool,
+        ratio: float,
+        min_per_s: float,
+        window_s: float,
+    ) -> bool:
+        """:meth:`spend_retry_budget` without blocking the event loop."""
+        args = _budget_args(calls, retry, ratio, min_per_s, window_s)
+        return bool(await self._alimit_call("budget", f"budget:{key}", args))
+
+    def take_token(
+        self, key: str, *, rate_per_s: float, burst: float, max_wait_s: float
+    ) -> TokenGrant:
+        """Reserve the next token of ``key``'s bucket, by the server's clock."""
+        reply = self._limit_call("token", f"bucket:{key}", [rate_per_s, burst, max_wait_s])
+        return _token_grant(reply)
+
+    async def atake_token(
+        self, key: str, *, rate_per_s: float, burst: float, max_wait_s: float
+    ) -> TokenGrant:
+        """:meth:`take_token` without blocking the event loop."""
+        reply = await self._alimit_call("token", f"bucket:{key}", [rate_per_s, burst, max_wait_s])
+        return _token_grant(reply)
+
+    def pause_tokens(self, key: str, *, seconds: float, rate_per_s: float, burst: float) -> None:
+        """Hand out no token of ``key``'s bucket for ``seconds`` of the server's clock."""
+        self._limit_call("pause", f"bucket:{key}", [seconds, rate_per_s, burst])
+
+    async def apause_tokens(
+        self, key: str, *, seconds: float, rate_per_s: float, burst: float
+    ) -> None:
+        """:meth:`pause_tokens` without blocking the event loop."""
+        await self._alimit_call("pause", f"bucket:{key}", [seconds, rate_per_s, burst])
+
+    def acquire_lease(self, key: str, *, limit: int, lease_s: float, holder: str) -> LeaseGrant:
+        """Give ``holder`` a slot of ``key`` if one is free; leases end by the server's clock."""
+        return _lease_grant(self._limit_call("acquire", f"leases:{key}", [limit, lease_s, holder]))
+
+    async def aacquire_lease(
+        self, key: str, *, limit: int, lease_s: float, holder: str
+    ) -> LeaseGrant:
+        """:meth:`acquire_lease` without blocking the event loop."""
+        reply = await self._alimit_call("acquire", f"leases:{key}", [limit, lease_s, holder])
+        return _lease_grant(reply)
+
+    def release_lease(self, key: str, *, holder: str) -> None:
+        """Give ``holder``'s slot of ``key`` back."""
+        self._limit_call("release", f"leases:{key}", [holder])
+
+    async def arelease_lease(self, key: str, *, holder: str) -> None:
+        """:meth:`release_lease` without blocking the event loop."""
+        await self._alimit_call("release", f"leases:{key}", [holder])
+
+
+_LIMIT_LUA: Final = {
+    "budget": _limit_scripts.SPEND_RETRY_BUDGET,
+    "token": _limit_scripts.TAKE_TOKEN,
+    "pause": _limit_scripts.PAUSE_TOKENS,
+    "acquire": _limit_scripts.ACQUIRE_LEASE,
+    "release": _limit_scripts.RELEASE_LEASE,
+}
+
+
+def _budget_args(
+    calls: int, retry: bool, ratio: float, min_per_s: float, window_s: float
+) -> list[str | int | float]:
+    return [calls, 1 if retry else 0, repr(float(ratio)), repr(float(min_per_s)), window_s]
+
+
+def _token_grant(reply: Any) -> TokenGrant:
+    return TokenGrant(bool(int(reply[0])), float(reply[1]))
+
+
+def _lease_grant(reply: Any) -> LeaseGrant:
+    return LeaseGrant(bool(int(reply[0])), float(reply[1]) if reply[1] else None)

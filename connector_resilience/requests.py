@@ -1,0 +1,345 @@
+"""``ResilientAdapter``: retries, a breaker, metrics and auth for a requests session.
+
+::
+
+    session = requests.Session()
+    session.mount("https://api.github.com/", ResilientAdapter("github"))
+
+A ``requests.adapters.HTTPAdapter`` to mount per URL prefix, thread-safe like
+the session. urllib3's own retries are off underneath (``Retry(0)``), so
+attempts never multiply; the rules are the aiohttp middleware's (see
+:mod:`connector_resilience._http`): idempotent methods only unless the request
+has an idempotency key; 429/502/503/504 and rate-limit 403s, connection
+errors and timeouts retried; the server's requested wait honoured exactly; a
+retried response closed first; a file body rewound before a resend and a
+generator body sent once; ``attempt_timeout_s`` applied through the send's
+``timeout``, within the deadline.
+
+:class:`BearerAuth` is the same token handling as ``tokens=``, as a
+``requests.auth.AuthBase`` for sessions that prefer it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+try:
+    import requests
+    import urllib3
+    from requests.adapters import HTTPAdapter
+    from requests.auth import AuthBase
+    from requests.utils import rewind_body
+except ImportError as exc:  # pragma: no cover - exercised without the extra installed
+    from connector_resilience.errors import ConfigurationError
+
+    raise ConfigurationError(
+        "connector_resilience.requests needs requests: pip install 'connector-resilience[requests]'"
+    ) from exc
+
+from connector_resilience._http import (
+    DEFAULT_RETRY_STATUSES,
+    IDEMPOTENT_METHODS,
+    AuthOrigins,
+    SyncTokenSource,
+    default_port,
+    origin,
+)
+from connector_resilience._http_calls import HttpCalls, authenticated_sync
+
+if TYPE_CHECKING:
+    from connector_resilience._engine import RetryEvent
+    from connector_resilience.backends import Store
+    from connector_resilience.circuit import StateChange
+    from connector_resilience.errors import CircuitOpenError
+    from connector_resilience.policy import Policy
+
+__all__ = [
+    "DEFAULT_RETRY_STATUSES",
+    "IDEMPOTENT_METHODS",
+    "BearerAuth",
+    "ResilientAdapter",
+    "SyncTokenSource",
+]
+
+#: Worth another attempt: the connection failed (a timeout connecting included)
+#: or the answer did not come in time.
+_TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    requests.ConnectionError,
+    requests.Timeout,
+)
+#: Never worth repeating: TLS, or a request that cannot be sent as written.
+_PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
+    requests.exceptions.SSLError,
+    requests.exceptions.InvalidURL,
+    requests.exceptions.InvalidHeader,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.MissingSchema,
+)
+#: The caller's mistakes: neither success nor failure for the breaker.
+_CALLER_ERRORS: tuple[type[BaseException], ...] = (
+    requests.exceptions.InvalidURL,
+    requests.exceptions.InvalidHeader,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.MissingSchema,
+    requests.exceptions.UnrewindableBodyError,
+)
+#: urllib3 underneath never retries or follows redirects: the attempts are ours.
+_NO_URLLIB3_RETRIES = urllib3.Retry(total=0, read=False, redirect=False)
+
+
+def _rewind(request: requests.PreparedRequest) -> str | None:
+    """Make the body ready to send again, or say why it cannot be (a generator)."""
+    body = request.body
+    if body is None or isinstance(body, bytes | str):
+        return None
+    try:
+        rewind_body(request)  # a file: back to where it started
+    except requests.exceptions.UnrewindableBodyError:
+        return (
+            f"{request.method} {urlsplit(request.url or '').hostname}: the request body is a "
+            "stream (a generator) that has been sent; pass bytes or a file to make it retryable"
+        )
+    return None
+
+
+def _bounded(timeout: Any, limit_s: float) -> Any:
+    """``timeout`` (None, seconds, a (connect, read) pair or a urllib3 Timeout), capped."""
+
+    def cap(value: Any) -> float:
+        return min(float(value), limit_s) if isinstance(value, int | float) else limit_s
+
+    if isinstance(timeout, tuple):
+        connect, read = timeout
+        return (cap(connect), cap(read))
+    if isinstance(timeout, urllib3.Timeout):
+        return urllib3.Timeout(connect=cap(timeout.connect_timeout), read=cap(timeout.read_timeout))
+    return cap(timeout)
+
+
+def _close(response: Any) -> None:
+    response.close()
+
+
+def _where(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.hostname or "", parts.port or default_port(parts.scheme)
+
+
+class ResilientAdapter(HTTPAdapter):
+    """A requests transport adapter that makes every request through it resilient.
+
+    Mount it on the prefix of the connector's API; a session's other
+    requests go through the adapters they went through before.
+
+    Args:
+        connector: the connector's name (metrics, breaker, policy overrides).
+        policy: settings (the environment's policy, read at the first request, if ``None``).
+        store: a store or store URL (the policy's store if ``None``).
+        tokens: a token manager (``connector_resilience.oauth2.TokenManager``, or
+            anything with ``get_token`` and ``refresh_after_unauthorized``);
+            adds ``Authorization: Bearer`` and refreshes once on a 401.
+        retry_statuses: response statuses that are retried.
+        retry_methods: methods retried without an idempotency key.
+        idempotency_header: the header that makes a POST or PATCH retryable.
+        add_idempotency_key: add that header (a random UUID) to POST and PATCH
+            requests that lack one.
+        breaker_per_host: one breaker per host instead of one per connector.
+        auth_origins: origins that may receive the token; by default the
+            origin of the first request.
+        max_attempts: attempts per request (``RETRY_MAX_ATTEMPTS`` if ``None``).
+        deadline_s: budget per request, on top of the policy's deadline.
+        attempt_timeout_s: longest time one attempt may take
+            (``RETRY_ATTEMPT_TIMEOUT_S`` if ``None``), capped by the remaining deadline.
+        metrics: record every attempt.
+        on_retry: called with a :class:`~connector_resilience.RetryEvent` before a retry.
+        on_state_change: called when the breaker moves.
+        on_reject: called with the :class:`CircuitOpenError` of a refused request.
+        fallback: called with the exception when the circuit is open, the rate
+            limiter, bulkhead or retry budget refuses, or retries run out; what
+            it returns (a ``requests.Response``) is the answer.
+        pool_connections: urllib3 pools to cache (``HTTPAdapter``'s option).
+        pool_maxsize: connections kept per pool (``HTTPAdapter``'s option).
+        pool_block: wait for a free connection instead of opening another.
+    """
+
+    def __init__(
+        self,
+        connector: str,
+        *,
+        policy: Policy | None = None,
+        store: Store | str | None = None,
+        tokens: SyncTokenSource | None = None,
+        retry_statuses: Collection[int] = DEFAULT_RETRY_STATUSES,
+        retry_methods: Collection[str] = IDEMPOTENT_METHODS,
+        idempotency_header: str = "Idempotency-Key",
+        add_idempotency_key: bool = False,
+        breaker_per_host: bool = False,
+        auth_origins: Collection[str] | None = None,
+        max_attempts: int | None = None,
+        deadline_s: float | None = None,
+        attempt_timeout_s: float | None = None,
+        metrics: bool = True,
+        on_retry: Callable[[RetryEvent], object] | None = None,
+        on_state_change: Callable[[StateChange], object] | None = None,
+        on_reject: Callable[[CircuitOpenError], object] | None = None,
+        fallback: Callable[[BaseException], Any] | None = None,
+        pool_connections: int = requests.adapters.DEFAULT_POOLSIZE,
+        pool_maxsize: int = requests.adapters.DEFAULT_POOLSIZE,
+        pool_block: bool = requests.adapters.DEFAULT_POOLBLOCK,
+    ) -> None:
+        self.connector = connector
+        self.tokens = tokens
+        self._calls = HttpCalls(
+            connector,
+            retry_statuses=retry_statuses,
+            retry_methods=retry_methods,
+            idempotency_header=idempotency_header,
+            add_idempotency_key=add_idempotency_key,
+            auth_origins=auth_origins,
+            policy=policy,
+            store=store,
+            transient=_TRANSIENT_ERRORS,
+            permanent=_PERMANENT_ERRORS,
+            caller_errors=_CALLER_ERRORS,
+            status_attribute="status_code",
+            breaker_per_host=breaker_per_host,
+            max_attempts=max_attempts,
+            deadline_s=deadline_s,
+            attempt_timeout_s=attempt_timeout_s,
+            metrics=metrics,
+            on_retry=on_retry,
+            on_state_change=on_state_change,
+            on_reject=on_reject,
+            fallback=fallback,
+        )
+        super().__init__(
+            pool_connections=pool_connections,
+            pool_maxsize=pool_maxsize,
+            max_retries=_NO_URLLIB3_RETRIES,
+            pool_block=pool_block,
+        )
+
+    def __repr__(self) -> str:
+        return f"ResilientAdapter({self.connector!r})"
+
+    def send(  # noqa: PLR0917 - HTTPAdapter.send's signature
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = False,
+        timeout: Any = None,
+        verify: Any = True,
+        cert: Any = None,
+        proxies: Mapping[str, str] | None = None,
+    ) -> requests.Response:
+        """Send ``request`` with retries, the breaker, metrics and auth (the session calls it)."""
+        scheme, host, port = _where(request.url or "")
+        tokens = self.tokens
+        plain_send = super().send
+        proxy_map = dict(proxies) if proxies is not None else None
+
+        def send(timeout_s: float | None) -> requests.Response:
+            bounded = timeout if timeout_s is None else _bounded(timeout, timeout_s)
+
+            def once() -> requests.Response:
+                response: requests.Response = plain_send(
+                    request,
+                    stream=stream,
+                    timeout=bounded,
+                    verify=verify,
+                    cert=cert,
+                    proxies=proxy_map,
+                )
+                return response
+
+            if tokens is None:
+                return once()
+            if not self._calls.rules.auth_origins.allows(
+                origin(scheme, host, port), self.connector
+            ):
+                request.headers.pop("Authorization", None)
+                return once()
+
+            def set_token(token: str) -> None:
+                request.headers["Authorization"] = f"Bearer {token}"
+
+            answer: requests.Response = authenticated_sync(
+                tokens, once, set_token, rewind=lambda: _rewind(request), discard=_close
+            )
+            return answer
+
+        return self._calls.call_sync(
+            (request.method or "GET").upper(),
+            host,
+            port,
+            request.headers,
+            send,
+            subject=request,
+            can_retry=_rewind,
+            discard=_close,
+        )
+
+
+class BearerAuth(AuthBase):
+    """``Authorization: Bearer`` from a token manager, as a ``requests`` auth.
+
+    The token goes only to ``auth_origins`` (by default the origin of the first
+    request); a 401 makes the manager refresh once (single-flight) and the
+    request is sent once more, unless its body was a generator.
+
+    Example::
+
+        session.auth = BearerAuth(manager)
+
+    Args:
+        tokens: a token manager (``connector_resilience.oauth2.TokenManager``).
+        auth_origins: origins that may receive the token.
+    """
+
+    def __init__(
+        self, tokens: SyncTokenSource, *, auth_origins: Collection[str] | None = None
+    ) -> None:
+        self.tokens = tokens
+        self._origins = AuthOrigins(auth_origins)
+
+    def __repr__(self) -> str:
+        return f"BearerAuth({self._origins!r})"
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        """Add the token (for an allowed origin) and a hook that handles a 401."""
+        scheme, host, port = _where(request.url or "")
+        if not self._origins.allows(origin(scheme, host, port)):
+            return request
+        token = self.tokens.get_token()
+        request.headers["Authorization"] = f"Bearer {token}"
+
+        def on_response(response: requests.Response, **kwargs: Any) -> requests.Response:
+            return self._after(response, token, on_response, kwargs)
+
+        request.register_hook("response", on_response)
+        return request
+
+    def _after(
+        self,
+        response: requests.Response,
+        token: str,
+        hook: Callable[..., Any],
+        send_options: dict[str, Any],
+    ) -> requests.Response:
+        """On a 401: a new token, and the request once more (as requests' digest auth does)."""
+        if response.status_code != 401:
+            return response
+        sent = response.request
+        if _rewind(sent) is not None:
+            return response
+        fresh = self.tokens.refresh_after_unauthorized(token)
+        response.content  # noqa: B018 - read it, so the connection goes back to the pool
+        response.close()
+        again = sent.copy()
+        again.headers["Authorization"] = f"Bearer {fresh}"
+        again.deregister_hook("response", hook)
+        retried: requests.Response = response.connection.send(again, **send_options)
+        retried.history.append(response)
+        retried.request = again
+        return retried
