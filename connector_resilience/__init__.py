@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from connector_resilience._version import __version__
 
 if TYPE_CHECKING:
+    from connector_resilience._blocks import Attempt, Retrying, retrying
     from connector_resilience.backends import open_store, register_backend
     from connector_resilience.circuit import CircuitBreaker, StateChange
     from connector_resilience.errors import (
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
     )
     from connector_resilience.oauth2 import OAuth2Config, OAuth2Token, TokenManager, current_token
     from connector_resilience.policy import Policy
-    from connector_resilience.resilient import RetryEvent, resilient
+    from connector_resilience.resilient import RetryEvent, RetryStatistics, resilient
     from connector_resilience.retry import compute_backoff_ms, wait_backoff
 
 # A library logs; the application decides where it goes.
@@ -53,6 +54,7 @@ logging.getLogger("connector_resilience").addHandler(logging.NullHandler())
 
 #: Where each public name lives; imported when first asked for.
 _LAZY: dict[str, str] = {
+    "Attempt": "_blocks",
     "BulkheadFullError": "errors",
     "CircuitBreaker": "circuit",
     "CircuitOpenError": "errors",
@@ -65,6 +67,8 @@ _LAZY: dict[str, str] = {
     "RateLimitExceededError": "errors",
     "ResilienceError": "errors",
     "RetryEvent": "resilient",
+    "RetryStatistics": "resilient",
+    "Retrying": "_blocks",
     "StateChange": "circuit",
     "StoreError": "errors",
     "Summary": "metrics",
@@ -81,6 +85,7 @@ _LAZY: dict[str, str] = {
     "record_call": "metrics",
     "register_backend": "backends",
     "resilient": "resilient",
+    "retrying": "_blocks",
     "summarize": "metrics",
     "wait_backoff": "retry",
 }
@@ -116,6 +121,7 @@ sys.modules[__name__].__class__ = _Package
 
 
 __all__ = [
+    "Attempt",
     "BulkheadFullError",
     "CircuitBreaker",
     "CircuitOpenError",
@@ -128,6 +134,8 @@ __all__ = [
     "RateLimitExceededError",
     "ResilienceError",
     "RetryEvent",
+    "RetryStatistics",
+    "Retrying",
     "StateChange",
     "StoreError",
     "Summary",
@@ -145,6 +153,7 @@ __all__ = [
     "record_call",
     "register_backend",
     "resilient",
+    "retrying",
     "summarize",
     "wait_backoff",
 ]

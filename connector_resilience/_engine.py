@@ -16,7 +16,7 @@ import inspect
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Generator, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Generator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -36,12 +36,24 @@ if TYPE_CHECKING:
     from connector_resilience.oauth2 import TokenSource
 
 __all__ = [
+    "ATTEMPTS",
+    "ERROR",
+    "OUTCOME",
+    "WAITED_S",
     "CallSpec",
+    "CallStats",
     "Engine",
     "EngineOptions",
     "ExceptionMatcher",
     "RetryEvent",
+    "Target",
+    "aact",
+    "aadmit",
+    "act",
+    "admit",
     "build_engine",
+    "is_call",
+    "new_stats",
     "run_async",
     "run_sync",
 ]
@@ -127,6 +139,25 @@ _NO_SERIES = Series("", "")
 #: port, status): a handful in practice.
 _MAX_LABELLED_SERIES = 64
 
+#: What a call runs: the user's function and its arguments (tenacity's
+#: ``RetryCallState.fn``, ``args`` and ``kwargs``).
+Target = tuple[Callable[..., Any] | None, tuple[Any, ...], dict[str, Any]]
+
+
+#: One call's progress as the plan sees it, for a decorated function's
+#: ``statistics``: ``[attempts, waited_s, outcome, error]`` (attempts so far,
+#: the running one included; seconds slept between them; ``"running"``,
+#: ``"success"``, ``"failure"`` or ``"rejected"``; the last failed attempt's
+#: error name). A list, not a class: one is made on every retried call, and a
+#: list literal costs a tenth of an instance. Shared records are tuples.
+CallStats = Sequence[Any]
+ATTEMPTS, WAITED_S, OUTCOME, ERROR = 0, 1, 2, 3
+
+
+def new_stats() -> list[Any]:
+    """A fresh record: the first attempt ran."""
+    return [1, 0.0, "running", None]
+
 
 def _with_status(labels: Mapping[str, str] | None, value: Any) -> Mapping[str, str] | None:
     """Labels plus the status code of an HTTP-like result."""
@@ -211,6 +242,10 @@ class Engine:
         # None unless OpenTelemetry tracing is on: then callers run every attempt
         # through the plan, each in its own span.
         self.tracer = tracing.call_tracer(connector, operation, breaker=self.breaker)
+        # No inline first attempt either when before/after hooks must see it.
+        self.plans_every_attempt = (
+            self.tracer is not None or options.before is not None or options.after is not None
+        )
         # Load control (limits.py): the budget counts logical calls (``budget.calls``),
         # admission runs before the breaker, and each retry asks ``load`` first.
         self.load = load_control_for(connector, policy=view, store=store)
@@ -227,8 +262,6 @@ class Engine:
             if self.load.admits or self.attempt_timeout_s is not None
             else None
         )
-        #: Neither admission, a token gate nor tracing: the hot path checks this alone.
-        self.direct = self.admission is None and self.gate is None and self.tracer is None
 
     # Bookkeeping ----------------------------------------------------------
 
@@ -344,8 +377,14 @@ class Engine:
             return "success"
         return "failure"
 
-    def delay_s(
-        self, attempt: int, previous_s: float | None, outcome: Any, elapsed_s: float
+    def delay_s(  # noqa: PLR0917 - positional on purpose: a retry's hot path
+        self,
+        attempt: int,
+        previous_s: float | None,
+        outcome: Any,
+        elapsed_s: float,
+        idle_s: float = 0.0,
+        target: Target | None = None,
     ) -> float:
         wait = self.wait
         if isinstance(wait, wait_backoff):
@@ -357,7 +396,10 @@ class Engine:
                 )
                 / 1000.0
             )
-        return float(wait(_tenacity_state(attempt, outcome, previous_s, elapsed_s)))
+        state = _tenacity_state(
+            attempt, outcome, previous_s, elapsed_s, idle_s=idle_s, target=target
+        )
+        return float(wait(state))
 
     # The plan ----------------------------------------------------------------
 
@@ -366,14 +408,18 @@ class Engine:
         probe: str | None,
         first: tuple[bool, Any, float, float] | None = None,
         spec: CallSpec | None = None,
+        stats: list[Any] | None = None,
+        target: Target | None = None,
     ) -> _Plan:
         """Decide attempt by attempt; ``first`` is the first attempt's outcome if it ran.
 
-        A traced engine's callers pass no ``first``: every attempt then runs
-        from the plan, in its own span.
+        ``stats`` is kept up to date as attempts go; ``target`` is what tenacity
+        strategies and hooks see as the call's function and arguments. A traced
+        engine's callers pass no ``first``: every attempt then runs from the
+        plan, in its own span.
         """
         spec = spec or _NO_SPEC
-        steps = self._steps(probe, first, spec)
+        steps = self._steps(probe, first, spec, stats, target)
         if self.tracer is None:
             return steps
         return self.tracer.trace_plan(
@@ -385,15 +431,26 @@ class Engine:
         )
 
     def _steps(
-        self, probe: str | None, first: tuple[bool, Any, float, float] | None, spec: CallSpec
+        self,
+        probe: str | None,
+        first: tuple[bool, Any, float, float] | None,
+        spec: CallSpec,
+        stats: list[Any] | None,
+        target: Target | None,
     ) -> _Plan:
         max_attempts = spec.max_attempts if spec.max_attempts is not None else self.max_attempts
+        if _waits.attempts_cap is not None:  # testing.set_testing
+            max_attempts = _waits.attempts_cap(max_attempts)
         labels = self.labels if spec.labels is None else {**(self.labels or {}), **spec.labels}
+        before, after = self.options.before, self.options.after
         if first is None:
+            if before is not None:
+                _safely(before, _tenacity_state(1, _NO_OUTCOME, None, 0.0, target=target), "before")
             first = yield (_CALL,)
         self.budget.calls += 1
         ok, value, start, end = first
         attempt = 1
+        waited = 0.0
         began = _clock.monotonic() - (end - start)
         deadlines = [d for d in (self.deadline_s, spec.deadline_s) if d is not None]
         deadline = began + min(deadlines) if deadlines else None
@@ -412,6 +469,8 @@ class Engine:
                 retry = self.retry_result is not None and bool(self.retry_result(value))
                 failed = retry or (self.failure_result is not None and self.failure_result(value))
                 if not retry:
+                    if stats is not None:
+                        stats[OUTCOME] = "failure" if failed else "success"
                     status: CallStatus = "error" if failed else "ok"
                     self.row(
                         duration_ms,
@@ -433,23 +492,33 @@ class Engine:
                 outcome: Outcome = "failure"
             else:
                 if isinstance(value, _INTERRUPTIONS):
+                    if stats is not None:
+                        stats[OUTCOME], stats[ERROR] = "failure", type(value).__name__
                     yield (_REPORT, probe, "ignore", duration_ms, None)
                     raise value
                 retry = self.should_retry(value)
                 outcome, error_name = self.classify(value), type(value).__name__
+            if after is not None:
+                elapsed = _clock.monotonic() - began
+                state = _tenacity_state(
+                    attempt, value, previous, elapsed, ok=ok, idle_s=waited, target=target
+                )
+                _safely(after, state, "after")
             delay: float | None = None
             if retry and attempt < max_attempts:
                 elapsed = _clock.monotonic() - began
                 if spec.wait is not None:
                     asked = spec.wait(attempt, previous, value, elapsed)
                 else:
-                    asked = self.delay_s(attempt, previous, value, elapsed)
+                    asked = self.delay_s(attempt, previous, value, elapsed, waited, target)
                 # A wait of None or infinity: the wait rule gives up with this outcome.
                 delay = None if asked is None or asked == math.inf else max(0.0, asked)
                 if delay is not None:
                     past_deadline = deadline is not None and _clock.monotonic() + delay > deadline
                     stopped = self.stop is not None and self.stop(
-                        _tenacity_state(attempt, value, previous, elapsed, ok=ok)
+                        _tenacity_state(
+                            attempt, value, previous, elapsed, ok=ok, idle_s=waited, target=target
+                        )
                     )
                     refusal = spec.can_retry() if spec.can_retry is not None else None
                     if refusal is not None:
@@ -468,7 +537,11 @@ class Engine:
                     delay = verdict
             final = delay is None
             self.row(duration_ms, "error", error_name, attempt, final, labels=attempt_labels)
+            if stats is not None:
+                stats[ERROR] = error_name
             if final:
+                if stats is not None:
+                    stats[OUTCOME] = "failure"
                 yield (_REPORT, probe, outcome, duration_ms, error_name if ok else value)
                 if ok:
                     return value
@@ -479,6 +552,15 @@ class Engine:
                 yield (_SLEEP, delay)
             attempt += 1
             previous = delay
+            waited += delay
+            if stats is not None:
+                stats[ATTEMPTS], stats[WAITED_S] = attempt, waited
+            if before is not None:
+                elapsed = _clock.monotonic() - began
+                state = _tenacity_state(
+                    attempt, _NO_OUTCOME, previous, elapsed, idle_s=waited, target=target
+                )
+                _safely(before, state, "before")
             ok, value, start, end = yield (_CALL, value if ok else None)
 
     def _announce_retry(
@@ -518,25 +600,99 @@ def _safely(hook: Callable[[Any], object], event: Any, name: str) -> None:
 
 
 _DUMMY_RETRYING = tenacity.Retrying()
+#: The outcome of an attempt that has not run yet (a ``before`` hook's state).
+_NO_OUTCOME: Final = object()
 
 
 def _tenacity_state(
-    attempt: int, outcome: Any, previous_s: float | None, elapsed_s: float, *, ok: bool = False
+    attempt: int,
+    outcome: Any,
+    previous_s: float | None,
+    elapsed_s: float,
+    *,
+    ok: bool = False,
+    idle_s: float = 0.0,
+    target: Target | None = None,
 ) -> tenacity.RetryCallState:
-    """A tenacity RetryCallState, so user-supplied tenacity wait/stop strategies work."""
-    state = tenacity.RetryCallState(_DUMMY_RETRYING, None, (), {})
+    """A tenacity RetryCallState, so user-supplied tenacity strategies and hooks work."""
+    fn, args, kwargs = target if target is not None else (None, (), {})
+    state = tenacity.RetryCallState(_DUMMY_RETRYING, fn, args, kwargs)
     state.attempt_number = attempt
-    if ok or not isinstance(outcome, BaseException):
-        state.set_result(outcome)
-    else:
-        state.set_exception((type(outcome), outcome, outcome.__traceback__))
+    now = time.monotonic()
+    state.start_time = now - elapsed_s
+    if outcome is not _NO_OUTCOME:
+        if ok or not isinstance(outcome, BaseException):
+            state.set_result(outcome)
+        else:
+            state.set_exception((type(outcome), outcome, outcome.__traceback__))
+        state.outcome_timestamp = now
     state.upcoming_sleep = previous_s or 0.0
-    state.start_time = time.monotonic() - elapsed_s
-    state.outcome_timestamp = time.monotonic()
+    state.idle_for = idle_s
     return state
 
 
 # Drivers ------------------------------------------------------------------------
+
+
+def admit(engine: Engine) -> str | None:
+    """The breaker's admission for one call (a probe id, or ``None``); raises if refused."""
+    if engine.gate is not None:
+        engine.gate()
+    breaker = engine.breaker
+    if breaker is None:
+        return None
+    try:
+        return breaker.acquire()
+    except CircuitOpenError as exc:
+        engine.rejected(exc)
+        raise
+
+
+async def aadmit(engine: Engine) -> str | None:
+    """:func:`admit` without blocking the event loop on store I/O."""
+    if engine.gate is not None:
+        await asyncio.to_thread(engine.gate)  # a store read, maybe over the network
+    breaker = engine.breaker
+    if breaker is None:
+        return None
+    try:
+        return await breaker.aacquire()
+    except CircuitOpenError as exc:
+        engine.rejected(exc)
+        raise
+
+
+def act(step: tuple[Any, ...], engine: Engine) -> Any:
+    """Carry out a plan step other than a call; returns what the plan is sent back.
+
+    A sleep, a report to the breaker, or a retry's verdict from load control
+    (its delay, or why it may not go).
+    """
+    kind = step[0]
+    if kind == _SLEEP:
+        _waits.sleep(step[1])
+    elif kind == _SPEND:
+        return engine.load.retry_verdict(step[1], step[2])
+    elif engine.breaker is not None:
+        engine.breaker.report(step[1], step[2], duration_ms=step[3], error=step[4])
+    return None
+
+
+async def aact(step: tuple[Any, ...], engine: Engine) -> Any:
+    """:func:`act` for the event loop."""
+    kind = step[0]
+    if kind == _SLEEP:
+        await _waits.asleep(step[1])
+    elif kind == _SPEND:
+        return await engine.load.aretry_verdict(step[1], step[2])
+    elif engine.breaker is not None:
+        await engine.breaker.areport(step[1], step[2], duration_ms=step[3], error=step[4])
+    return None
+
+
+def is_call(step: tuple[Any, ...]) -> bool:
+    """Whether a plan step asks for an attempt."""
+    return bool(step[0] == _CALL)
 
 
 def run_sync(
@@ -568,6 +724,7 @@ def run_sync(
             elif kind == _SPEND:
                 answer = engine.load.retry_verdict(step[1], step[2])
             else:
+                # Inline, not act(): a call less on every retry (the block driver uses act).
                 if engine.breaker is not None:
                     engine.breaker.report(step[1], step[2], duration_ms=step[3], error=step[4])
                 answer = None
@@ -651,6 +808,8 @@ class EngineOptions:
     on_state_change: Callable[[StateChange], object] | None
     on_reject: Callable[[CircuitOpenError], object] | None
     tokens: TokenSource | None = None
+    before: Callable[[tenacity.RetryCallState], object] | None = None
+    after: Callable[[tenacity.RetryCallState], object] | None = None
     fallback: Callable[[BaseException], Any] | None = None
     attempt_timeout_s: float | None = None
 

@@ -1,11 +1,18 @@
-"""Store faults are logged once per burst, never per call, and never raised to the caller."""
+"""Store faults are logged once per burst, never per call, and never raised to the caller.
+
+The first fault of each kind against a store is also a :class:`StoreWarning`
+through :mod:`warnings`, so that it shows on stderr even when the application
+configured no logging (where the log line goes nowhere).
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+import warnings
 
 from connector_resilience._store_urls import redact_url
+from connector_resilience.errors import StoreWarning
 
 logger = logging.getLogger("connector_resilience.store")
 
@@ -23,6 +30,7 @@ class FaultLog:
         self.url = redact_url(url)
         self.failures = 0
         self.total_failures = 0
+        self._warned = False
         self._lock = threading.Lock()
 
     def fault(self, exc: BaseException) -> None:
@@ -31,6 +39,7 @@ class FaultLog:
             first = self.failures == 0
             self.failures += 1
             self.total_failures += 1
+            warn, self._warned = not self._warned, True
         if first:
             logger.warning(
                 "store %s: %s failed (%s: %s); calls go on, retrying in the background",
@@ -38,6 +47,14 @@ class FaultLog:
                 self.what,
                 type(exc).__name__,
                 exc,
+            )
+        if warn:
+            warnings.warn(
+                f"connector-resilience store {self.url}: {self.what} failed "
+                f"({type(exc).__name__}: {exc}); calls go on without it. "
+                "Later failures go to the 'connector_resilience.store' logger only.",
+                StoreWarning,
+                stacklevel=3,
             )
 
     def ok(self) -> None:

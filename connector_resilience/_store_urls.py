@@ -7,7 +7,14 @@ an import circle.
 
 from __future__ import annotations
 
-__all__ = ["BUILTIN_SCHEMES", "known_schemes", "note_scheme", "redact_url", "scheme_of"]
+__all__ = [
+    "BUILTIN_SCHEMES",
+    "known_schemes",
+    "note_scheme",
+    "redact_url",
+    "scheme_of",
+    "scheme_problem",
+]
 
 #: The schemes connector-resilience serves itself.
 BUILTIN_SCHEMES = frozenset(
@@ -31,6 +38,28 @@ def scheme_of(url: str) -> str:
     """The scheme of a store URL, lower-cased (``""`` when it has none)."""
     head, sep, _ = url.partition("://")
     return head.lower() if sep else ""
+
+
+def scheme_problem(url: str, *, variable: str = "CONNECTOR_STORE_URL") -> str | None:
+    """Why ``url`` names no known store, with the fix; ``None`` when its scheme is known.
+
+    ``sqlite:x.db`` (no ``//``) gets the form it needs rather than "unknown scheme ''".
+    """
+    known = ", ".join(f"{s}://" for s in sorted(known_schemes()))
+    scheme = scheme_of(url)
+    if scheme in known_schemes():
+        return None
+    if scheme:
+        return f"{variable} has unknown scheme {scheme!r} in {redact_url(url)!r}; known: {known}"
+    head, colon, rest = url.partition(":")
+    if colon and head.lower() in known_schemes():
+        if head.lower() == "sqlite":
+            path = rest.lstrip("/") or "state.db"
+            fix = f"sqlite:///{path} (relative to the working folder), sqlite:////{path} (absolute)"
+        else:
+            fix = f"{head.lower()}://{rest.lstrip('/')}"
+        return f"{variable} {redact_url(url)!r} lacks '//' after '{head}:': write {fix}"
+    return f"{variable} {redact_url(url)!r} is not a store URL (scheme://...); known: {known}"
 
 
 def redact_url(url: str) -> str:

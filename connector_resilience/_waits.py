@@ -1,4 +1,4 @@
-"""How retry waits are slept, swappable by ``connector_resilience.testing.no_waits``."""
+"""How retry waits are slept and attempts capped, swappable by ``connector_resilience.testing``."""
 
 from __future__ import annotations
 
@@ -14,3 +14,6 @@ def _asyncio_sleep(seconds: float) -> Awaitable[None]:
 
 
 asleep: Callable[[float], Awaitable[None]] = _asyncio_sleep
+
+#: Maps the attempts a call would get to the attempts it gets (``testing.set_testing``).
+attempts_cap: Callable[[int], int] | None = None

@@ -18,11 +18,13 @@ __all__ = [
     "CircuitOpenError",
     "CircuitTransitionError",
     "ConfigurationError",
+    "ConfigurationWarning",
     "InvalidGrantError",
     "RateLimitExceededError",
     "ResilienceError",
     "RetryBodyNotReplayableError",
     "StoreError",
+    "StoreWarning",
     "TokenDecryptionError",
     "TokenEndpointError",
     "TokenError",
@@ -364,3 +366,11 @@ class BulkheadFullError(_RefusalError):
     """
 
     _what = "bulkhead full, no free slot"
+
+
+class ConfigurationWarning(UserWarning):
+    """A setting looks wrong but the library can go on (a misspelt variable name)."""
+
+
+class StoreWarning(RuntimeWarning):
+    """A store cannot be written: calls go on, but state and metrics are not kept."""

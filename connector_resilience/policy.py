@@ -20,9 +20,10 @@ import contextvars
 import math
 import os
 import tomllib
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -37,7 +38,9 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from connector_resilience._store_urls import known_schemes, redact_url, scheme_of
+from connector_resilience._setting_errors import closest_name, describe, settings_error
+from connector_resilience._store_urls import redact_url, scheme_problem
+from connector_resilience.errors import ConfigurationError, ConfigurationWarning
 
 __all__ = [
     "CircuitPolicy",
@@ -387,12 +390,9 @@ class StorePolicy(BaseModel):
     def _known_scheme(cls, url: str | None) -> str | None:
         if url is None or not url.strip():
             return None
-        scheme = scheme_of(url.strip())
-        if scheme not in known_schemes():
-            raise ValueError(
-                f"CONNECTOR_STORE_URL has unknown scheme {scheme!r}; "
-                f"known: {', '.join(sorted(known_schemes()))}"
-            )
+        problem = scheme_problem(url.strip())
+        if problem is not None:
+            raise ValueError(problem)
         return url.strip()
 
 
@@ -511,6 +511,38 @@ def _env_names() -> dict[str, tuple[str, str]]:
 _ENV_NAMES = _env_names()
 
 
+def _field_of(variable: str) -> FieldInfo | None:
+    """The field an environment variable sets, or ``None`` for a name that is not ours."""
+    found = _ENV_NAMES.get(variable)
+    return None if found is None else _GROUPS[found[0]].model_fields[found[1]]
+
+
+#: Variables with our prefixes that are not settings, but are not typos either.
+_NOT_SETTINGS_PREFIXES = ("CONNECTOR__", "CONNECTOR_POLICY_FILE", "CONNECTOR_RESILIENCE_")
+#: The first words of our variables (RETRY_, CB_, RATE_, BULKHEAD_...): a name
+#: that starts like one of ours and is not ours may be a typo.
+_OUR_PREFIXES = tuple(sorted({name.split("_", 1)[0] + "_" for name in _ENV_NAMES}))
+_warned_names: set[str] = set()
+
+
+def _warn_misspelt(names: Iterator[str] | list[str]) -> None:
+    """Warn once per name about a variable that looks like a misspelt setting of ours."""
+    for name in names:
+        if name in _ENV_NAMES or name in _warned_names:
+            continue
+        if not name.startswith(_OUR_PREFIXES) or name.startswith(_NOT_SETTINGS_PREFIXES):
+            continue
+        match = closest_name(name, _ENV_NAMES)
+        if match is not None:
+            _warned_names.add(name)
+            warnings.warn(
+                f"{name} is not a connector-resilience setting and is ignored; "
+                f"did you mean {match}?",
+                ConfigurationWarning,
+                stacklevel=2,
+            )
+
+
 def env_var_table() -> list[tuple[str, str, str, FieldInfo]]:
     """Every setting as (environment variable, group, field, field info), for docs and the CLI."""
     return [
@@ -586,6 +618,7 @@ class _EnvironmentSource(PydanticBaseSettingsSource):
         raise NotImplementedError  # __call__ builds the whole mapping at once
 
     def __call__(self) -> dict[str, Any]:
+        _warn_misspelt(list(self._environ))
         nested: dict[str, Any] = {}
         for env, (group, _field_name) in _ENV_NAMES.items():
             if env in self._environ:
@@ -598,12 +631,18 @@ class _EnvironmentSource(PydanticBaseSettingsSource):
                 continue
             name, sep, variable = key[len(CONNECTOR_OVERRIDE_PREFIX) :].partition("__")
             if not sep or not name:
-                raise ValueError(
+                raise ConfigurationError(
                     f"{key}: per-connector overrides are named "
                     f"{CONNECTOR_OVERRIDE_PREFIX}<CONNECTOR>__<VARIABLE>"
                 )
             if variable not in _ENV_NAMES:
-                raise ValueError(f"{key}: {variable!r} is not a connector-resilience setting")
+                match = closest_name(variable, _ENV_NAMES)
+                hint = (
+                    f"; did you mean {CONNECTOR_OVERRIDE_PREFIX}{name}__{match}?" if match else ""
+                )
+                raise ConfigurationError(
+                    f"{key}: {variable!r} is not a connector-resilience setting{hint}"
+                )
             group, field_name = _ENV_NAMES[variable]
             connectors.setdefault(name.lower(), {}).setdefault(group, {})[field_name] = value
         if connectors:
@@ -716,6 +755,15 @@ class Policy(BaseSettings):
 
     _groups: ClassVar[dict[str, type[BaseModel]]] = _GROUPS
 
+    if not TYPE_CHECKING:  # type checkers keep pydantic's signature, with every field
+
+        def __init__(self, **values: Any) -> None:
+            try:
+                super().__init__(**values)
+            except ValidationError as exc:
+                # Name the variable, its value and what it accepts, not pydantic's model paths.
+                raise settings_error(exc, _field_of) from None
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -802,7 +850,7 @@ class Policy(BaseSettings):
             try:
                 update[group] = self._groups[group].model_validate(merged)
             except ValidationError as exc:
-                raise ValueError(_describe_override_error(key, group, exc)) from None
+                raise ConfigurationError(_describe_override_error(key, group, exc)) from None
         view = self.model_copy(update={**update, "connectors": {}})
         self._views[key] = view
         return view
@@ -823,8 +871,11 @@ def _describe_override_error(connector: str, group: str, exc: ValidationError) -
         loc = error["loc"]
         field_name = str(loc[0]) if loc else ""
         alias = fields[field_name].validation_alias if field_name in fields else None
-        variable = f"{CONNECTOR_OVERRIDE_PREFIX}{connector.upper()}__{alias}" if alias else group
-        parts.append(f"{variable}: {error['msg']}")
+        if not isinstance(alias, str):
+            parts.append(f"{group}: {error['msg'].removeprefix('Value error, ')}")
+            continue
+        variable = f"{CONNECTOR_OVERRIDE_PREFIX}{connector.upper()}__{alias}"
+        parts.append(describe({**error, "loc": (alias,)}, _field_of, shown_as=variable))
     return f"invalid override for connector {connector!r}: " + "; ".join(parts)
 
 
@@ -855,3 +906,4 @@ def forget_current_policy() -> None:
     """Drop the cached environment policy (``.env`` and TOML files are re-read next time)."""
     global _current  # noqa: PLW0603
     _current = None
+    _warned_names.clear()  # and warn again about misspelt variables

@@ -17,31 +17,41 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import threading
-import weakref
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, cast, overload
 
 import tenacity
 
 from connector_resilience import _clock
 from connector_resilience._engine import (
     CallSpec,
-    Engine,
+    CallStats,
     EngineOptions,
     ExceptionMatcher,
     RetryEvent,
-    build_engine,
+    new_stats,
     run_async,
     run_sync,
     within,
+)
+from connector_resilience._engines import (
+    FIRST_ATTEMPT,
+    NEVER_CALLED,
+    ONE_ATTEMPT,
+    REJECTED,
+    SUCCEEDED,
+    EngineCache,
+    RetryStatistics,
+    forget_engines,
+    refused_stats,
 )
 from connector_resilience._names import check_name
 from connector_resilience.backends import Store
 from connector_resilience.circuit import StateChange
 from connector_resilience.errors import (
+    BulkheadFullError,
     CircuitOpenError,
-    ConfigurationError,
+    RateLimitExceededError,
     fast_circuit_open_error,
 )
 from connector_resilience.policy import Policy
@@ -50,89 +60,118 @@ from connector_resilience.retry import exception_predicate
 if TYPE_CHECKING:
     from connector_resilience.oauth2 import TokenSource
 
-__all__ = ["CallSpec", "RetryEvent", "resilient"]
+__all__ = [
+    "CallSpec",
+    "RetryEvent",
+    "RetryStatistics",
+    "engine_options",
+    "forget_engines",
+    "resilient",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
+
+Hook = Callable[[tenacity.RetryCallState], object]
+
+
+class _Decorator(Protocol):
+    """What ``@resilient(...)`` returns: it keeps static and class methods what they are."""
+
+    @overload
+    def __call__(self, fn: staticmethod[P, R], /) -> staticmethod[P, R]: ...
+    @overload
+    def __call__(self, fn: classmethod[T, P, R], /) -> classmethod[T, P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Callable[P, R]: ...
+
 
 # The decorator -----------------------------------------------------------------
 
 
-class _Engines:
-    """Resolves the engine for a call: one per connector name, built on first use."""
+def engine_options(
+    *,
+    retry_on: ExceptionMatcher = Exception,
+    retry_on_result: Callable[[Any], bool] | None = None,
+    failure_on: ExceptionMatcher | None = None,
+    ignore: tuple[type[BaseException], ...] = (),
+    max_attempts: int | None = None,
+    deadline_s: float | None = None,
+    wait: Callable[[tenacity.RetryCallState], float] | None = None,
+    stop: Callable[[tenacity.RetryCallState], bool] | None = None,
+    breaker: bool = True,
+    metrics: bool = True,
+    labels: Mapping[str, str] | None = None,
+    on_retry: Callable[[RetryEvent], object] | None = None,
+    on_state_change: Callable[[StateChange], object] | None = None,
+    on_reject: Callable[[CircuitOpenError], object] | None = None,
+    tokens: TokenSource | None = None,
+    before: Hook | None = None,
+    after: Hook | None = None,
+    fallback: Callable[[BaseException], Any] | None = None,
+    attempt_timeout_s: float | None = None,
+) -> EngineOptions:
+    """``@resilient``'s options checked and gathered (``retrying`` takes the same ones).
 
-    def __init__(
-        self,
-        *,
-        connector: str | None,
-        operation: str,
-        policy: Policy | None,
-        store: Store | str | None,
-        options: EngineOptions,
-    ) -> None:
-        self.connector = connector
-        self.operation = operation
-        self.policy = policy
-        self.store = store
-        self.options = options
-        self.fixed: Engine | None = None
-        self.by_name: dict[str, Engine] = {}
-        self._lock = threading.Lock()
-        _all_engines.add(self)
-
-    def forget(self) -> None:
-        """Resolve policy, store and breaker again at the next call."""
-        with self._lock:
-            self.fixed = None
-            self.by_name = {}
-
-    def built(self, args: tuple[Any, ...]) -> Engine | None:
-        """The engine for a call if it is built already (a lookup, no I/O), else ``None``."""
-        if self.fixed is not None or self.connector is not None:
-            return self.fixed
-        name = getattr(args[0], "connector_name", None) if args else None
-        return self.by_name.get(name) if isinstance(name, str) else None
-
-    def __call__(self, args: tuple[Any, ...]) -> Engine:
-        fixed = self.fixed
-        if fixed is not None:
-            return fixed
-        if self.connector is not None:
-            with self._lock:
-                if self.fixed is None:
-                    self.fixed = self._build(self.connector)
-                return self.fixed
-        name = getattr(args[0], "connector_name", None) if args else None
-        if not isinstance(name, str) or not name:
-            raise ConfigurationError(
-                f"@resilient on {self.operation!r} has no connector name: pass "
-                "@resilient('name'), or call it as a method of an object with a "
-                "non-empty `connector_name` attribute"
-            )
-        engine = self.by_name.get(name)
-        if engine is None:
-            with self._lock:
-                engine = self.by_name.get(name) or self._build(name)
-                self.by_name[name] = engine
-        return engine
-
-    def _build(self, connector: str) -> Engine:
-        return build_engine(
-            connector=connector,
-            operation=self.operation,
-            policy=self.policy,
-            store=self.store,
-            options=self.options,
-        )
+    Raises:
+        ValueError: an attempt count below 1, or a deadline or attempt timeout
+            that is not > 0.
+        TypeError: ``ignore`` is not a tuple, ``retry_on`` is neither exception
+            types nor a predicate, or a hook is not callable.
+    """
+    if max_attempts is not None and max_attempts < 1:
+        raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+    if deadline_s is not None and not deadline_s > 0:
+        raise ValueError(f"deadline_s must be > 0, got {deadline_s}")
+    if attempt_timeout_s is not None and not attempt_timeout_s > 0:
+        raise ValueError(f"attempt_timeout_s must be > 0, got {attempt_timeout_s}")
+    if not isinstance(ignore, tuple):
+        raise TypeError("ignore must be a tuple of exception types")
+    exception_predicate(retry_on)  # validate now, not at the first failure
+    for name, hook in (
+        ("retry_on_result", retry_on_result),
+        ("wait", wait),
+        ("stop", stop),
+        ("on_retry", on_retry),
+        ("on_state_change", on_state_change),
+        ("on_reject", on_reject),
+        ("before", before),
+        ("after", after),
+        ("fallback", fallback),
+    ):
+        if hook is not None and not callable(hook):
+            raise TypeError(f"{name}= must be callable, got {hook!r}")
+    return EngineOptions(
+        retry_on=retry_on,
+        retry_on_result=retry_on_result,
+        failure_result=None,
+        failure_on=failure_on,
+        ignore=ignore,
+        max_attempts=max_attempts,
+        deadline_s=deadline_s,
+        wait=wait,
+        stop=stop,
+        breaker=breaker,
+        metrics=metrics,
+        labels=labels,
+        on_retry=on_retry,
+        on_state_change=on_state_change,
+        on_reject=on_reject,
+        tokens=tokens,
+        before=before,
+        after=after,
+        fallback=fallback,
+        attempt_timeout_s=attempt_timeout_s,
+    )
 
 
-_all_engines: weakref.WeakSet[_Engines] = weakref.WeakSet()
+@overload
+def resilient(connector: staticmethod[P, R], /) -> staticmethod[P, R]: ...
 
 
-def forget_engines() -> None:
-    """Make every decorated function resolve its policy, store and breaker again."""
-    for engines in list(_all_engines):
-        engines.forget()
+@overload
+def resilient(connector: classmethod[T, P, R], /) -> classmethod[T, P, R]: ...
 
 
 @overload
@@ -161,13 +200,19 @@ def resilient(
     on_state_change: Callable[[StateChange], object] | None = None,
     on_reject: Callable[[CircuitOpenError], object] | None = None,
     tokens: TokenSource | None = None,
+    before: Hook | None = None,
+    after: Hook | None = None,
     fallback: Callable[[BaseException], Any] | None = None,
     attempt_timeout_s: float | None = None,
-) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+) -> _Decorator: ...
 
 
 def resilient(
-    connector: str | Callable[..., Any] | None = None,
+    connector: str
+    | Callable[..., Any]
+    | staticmethod[..., Any]
+    | classmethod[Any, ..., Any]
+    | None = None,
     *,
     operation: str | None = None,
     policy: Policy | None = None,
@@ -187,6 +232,8 @@ def resilient(
     on_state_change: Callable[[StateChange], object] | None = None,
     on_reject: Callable[[CircuitOpenError], object] | None = None,
     tokens: TokenSource | None = None,
+    before: Hook | None = None,
+    after: Hook | None = None,
     fallback: Callable[[BaseException], Any] | None = None,
     attempt_timeout_s: float | None = None,
 ) -> Any:
@@ -223,6 +270,10 @@ def resilient(
         tokens: an OAuth2 token manager: each attempt runs with a valid token
             (read it with :func:`current_token`); a 401 (an exception or a result
             with that status) refreshes it once and runs the attempt once more.
+        before: called with a tenacity ``RetryCallState`` before each attempt
+            (``tenacity.before_log(...)`` works).
+        after: called with a tenacity ``RetryCallState`` after each failed
+            attempt (``tenacity.after_log(...)`` works).
         fallback: called with the exception when the circuit is open, the rate
             limiter, bulkhead or retry budget refuses, or retries run out (an
             exception ``retry_on`` matches); what it returns is the call's
@@ -237,6 +288,19 @@ def resilient(
 
     Returns:
         A decorator, or the decorated function when used bare (``@resilient``).
+        The decorated function keeps its signature and has these attributes:
+        ``statistics`` (a :class:`RetryStatistics`, read live),
+        ``retry_with(**options)`` (the same function with some options
+        changed, sharing the breaker and metrics), ``disable_retries()`` and
+        ``enable_retries()`` (one attempt per call while disabled; the
+        breaker and metrics stay on). On a ``staticmethod`` or ``classmethod``
+        either order works.
+
+    Raises:
+        TypeError: ``connector`` is neither a name nor ``None``, or the target
+            is a class, a generator, or not callable.
+        ConfigurationError: ``connector`` or ``operation`` is an empty name or
+            one that cannot be stored.
 
     Example:
         >>> @resilient("billing", store="memory://doc-resilient")
@@ -245,25 +309,23 @@ def resilient(
         >>> charge(5)
         'charged 5'
     """
-    if callable(connector):
+    if callable(connector) or isinstance(connector, staticmethod | classmethod):
         return resilient()(connector)
+    if connector is not None and not isinstance(connector, str):
+        raise TypeError(
+            f"@resilient's first argument is the connector's name (a str) or None, "
+            f"got {connector!r}"
+        )
     if connector is not None:
         check_name(connector, what="@resilient connector name")
     if operation is not None:
         check_name(operation, what="@resilient operation name")
-    if max_attempts is not None and max_attempts < 1:
-        raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
-    if deadline_s is not None and not deadline_s > 0:
-        raise ValueError(f"deadline_s must be > 0, got {deadline_s}")
-    if attempt_timeout_s is not None and not attempt_timeout_s > 0:
-        raise ValueError(f"attempt_timeout_s must be > 0, got {attempt_timeout_s}")
-    if not isinstance(ignore, tuple):
-        raise TypeError("ignore must be a tuple of exception types")
-    exception_predicate(retry_on)  # validate now, not at the first failure
-    options = EngineOptions(
+    # Every argument as given, so that retry_with() can change a few of them.
+    settings = dict(locals())
+    del settings["connector"]
+    options = engine_options(
         retry_on=retry_on,
         retry_on_result=retry_on_result,
-        failure_result=None,
         failure_on=failure_on,
         ignore=ignore,
         max_attempts=max_attempts,
@@ -277,13 +339,19 @@ def resilient(
         on_state_change=on_state_change,
         on_reject=on_reject,
         tokens=tokens,
+        before=before,
+        after=after,
         fallback=fallback,
         attempt_timeout_s=attempt_timeout_s,
     )
 
-    def decorate(fn: Callable[P, R]) -> Callable[P, R]:
-        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
-            raise TypeError(f"@resilient cannot retry the generator {fn.__qualname__}()")
+    def decorate(fn: Any) -> Any:
+        # A static or class method: decorate the function inside, keep the wrapper.
+        if isinstance(fn, staticmethod):
+            return staticmethod(decorate(fn.__func__))
+        if isinstance(fn, classmethod):
+            return classmethod(decorate(fn.__func__))
+        _check_target(fn)
         is_async = inspect.iscoroutinefunction(fn)
         _check_async_options(fn, is_async, fallback, attempt_timeout_s)
         call: Callable[..., Any] = fn
@@ -295,142 +363,228 @@ def resilient(
                 if is_async
                 else authenticated(fn, tokens)
             )
-        engines = _Engines(
+        engines = EngineCache(
             connector=connector,
             operation=operation or str(getattr(fn, "__name__", type(fn).__name__)),
             policy=policy,
             store=store,
             options=options,
+            function=fn,
         )
         if is_async:
-            wrapped = _async_wrapper(call, engines)
+            wrapper: Any = _async_wrapper(call, engines)
             if fallback is not None:
-                wrapped = _async_fallback(wrapped, engines, fallback)
-            return cast(Callable[P, R], wrapped)
-        plain = _sync_wrapper(call, engines)
-        return cast(Callable[P, R], _sync_fallback(plain, engines) if fallback else plain)
+                wrapper = _async_fallback(wrapper, engines, fallback)
+        else:
+            wrapper = _sync_wrapper(call, engines)
+            if fallback is not None:
+                wrapper = _sync_fallback(wrapper, engines)
+        # tenacity keeps these too: introspection (and mocks) see the real defaults.
+        wrapper.__defaults__ = getattr(fn, "__defaults__", None)
+        wrapper.__kwdefaults__ = getattr(fn, "__kwdefaults__", None)
+        wrapper.retry_with = functools.partial(_retry_with, fn, connector, settings)
+        wrapper.disable_retries = functools.partial(setattr, engines, "spec", ONE_ATTEMPT)
+        wrapper.enable_retries = functools.partial(setattr, engines, "spec", None)
+        return wrapper
 
     return decorate
 
 
-def _sync_wrapper(fn: Callable[P, R], engines: _Engines, *, admit: bool = True) -> Callable[P, R]:
-    clock = _clock
-    # Admission (rate limiter, bulkhead) wraps the whole call, retries included:
-    # an admitted call runs this same wrapper with admission left out, made on
-    # first use (most functions never admit, and a wrapper is most of a kilobyte).
-    admitted: list[Callable[P, R]] = []
+def _check_target(fn: object) -> None:
+    """Refuse at decoration time what could only fail (or silently misbehave) at call time."""
+    if isinstance(fn, type):
+        raise TypeError(
+            f"@resilient decorates functions and methods, not the class {fn.__qualname__}: "
+            "put it on the methods that call the outside service"
+        )
+    if not callable(fn):
+        raise TypeError(f"@resilient decorates functions and methods, not {fn!r}")
+    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        raise TypeError(
+            f"@resilient cannot retry the generator {getattr(fn, '__qualname__', fn)}()"
+        )
 
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        engine = engines.fixed or engines(args)
-        direct = engine.direct
-        if not direct:
+
+def _retry_with(
+    fn: Callable[..., Any], connector: str | None, settings: dict[str, Any], **changes: Any
+) -> Any:
+    return resilient(connector, **{**settings, **changes})(fn)
+
+
+def _sync_wrapper(fn: Callable[P, R], engines: EngineCache) -> Callable[P, R]:
+    # What the latest call did: a closure cell, the cheapest store there is
+    # (fn.statistics). Both wrappers below share it.
+    last: CallStats = NEVER_CALLED
+
+    def make(admit: bool) -> Callable[P, R]:
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            nonlocal last
+            engine = engines.fixed or engines(args)
+            # Admission (rate limiter, bulkhead) wraps the whole call, retries
+            # included: an admitted call runs the same wrapper with admission left out.
             if engine.admission is not None and admit:
-                if not admitted:
-                    admitted.append(_sync_wrapper(fn, engines, admit=False))
-                return engine.admission.call(admitted[0], *args, **kwargs)
+                before = last
+                try:
+                    return engine.admission.call(admitted, *args, **kwargs)
+                except _ADMISSION_REFUSALS as exc:
+                    if last is before:  # refused before the call started
+                        last = refused_stats(exc)
+                    raise
             if engine.gate is not None:
                 engine.gate()
-        breaker = engine.breaker
-        probe = None
-        # One clock read admits the call and starts its timing (see _clock).
-        perf = clock.perf
-        start = perf()
-        if breaker is not None and start >= breaker.admit_until:
-            if start < breaker.refuse_until:
-                rejection = fast_circuit_open_error(*breaker.rejection_args)
-                engine.rejected(rejection)
-                raise rejection
+            breaker = engine.breaker
+            probe = None
+            # One clock read admits the call and starts its timing (see _clock).
+            perf = _clock.perf
+            start = perf()
+            if breaker is not None and start >= breaker.admit_until:
+                if start < breaker.refuse_until:
+                    last = REJECTED
+                    rejection = fast_circuit_open_error(*breaker.rejection_args)
+                    engine.rejected(rejection)
+                    raise rejection
+                try:
+                    probe = breaker.acquire()
+                except CircuitOpenError as exc:
+                    last = REJECTED
+                    engine.rejected(exc)
+                    raise
+                start = perf()  # the admission may have read the store: not the call's time
+            if engine.plans_every_attempt:  # traced, or hooks: every attempt from the plan
+                last = stats = new_stats()
+                target = (engines.function, args, kwargs)
+                plan = engine.plan(probe, None, engines.spec, stats, target)
+                return cast(R, run_sync(plan, fn, args, kwargs, engine))
+            last = FIRST_ATTEMPT
             try:
-                probe = breaker.acquire()
-            except CircuitOpenError as exc:
-                engine.rejected(exc)
-                raise
-            start = perf()  # the admission may have read the store: not the call's time
-        if not direct and engine.tracer is not None:  # traced: each attempt in its span
-            return cast(R, run_sync(engine.plan(probe), fn, args, kwargs, engine))
-        try:
-            result = fn(*args, **kwargs)
-        except BaseException as exc:
-            plan = engine.plan(probe, (False, exc, start, perf()))
-            return cast(R, run_sync(plan, fn, args, kwargs, engine))
-        end = perf()
-        if engine.retry_result is not None and engine.retry_result(result):
-            plan = engine.plan(probe, (True, result, start, end))
-            return cast(R, run_sync(plan, fn, args, kwargs, engine))
-        # Engine.succeeded, inlined: the hot path of every call.
-        engine.budget.calls += 1
-        record = engine.record_success
-        if record is not None:
-            record((start, end, engine.series))
-        if breaker is not None and (probe is not None or not breaker.success_is_trivial):
-            breaker.report(probe, "success", duration_ms=(end - start) * 1000.0)
-        return result
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                last = stats = [1, 0.0, "running", None]  # new_stats(), inline: a call less
+                plan = engine.plan(
+                    probe,
+                    (False, exc, start, perf()),
+                    engines.spec,
+                    stats,
+                    (engines.function, args, kwargs),
+                )
+                return cast(R, run_sync(plan, fn, args, kwargs, engine))
+            end = perf()
+            if engine.retry_result is not None and engine.retry_result(result):
+                last = stats = [1, 0.0, "running", None]  # new_stats(), inline: a call less
+                plan = engine.plan(
+                    probe,
+                    (True, result, start, end),
+                    engines.spec,
+                    stats,
+                    (engines.function, args, kwargs),
+                )
+                return cast(R, run_sync(plan, fn, args, kwargs, engine))
+            last = SUCCEEDED
+            if engine.succeeded(start, end, probe):
+                assert breaker is not None
+                breaker.report(probe, "success", duration_ms=(end - start) * 1000.0)
+            return result
 
-    return wrapper
+        return wrapper
+
+    admitted = make(False)
+    outer: Any = make(True)
+    outer.statistics = RetryStatistics(lambda: last)
+    return cast(Callable[P, R], outer)
 
 
 def _async_wrapper(
-    fn: Callable[P, Awaitable[R]], engines: _Engines, *, admit: bool = True
+    fn: Callable[P, Awaitable[R]], engines: EngineCache
 ) -> Callable[P, Awaitable[R]]:
-    clock = _clock
-    # Admitted calls (and calls with a per-attempt timeout) run this wrapper again,
-    # each attempt cut short by the engine's timeout: the hot path pays for neither.
-    # That wrapper is made on first use (most functions never need it).
-    admitted: list[Callable[P, Awaitable[R]]] = []
+    # What the latest call did: a closure cell, the cheapest store there is
+    # (fn.statistics). Both wrappers below share it.
+    last: CallStats = NEVER_CALLED
 
-    @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        # Building an engine opens the store and reads the breaker (network I/O
-        # for Redis): the first call of a connector does it in a worker thread.
-        engine = engines.fixed or engines.built(args)
-        if engine is None:
-            engine = await asyncio.to_thread(engines, args)
-        direct = engine.direct
-        if not direct:
+    def make(call: Callable[P, Awaitable[R]], admit: bool) -> Callable[P, Awaitable[R]]:
+        @functools.wraps(fn)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            nonlocal last
+            # Building an engine opens the store and reads the breaker (network I/O
+            # for Redis): the first call of a connector does it in a worker thread.
+            engine = engines.fixed or engines.built(args)
+            if engine is None:
+                engine = await asyncio.to_thread(engines, args)
+            # Admitted calls (and calls with a per-attempt timeout) run the same
+            # wrapper again, each attempt cut short by the engine's timeout.
             if engine.admission is not None and admit:
-                if not admitted:
-                    admitted.append(_async_wrapper(_timed(fn, engines), engines, admit=False))
-                return await engine.admission.acall(admitted[0], *args, **kwargs)
+                before = last
+                try:
+                    return await engine.admission.acall(admitted, *args, **kwargs)
+                except _ADMISSION_REFUSALS as exc:
+                    if last is before:  # refused before the call started
+                        last = refused_stats(exc)
+                    raise
             if engine.gate is not None:
                 await asyncio.to_thread(engine.gate)  # a store read, maybe over the network
-        breaker = engine.breaker
-        probe = None
-        # One clock read admits the call and starts its timing (see _clock).
-        perf = clock.perf
-        start = perf()
-        if breaker is not None and start >= breaker.admit_until:
-            if start < breaker.refuse_until:
-                rejection = fast_circuit_open_error(*breaker.rejection_args)
-                engine.rejected(rejection)
-                raise rejection
+            breaker = engine.breaker
+            probe = None
+            # One clock read admits the call and starts its timing (see _clock).
+            perf = _clock.perf
+            start = perf()
+            if breaker is not None and start >= breaker.admit_until:
+                if start < breaker.refuse_until:
+                    last = REJECTED
+                    rejection = fast_circuit_open_error(*breaker.rejection_args)
+                    engine.rejected(rejection)
+                    raise rejection
+                try:
+                    probe = await breaker.aacquire()
+                except CircuitOpenError as exc:
+                    last = REJECTED
+                    engine.rejected(exc)
+                    raise
+                start = perf()  # the admission may have read the store: not the call's time
+            if engine.plans_every_attempt:  # traced, or hooks: every attempt from the plan
+                last = stats = new_stats()
+                target = (engines.function, args, kwargs)
+                plan = engine.plan(probe, None, engines.spec, stats, target)
+                return cast(R, await run_async(plan, call, args, kwargs, engine))
+            last = FIRST_ATTEMPT
             try:
-                probe = await breaker.aacquire()
-            except CircuitOpenError as exc:
-                engine.rejected(exc)
-                raise
-            start = perf()  # the admission may have read the store: not the call's time
-        if not direct and engine.tracer is not None:  # traced: each attempt in its span
-            return cast(R, await run_async(engine.plan(probe), fn, args, kwargs, engine))
-        try:
-            result = await fn(*args, **kwargs)
-        except BaseException as exc:
-            plan = engine.plan(probe, (False, exc, start, perf()))
-            return cast(R, await run_async(plan, fn, args, kwargs, engine))
-        end = perf()
-        if engine.retry_result is not None and engine.retry_result(result):
-            plan = engine.plan(probe, (True, result, start, end))
-            return cast(R, await run_async(plan, fn, args, kwargs, engine))
-        # Engine.succeeded, inlined: the hot path of every call.
-        engine.budget.calls += 1
-        record = engine.record_success
-        if record is not None:
-            record((start, end, engine.series))
-        if breaker is not None and (probe is not None or not breaker.success_is_trivial):
-            await breaker.areport(probe, "success", duration_ms=(end - start) * 1000.0)
-        return result
+                result = await call(*args, **kwargs)
+            except BaseException as exc:
+                last = stats = [1, 0.0, "running", None]  # new_stats(), inline: a call less
+                plan = engine.plan(
+                    probe,
+                    (False, exc, start, perf()),
+                    engines.spec,
+                    stats,
+                    (engines.function, args, kwargs),
+                )
+                return cast(R, await run_async(plan, call, args, kwargs, engine))
+            end = perf()
+            if engine.retry_result is not None and engine.retry_result(result):
+                last = stats = [1, 0.0, "running", None]  # new_stats(), inline: a call less
+                plan = engine.plan(
+                    probe,
+                    (True, result, start, end),
+                    engines.spec,
+                    stats,
+                    (engines.function, args, kwargs),
+                )
+                return cast(R, await run_async(plan, call, args, kwargs, engine))
+            last = SUCCEEDED
+            if engine.succeeded(start, end, probe):
+                assert breaker is not None
+                await breaker.areport(probe, "success", duration_ms=(end - start) * 1000.0)
+            return result
 
-    return wrapper
+        return wrapper
+
+    admitted = make(_timed(fn, engines), False)
+    outer: Any = make(fn, True)
+    outer.statistics = RetryStatistics(lambda: last)
+    return cast(Callable[P, Awaitable[R]], outer)
+
+
+#: What admission refuses before a call starts (the breaker's refusal is counted apart).
+_ADMISSION_REFUSALS = (RateLimitExceededError, BulkheadFullError)
 
 
 # Fallbacks ------------------------------------------------------------------------
@@ -454,7 +608,7 @@ def _check_async_options(
         raise TypeError(f"the fallback of the sync function {name}() must not be async")
 
 
-def _sync_fallback(wrapper: Callable[P, R], engines: _Engines) -> Callable[P, R]:
+def _sync_fallback(wrapper: Callable[P, R], engines: EngineCache) -> Callable[P, R]:
     @functools.wraps(wrapper)
     def with_fallback(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
@@ -471,7 +625,7 @@ def _sync_fallback(wrapper: Callable[P, R], engines: _Engines) -> Callable[P, R]
 
 def _async_fallback(
     wrapper: Callable[P, Awaitable[R]],
-    engines: _Engines,
+    engines: EngineCache,
     fallback: Callable[[BaseException], Any],
 ) -> Callable[P, Awaitable[R]]:
     is_async = inspect.iscoroutinefunction(fallback)
@@ -491,7 +645,7 @@ def _async_fallback(
     return with_fallback
 
 
-def _timed(fn: Callable[P, Awaitable[R]], engines: _Engines) -> Callable[P, Awaitable[R]]:
+def _timed(fn: Callable[P, Awaitable[R]], engines: EngineCache) -> Callable[P, Awaitable[R]]:
     """``fn``, each call cancelled after its engine's ``attempt_timeout_s`` (if any)."""
 
     @functools.wraps(fn)

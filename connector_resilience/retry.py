@@ -297,7 +297,9 @@ def exception_predicate(
     """Normalise ``retry_on`` into ``exc -> bool``, never true for :data:`NEVER_RETRY`.
 
     Accepts an exception type, a tuple of types, a predicate, or a tenacity
-    ``retry_if_exception*`` strategy (anything with a ``predicate`` attribute).
+    retry strategy that judges exceptions: ``retry_if_exception_type``,
+    ``retry_if_exception_cause_type``, combinations with ``|`` and ``&``,
+    ``retry_any``, ``retry_all``...
     """
     if isinstance(retry_on, type) and issubclass(retry_on, BaseException):
         types: tuple[type[BaseException], ...] = (retry_on,)
@@ -313,19 +315,31 @@ def exception_predicate(
             f"retry_on must be exception types or a predicate, got the class {retry_on!r}"
         )
     if isinstance(retry_on, tenacity.retry_base):
-        inner = getattr(retry_on, "predicate", None)
         # retry_if_result and retry_if_not_result judge results, not exceptions.
-        judges_results = isinstance(
-            retry_on, tenacity.retry_if_result | tenacity.retry_if_not_result
-        )
-        if not callable(inner) or judges_results:
+        if isinstance(retry_on, tenacity.retry_if_result | tenacity.retry_if_not_result):
             raise TypeError(
                 f"{retry_on!r} does not judge exceptions; pass retry_if_exception_type(...) "
                 "or a predicate (and retry_on_result= for results)"
             )
-        predicate: Callable[[BaseException], Any] = inner
+        inner = getattr(retry_on, "predicate", None)
+        # retry_if_exception and its kin: their predicate, with no state to build.
+        predicate: Callable[[BaseException], Any] = (
+            inner if callable(inner) else _strategy_predicate(retry_on)
+        )
     elif callable(retry_on):
         predicate = retry_on
     else:
         raise TypeError(f"retry_on must be exception types or a predicate, got {retry_on!r}")
     return lambda exc: not isinstance(exc, NEVER_RETRY) and bool(predicate(exc))
+
+
+def _strategy_predicate(strategy: tenacity.retry_base) -> Callable[[BaseException], bool]:
+    """A tenacity retry strategy asked about one exception, as tenacity would ask it."""
+    retrying = tenacity.Retrying()
+
+    def predicate(exc: BaseException) -> bool:
+        state = tenacity.RetryCallState(retrying, None, (), {})
+        state.set_exception((type(exc), exc, exc.__traceback__))
+        return bool(strategy(state))
+
+    return predicate

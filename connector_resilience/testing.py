@@ -1,6 +1,8 @@
 """What you need to test your own code that uses connector-resilience.
 
 * :func:`no_waits` turns retry sleeps off (and records them), then restores them.
+* :func:`set_testing` caps attempts and turns waits off everywhere (stamina's
+  ``set_testing``), as a call or a ``with`` block.
 * :class:`FakeClock` drives breaker cooldowns, probe leases and deadlines.
 * :func:`memory_policy` gives a policy on a fresh, private ``memory://`` store.
 * :func:`reset` forgets every cached policy, breaker, buffer and open store.
@@ -22,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from pydantic import BaseModel
@@ -31,7 +33,7 @@ from connector_resilience import _clock, _waits
 from connector_resilience.backends import close_all_stores
 from connector_resilience.policy import Policy, forget_current_policy
 
-__all__ = ["FakeClock", "memory_policy", "no_waits", "reset"]
+__all__ = ["FakeClock", "TestMode", "memory_policy", "no_waits", "reset", "set_testing"]
 
 _counter = itertools.count()
 
@@ -43,9 +45,9 @@ def reset() -> None:
     environment or reuse connector names: decorated functions resolve their
     policy, store and breaker again at their next call.
     """
+    from connector_resilience._engines import forget_engines
     from connector_resilience.circuit import forget_breakers
     from connector_resilience.metrics import stop_buffers
-    from connector_resilience.resilient import forget_engines
 
     stop_buffers()
     forget_engines()
@@ -78,6 +80,98 @@ def no_waits() -> Iterator[list[float]]:
         yield asked
     finally:
         _waits.sleep, _waits.asleep = saved
+
+
+async def _no_wait() -> None:
+    return None
+
+
+def _skip_async_sleep(seconds: float) -> Awaitable[None]:
+    return _no_wait()
+
+
+def _skip_sleep(seconds: float) -> None:
+    return None
+
+
+#: The real sleeps, as the library starts with them.
+_REAL_SLEEPS = (_waits.sleep, _waits.asleep)
+
+
+class TestMode:
+    """What :func:`set_testing` did, undone by leaving its ``with`` block.
+
+    Attributes:
+        active: whether test mode is on.
+        attempts: the attempts each call gets while it is on.
+        cap: whether ``attempts`` only caps a smaller configured count.
+    """
+
+    __test__ = False  # not a pytest test class, whatever its name says
+
+    def __init__(self, active: bool, attempts: int, cap: bool) -> None:
+        self.active = active
+        self.attempts = attempts
+        self.cap = cap
+        self._saved = (_waits.sleep, _waits.asleep, _waits.attempts_cap)
+        if active:
+            _waits.sleep, _waits.asleep = _skip_sleep, _skip_async_sleep
+            _waits.attempts_cap = _capped(attempts) if cap else _fixed(attempts)
+        else:
+            (_waits.sleep, _waits.asleep), _waits.attempts_cap = _REAL_SLEEPS, None
+
+    def __enter__(self) -> TestMode:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _waits.sleep, _waits.asleep, _waits.attempts_cap = self._saved
+
+
+def _fixed(attempts: int) -> Callable[[int], int]:
+    return lambda configured: attempts
+
+
+def _capped(attempts: int) -> Callable[[int], int]:
+    return lambda configured: min(configured, attempts)
+
+
+def set_testing(active: bool = True, *, attempts: int = 1, cap: bool = False) -> TestMode:
+    """Test mode: every retried call gets ``attempts`` attempts and never waits.
+
+    stamina's ``set_testing``: applies to ``@resilient``, ``retrying`` blocks
+    and the HTTP adapters, breaker and metrics included. Call it (``conftest``
+    fixture), or use it as ``with set_testing(attempts=2):`` to restore the
+    previous mode afterwards. ``set_testing(False)`` turns it off.
+
+    Args:
+        active: turn test mode on (``True``) or off.
+        attempts: attempts per call in test mode (1: no retries).
+        cap: only lower the configured attempts, never raise them
+            (``min(configured, attempts)``).
+
+    Returns:
+        A :class:`TestMode`; leaving its ``with`` block restores the previous mode.
+
+    Raises:
+        ValueError: ``attempts`` is below 1.
+
+    Example:
+        >>> from connector_resilience import resilient
+        >>> calls = []
+        >>> @resilient("doc-testing", store="memory://doc-testing", max_attempts=5)
+        ... def flaky() -> None:
+        ...     calls.append(1)
+        ...     raise ConnectionError("down")
+        >>> with set_testing(attempts=2):
+        ...     flaky()
+        Traceback (most recent call last):
+        ConnectionError: down
+        >>> len(calls)
+        2
+    """
+    if attempts < 1:
+        raise ValueError(f"attempts must be >= 1, got {attempts}")
+    return TestMode(active, attempts, cap)
 
 
 class FakeClock:

@@ -545,7 +545,7 @@ def test_the_cli_still_names_a_bad_setting() -> None:
 
     result = run_cli("--store", "memory://", "health", CONNECTOR_METRICS_FLUSH_S="abc")
     assert result.returncode == 3
-    assert "invalid settings: store.CONNECTOR_METRICS_FLUSH_S" in result.stderr
+    assert "CONNECTOR_METRICS_FLUSH_S='abc'" in result.stderr
 
 
 def test_public_names_still_resolve_and_resilient_is_the_decorator() -> None:

@@ -151,14 +151,27 @@ def test_the_defaults_are_todays_behaviour() -> None:
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
-        ("CB_COOLDOWN_S", "inf", "finite number"),
-        ("CB_COOLDOWN_S", "nan", "finite number"),
-        ("CB_COOLDOWN_MAX_S", "inf", "finite number"),
-        ("CB_COOLDOWN_MULTIPLIER", "0.5", "greater than or equal to 1"),
-        ("CB_SLOW_START_S", "-1", "greater than or equal to 0"),
-        ("CB_QUORUM", "0", "greater than or equal to 1"),
-        ("CB_QUORUM", "65", "less than or equal to 64"),
-        ("CB_HALF_OPEN_SUCCESSES", "0", "greater than or equal to 1"),
+        # The value as given and what is accepted (issue 19's settings errors).
+        (
+            "CB_COOLDOWN_S",
+            "inf",
+            "CB_COOLDOWN_S='inf' is not accepted: expected a finite number > 0",
+        ),
+        (
+            "CB_COOLDOWN_S",
+            "nan",
+            "CB_COOLDOWN_S='nan' is not accepted: expected a finite number > 0",
+        ),
+        ("CB_COOLDOWN_MAX_S", "inf", "'inf' is not accepted: expected a finite number > 0"),
+        (
+            "CB_COOLDOWN_MULTIPLIER",
+            "0.5",
+            "'0.5' is not accepted: expected a finite number from 1 to 100",
+        ),
+        ("CB_SLOW_START_S", "-1", "'-1' is not accepted: expected a finite number from 0 to 86400"),
+        ("CB_QUORUM", "0", "'0' is not accepted: expected an integer from 1 to 64"),
+        ("CB_QUORUM", "65", "'65' is not accepted: expected an integer from 1 to 64"),
+        ("CB_HALF_OPEN_SUCCESSES", "0", "'0' is not accepted: expected an integer from 1 to 1000"),
     ],
 )
 def test_a_bad_recovery_setting_names_its_variable(

@@ -322,8 +322,8 @@ def test_default_store_is_the_policy_jsonl_files(tmp_path: Path) -> None:
     }
     env = {name: str(path) for name, path in paths.items()}
     empty = run_cli("health", **env)
-    assert empty.returncode == 0
-    assert "no connectors in this store yet" in empty.stdout
+    assert empty.returncode == 5  # no files there yet: no store to judge
+    assert "no store here: no m.jsonl, c.jsonl in" in empty.stderr
 
     policy = Policy(
         store={

@@ -149,6 +149,41 @@ def restored_environment() -> Iterator[None]:
 @pytest.mark.parametrize("page", _pages_with_code(), ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_page_code_runs(page: Path) -> None:
     """Run a page's blocks in order, in one namespace (the conftest gives a fresh cwd)."""
+    run_page(page)
+
+
+def test_getting_started_runs_twice_in_a_row_in_one_folder(tmp_path: Path) -> None:
+    """A newcomer runs the tutorial again, or after the demo: each keeps its own state."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("CONNECTOR_", "RETRY_", "CB_", "OAUTH", "CIRCUIT_"))
+    }
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    page = ROOT / "docs" / "getting-started.md"
+    command = [sys.executable, "-m", "tests.test_docs", str(page)]
+    demo = [sys.executable, "-m", "connector_resilience.cli", "demo", "--seconds", "1"]
+    for run in (command, demo, command):
+        result = subprocess.run(
+            run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+        assert result.returncode == 0, f"{run}:\n{result.stdout}\n{result.stderr}"
+    assert (tmp_path / "tutorial-state" / "metrics.1s.jsonl").is_file()  # aggregated rows
+    assert (tmp_path / "logs" / "connector-demo" / "metrics.1s.jsonl").is_file()
+
+
+def test_getting_started_installs_from_a_checkout() -> None:
+    """Until a release exists, the first command a newcomer copies must work."""
+    page = ROOT / "docs" / "getting-started.md"
+    install = next(b for b in blocks_of(page) if b.lang == "bash")
+    commands = [line.split("#")[0].strip() for line in install.text.splitlines()]
+    assert "pip install -e ." in commands
+    assert not any(c.startswith("pip install connector-resilience") for c in commands)
+    assert "Once a release exists, `pip install connector-resilience`" in page.read_text()
+
+
+def run_page(page: Path) -> None:
+    """Run ``page``'s blocks in order, in one namespace, checking the outputs it shows."""
     name = f"_docs_{page.stem.replace('-', '_')}"
     module = types.ModuleType(name)
     module.__file__ = str(page)
@@ -282,3 +317,7 @@ def test_docstring_examples(test: doctest.DocTest) -> None:
     with testing.no_waits():
         result = runner.run(test, out=report.append, clear_globs=True)
     assert result.failed == 0, "".join(report)
+
+
+if __name__ == "__main__":  # python -m tests.test_docs PAGE: run one page as a reader would
+    run_page(Path(sys.argv[1]).resolve())

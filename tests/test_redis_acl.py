@@ -38,6 +38,17 @@ def _everything(store: RedisStore) -> None:
     assert store.connectors() == ["api"]
     assert store.compact(metrics_retention_s=60)["metrics_dropped"] == 1
     store.now()
+    # Load control: the retry budget, the token bucket and its pause, bulkhead leases.
+    assert store.spend_retry_budget(
+        "api", calls=10, retry=True, ratio=0.5, min_per_s=0, window_s=10
+    )
+    assert store.take_token("api", rate_per_s=10, burst=1, max_wait_s=0).granted
+    store.pause_tokens("api", seconds=1, rate_per_s=10, burst=1)
+    assert not store.take_token("api", rate_per_s=10, burst=1, max_wait_s=0).granted
+    assert store.acquire_lease("api", limit=1, lease_s=5, holder="h1").granted
+    assert not store.acquire_lease("api", limit=1, lease_s=5, holder="h2").granted
+    store.release_lease("api", holder="h1")
+    assert store.acquire_lease("api", limit=1, lease_s=5, holder="h2").granted
     deadline = time.monotonic() + 2
     while heard.count("api") < 2 and time.monotonic() < deadline:
         time.sleep(0.01)

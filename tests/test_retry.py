@@ -836,12 +836,30 @@ def test_never_retry_inside_a_real_tenacity_loop() -> None:
 
 
 @pytest.mark.parametrize(
-    "strategy",
-    [tenacity.retry_always, tenacity.retry_never, tenacity.retry_any(tenacity.retry_always)],
-    ids=["always", "never", "any"],
+    ("strategy", "retried"),
+    [
+        (tenacity.retry_always, True),
+        (tenacity.retry_never, False),
+        (tenacity.retry_any(tenacity.retry_always), True),
+        (tenacity.retry_all(tenacity.retry_always, tenacity.retry_never), False),
+    ],
+    ids=["always", "never", "any", "all"],
 )
-def test_whole_attempt_strategies_are_refused(strategy: tenacity.retry_base) -> None:
-    with pytest.raises(TypeError, match="retry_if_exception_type"):
+def test_whole_attempt_strategies_judge_exceptions_as_tenacity_does(
+    strategy: tenacity.retry_base, retried: bool
+) -> None:
+    predicate = exception_predicate(strategy)
+    assert predicate(ValueError("x")) is retried
+    assert predicate(KeyboardInterrupt()) is False  # never retried, whatever it says
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [tenacity.retry_if_result(bool), tenacity.retry_if_not_result(bool)],
+    ids=["if_result", "if_not_result"],
+)
+def test_result_strategies_are_refused_as_retry_on(strategy: tenacity.retry_base) -> None:
+    with pytest.raises(TypeError, match="retry_on_result"):
         exception_predicate(strategy)
 
 

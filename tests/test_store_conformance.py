@@ -341,12 +341,17 @@ def test_sigkill_mid_write_loses_nothing_acknowledged(shared_store_url: str) -> 
         )
         assert child.stdout is not None
         output: list[bytes] = []
-        deadline = time.monotonic() + rng.uniform(0.3, 0.8)
+        # The random moment counts from the first acknowledged write, not from
+        # the start: a loaded machine may take longer than that to import.
+        lifetime = rng.uniform(0.3, 0.8)
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             line = child.stdout.readline()
             if not line:
                 break
             output.append(line)
+            if line.startswith(b"A") and deadline - time.monotonic() > lifetime:
+                deadline = time.monotonic() + lifetime
         child.send_signal(signal.SIGKILL)
         output.append(child.stdout.read())
         child.wait()

@@ -292,14 +292,17 @@ class SqliteStore(limit_state.LimitSteps):
         return self.path.parent if str(self.path.parent) else Path(".")
 
     def _initialise(self) -> None:
-        ensure_private_dir(self._folder)
-        if not os.path.lexists(self.path):
-            # Create the file 0600 before SQLite does, so it is never world-readable.
-            with contextlib.suppress(FileExistsError):
-                os.close(
-                    os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
-                )
-        self._check_files()
+        try:
+            ensure_private_dir(self._folder)
+            if not os.path.lexists(self.path):
+                # Create the file 0600 before SQLite does, so it is never world-readable.
+                with contextlib.suppress(FileExistsError):
+                    os.close(
+                        os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+                    )
+            self._check_files()
+        except OSError as exc:  # PermissionError, a file where a folder should be...
+            raise StoreError(f"cannot open SQLite store {self.path}: {exc}") from exc
         deadline = _Deadline()
         conn = self._open_connection(deadline)
         deadline.start(_STATEMENT_BUDGET_S)

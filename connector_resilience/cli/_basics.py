@@ -14,9 +14,11 @@ __all__ = [
     "EXIT_DEGRADED",
     "EXIT_DOWN",
     "EXIT_ERROR",
+    "EXIT_NO_STORE",
     "EXIT_OK",
     "EXIT_USAGE",
     "CliError",
+    "port_number",
     "positive_seconds",
     "scrub",
 ]
@@ -29,6 +31,9 @@ EXIT_DOWN = 2
 EXIT_ERROR = 3
 #: The command line itself was wrong (argparse's own errors).
 EXIT_USAGE = 4
+#: ``health`` found no store where it looked: nothing to judge, so no verdict
+#: (a probe run from the wrong folder must not look green).
+EXIT_NO_STORE = 5
 
 
 class CliError(Exception):
@@ -52,6 +57,17 @@ def scrub(message: str, url: str | None) -> str:
         if secret:
             message = message.replace(secret, "***")
     return message
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 0 (any free one) to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 (any free one) to 65535, not {value}")
+    return value
 
 
 def positive_seconds(text: str) -> float:

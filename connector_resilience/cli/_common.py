@@ -13,14 +13,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
+from connector_resilience._store_urls import scheme_problem
 from connector_resilience.backends import Store, open_store, store_for_policy
 from connector_resilience.cli._basics import (
     EXIT_DEGRADED,
     EXIT_DOWN,
     EXIT_ERROR,
+    EXIT_NO_STORE,
     EXIT_OK,
     EXIT_USAGE,
     CliError,
+    port_number,
     scrub,
 )
 from connector_resilience.metrics import HealthStatus
@@ -31,6 +34,7 @@ __all__ = [
     "EXIT_DEGRADED",
     "EXIT_DOWN",
     "EXIT_ERROR",
+    "EXIT_NO_STORE",
     "EXIT_OK",
     "EXIT_USAGE",
     "CliError",
@@ -42,6 +46,7 @@ __all__ = [
     "format_rate",
     "format_time",
     "open_context",
+    "port_number",
     "print_json",
     "printable",
     "scrub",
@@ -96,13 +101,26 @@ class Context:
             )
 
 
-def open_context(args: argparse.Namespace) -> Context:
-    """The store (``--store`` or the policy's) and window (``--window`` or the policy's)."""
+def open_context(args: argparse.Namespace, *, existing: bool = False) -> Context:
+    """The store (``--store`` or the policy's) and window (``--window`` or the policy's).
+
+    Args:
+        args: the parsed command line.
+        existing: the default JSONL files must be there already (``health``):
+            with none, raise :class:`CliError` with :data:`EXIT_NO_STORE`.
+    """
     policy = current_policy()
-    url: str | None = getattr(args, "store", None) or policy.store.url
+    given: str | None = getattr(args, "store", None)
+    if given is not None and "://" not in given:
+        # `sqlite:x.db` names no scheme at all: say how to write it (open_store
+        # reports an unknown scheme with the list of known ones).
+        raise CliError(str(scheme_problem(given.strip(), variable="--store")))
+    url = given or policy.store.url
     store = open_store(url) if url else store_for_policy(policy)
     if url:
         _must_exist(store)
+    elif existing:
+        _default_files_exist(store)
     window = getattr(args, "window", None)
     window_s = float(window) if window is not None else policy.health.window_s
     return Context(
@@ -120,11 +138,36 @@ def _must_exist(store: Store) -> None:
     from connector_resilience.backends.sqlite import SqliteStore
 
     if isinstance(store, SqliteStore) and not store.path.is_file():
-        raise CliError(f"no SQLite store at {store.path}: the file does not exist")
+        hint = ""
+        if not store.path.is_absolute():
+            # sqlite:///tmp/x.db is the relative path tmp/x.db: say how to write /tmp/x.db.
+            hint = (
+                f" (sqlite:/// is followed by a path relative to {Path.cwd()}; "
+                f"for /{store.path} write sqlite:////{store.path})"
+            )
+        raise CliError(f"no SQLite store at {store.path}: the file does not exist{hint}")
     if isinstance(store, JsonlStore):
         folder = Path(store.paths["metrics"]).parent
         if not folder.is_dir():
             raise CliError(f"no JSONL store at {folder}: the folder does not exist")
+
+
+def _default_files_exist(store: Store) -> None:
+    """Refuse to judge the default JSONL store when none of its files is there."""
+    paths = getattr(store, "paths", None)
+    if not isinstance(paths, dict):
+        return
+    state = [Path(paths[kind]) for kind in ("metrics", "circuits") if kind in paths]
+    # Aggregated metrics (the default) are in files of their own beside the metrics file.
+    aggregated = [Path(p) for p in (getattr(store, "metrics_paths", None) or {}).values()]
+    if state and not any(path.exists() for path in (*state, *aggregated)):
+        folder = state[0].parent
+        raise CliError(
+            f"no store here: no {', '.join(p.name for p in state)} in {folder.absolute()}; "
+            "run this in the folder your service runs in, or name the store with --store "
+            "or CONNECTOR_STORE_URL",
+            code=EXIT_NO_STORE,
+        )
 
 
 # Output -----------------------------------------------------------------------

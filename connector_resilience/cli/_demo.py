@@ -1,11 +1,11 @@
 """``connector-resilience demo``: a real flaky service, a resilient client, live.
 
 A small HTTP service on 127.0.0.1 goes through phases (healthy, flaky, down,
-recovering); a connector calls it through ``@resilient`` on the default store
-(JSONL files unless ``CONNECTOR_STORE_URL`` says otherwise) and the demo prints
+recovering); a connector calls it through ``@resilient`` and the demo prints
 what happens: retries, the breaker opening and recovering, the health verdict.
-Only the standard library is used for HTTP, so ``pip install connector-resilience``
-is all it needs.
+It keeps its state in a store of its own (``jsonl://logs/connector-demo``, or
+``--store``), never in your services' one, and can be run again at will. Only
+the standard library is used for HTTP, so a bare install is all it needs.
 """
 
 from __future__ import annotations
@@ -17,19 +17,23 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TextIO
+from pathlib import Path
+from typing import Any, TextIO
 
-from connector_resilience.backends import redact_url, store_for_policy
+from connector_resilience.backends import Store, open_store, redact_url
 from connector_resilience.circuit import StateChange, breaker_for
 from connector_resilience.errors import CircuitOpenError
-from connector_resilience.metrics import health_report, summarize
-from connector_resilience.policy import current_policy
+from connector_resilience.metrics import HealthReport, health_report, summarize
+from connector_resilience.policy import Policy, env_var_table
 from connector_resilience.resilient import resilient
 
 __all__ = ["FlakyService", "run_demo"]
 
-CONNECTOR = "inventory"
+CONNECTOR = "demo-inventory"
+#: Where the demo keeps its state unless ``--store`` says otherwise.
+DEMO_STORE = "jsonl://logs/connector-demo"
 
 
 @dataclass(frozen=True)
@@ -128,11 +132,17 @@ class InventoryClient:
 
     connector_name = CONNECTOR
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, *, policy: Policy, store: Store) -> None:
         self.base_url = base_url
+        self.get_item: Callable[[int], dict[str, object]] = resilient(
+            CONNECTOR,
+            operation="get_item",
+            policy=policy,
+            store=store,
+            retry_on=(ServiceUnavailableError, urllib.error.URLError),
+        )(self._get_item)
 
-    @resilient(retry_on=(ServiceUnavailableError, urllib.error.URLError))
-    def get_item(self, item_id: int) -> dict[str, object]:
+    def _get_item(self, item_id: int) -> dict[str, object]:
         """Fetch one item; a 503 is retried, and counts against the breaker."""
         try:
             with urllib.request.urlopen(f"{self.base_url}/items/{item_id}", timeout=2) as resp:  # noqa: S310
@@ -152,27 +162,67 @@ DEMO_DEFAULTS = {
     "CB_COOLDOWN_S": "2",
     "CB_HALF_OPEN_PROB": "0.5",
 }
+#: What the demo prints about its settings, in this order.
+SHOWN_SETTINGS = ("RETRY_MAX_ATTEMPTS", *DEMO_DEFAULTS)
 
 
-def run_demo(*, seconds: float = 30.0, out: TextIO, rate_per_s: float = 20.0) -> int:
-    """Run the demo for ``seconds``, printing to ``out``; returns an exit code."""
-    for name, value in DEMO_DEFAULTS.items():
-        os.environ.setdefault(name, value)
-    policy = current_policy()
-    store = store_for_policy(policy)
-    breaker = breaker_for(CONNECTOR, policy=policy, store=store)
+def demo_policy() -> tuple[Policy, list[str]]:
+    """The demo's policy (its defaults where the environment sets nothing), and how to show it."""
+    fields = {env: (group, name, info) for env, group, name, info in env_var_table()}
+    overrides: dict[str, Any] = {}
+    for env, value in DEMO_DEFAULTS.items():
+        if env not in os.environ:
+            group, name, _info = fields[env]
+            overrides.setdefault(group, {})[name] = value
+    policy = Policy(**overrides)
+    shown = []
+    for env in SHOWN_SETTINGS:
+        group, name, info = fields[env]
+        value = getattr(getattr(policy, group), name)
+        note = f" (default {info.default:g})" if value != info.default else ""
+        shown.append(f"{env}={value:g}{note}")
+    return policy, shown
+
+
+def run_demo(
+    *,
+    seconds: float = 30.0,
+    out: TextIO,
+    rate_per_s: float = 20.0,
+    store: str | None = None,
+    as_json: bool = False,
+) -> int:
+    """Run the demo for ``seconds``, printing to ``out``; returns an exit code.
+
+    Args:
+        seconds: how long the service's phases last in all.
+        out: where to print.
+        rate_per_s: calls per second.
+        store: the store URL (the demo's own JSONL folder if ``None``).
+        as_json: print one JSON document at the end instead of live lines.
+    """
+    policy, settings = demo_policy()
+    url = store or DEMO_STORE
+    state = open_store(url)
+    breaker = breaker_for(CONNECTOR, policy=policy, store=state)
     breaker.reset()  # start from a closed breaker, whatever an earlier run left
+    live = (lambda text: None) if as_json else out.write
 
     def on_change(change: StateChange) -> None:
-        out.write(f"  >> circuit {change.old} -> {change.new}: {change.reason or ''}\n")
+        live(f"  >> circuit {change.old} -> {change.new}: {change.reason or ''}\n")
 
     breaker.add_listener(on_change)
     started_at = time.time()
     counts = {"ok": 0, "failed": 0, "rejected": 0}
     with FlakyService(phases_for(seconds)) as service:
-        client = InventoryClient(service.url)
-        where = "the default JSONL files" if hasattr(store, "paths") else redact_url(store.url)
-        out.write(f"flaky inventory service on {service.url} for {seconds:g}s; state in {where}\n")
+        client = InventoryClient(service.url, policy=policy, store=state)
+        live(
+            f"flaky inventory service on {service.url} for {seconds:g}s; "
+            f"connector {CONNECTOR!r}, state in {redact_url(url)}\n"
+            f"settings: {', '.join(settings)}\n"
+            "ran: calls that reached the service; rejected: refused by the open breaker, "
+            "never sent\n"
+        )
         started = time.monotonic()
         next_report = started + 1.0
         item = 0
@@ -186,38 +236,97 @@ def run_demo(*, seconds: float = 30.0, out: TextIO, rate_per_s: float = 20.0) ->
             except (ServiceUnavailableError, urllib.error.URLError):
                 counts["failed"] += 1
             now = time.monotonic()
-            if now >= next_report:
+            if now >= next_report and not as_json:
                 # Live figures come from the store, as an operator would see them.
-                window = summarize(CONNECTOR, window_s=time.time() - started_at + 1, store=store)
+                window = summarize(CONNECTOR, window_s=time.time() - started_at + 1, store=state)
                 out.write(
                     f"t={now - started:4.1f}s  service={service.phase().name:<10} "
-                    f"calls={window.total_calls:<4} failed={window.errors:<3} "
+                    f"ran={window.total_calls:<4} failed={window.errors:<3} "
                     f"retries={window.retries:<4} rejected={window.rejected:<4} "
                     f"circuit={breaker.state}\n"
                 )
                 out.flush()
                 next_report = now + 1.0
             time.sleep(1.0 / rate_per_s)
-
-        report = health_report(CONNECTOR, window_s=time.time() - started_at + 1, store=store)
-        summary = report.summary
-        reasons = f" ({'; '.join(report.reasons)})" if report.reasons else ""
-        out.write(
-            f"\nserver saw {service.requests} requests, {service.failures} answered 503; "
-            f"the caller saw {counts['ok']} ok, {counts['failed']} failed, "
-            f"{counts['rejected']} rejected\n"
-            f"health of {CONNECTOR!r}: {report.status.value}{reasons}\n"
-            f"  calls={summary.total_calls} errors={summary.errors} attempts={summary.attempts} "
-            f"retries={summary.retries} rejected={summary.rejected} "
-            f"error_rate={summary.error_rate:.1%}\n"
-            f"  p50={summary.p50_ms:.1f}ms p95={summary.p95_ms:.1f}ms p99={summary.p99_ms:.1f}ms\n"
+        report = health_report(CONNECTOR, window_s=time.time() - started_at + 1, store=state)
+        service_counts = {"requests": service.requests, "answered_503": service.failures}
+    if as_json:
+        _print_json(
+            report,
+            url=url,
+            seconds=seconds,
+            policy=policy,
+            service=service_counts,
+            counts=counts,
+            state=state,
+            out=out,
         )
-    paths = getattr(store, "paths", None)
-    if isinstance(paths, dict):
+    else:
+        _print_text(report, url=url, service=service_counts, counts=counts, state=state, out=out)
+    return 0
+
+
+def _print_text(
+    report: HealthReport,
+    *,
+    url: str,
+    service: dict[str, int],
+    counts: dict[str, int],
+    state: Store,
+    out: TextIO,
+) -> None:
+    s = report.summary
+    reasons = f" ({'; '.join(report.reasons)})" if report.reasons else ""
+    out.write(
+        f"\nserver saw {service['requests']} requests, {service['answered_503']} answered 503; "
+        f"the caller saw {counts['ok']} ok, {counts['failed']} failed, "
+        f"{counts['rejected']} rejected\n"
+        f"health of {CONNECTOR!r}: {report.status.value}{reasons}\n"
+        f"  calls: {s.total_calls} ran, {s.errors} failed after retries "
+        f"(calls failed {s.error_rate:.1%}), {s.rejected} rejected by the breaker\n"
+        f"  attempts={s.attempts}: {s.retries} retries, "
+        f"attempts failed {s.attempt_error_rate:.1%} (what the verdict judges)\n"
+        f"  p50={s.p50_ms:.1f}ms p95={s.p95_ms:.1f}ms p99={s.p99_ms:.1f}ms\n"
+    )
+    files = _state_files(state)
+    if files:
         out.write("state files:\n")
-        for kind, path in paths.items():
+        for kind, path in files.items():
             out.write(f"  {kind:<9} {path}\n")
     else:
-        out.write(f"state is in {redact_url(store.url)}\n")
-    out.write("see it again with: connector-resilience health\n")
-    return 0
+        out.write(f"state is in {redact_url(url)}\n")
+    out.write(f"see it again with: connector-resilience health --store {redact_url(url)}\n")
+
+
+def _print_json(
+    report: HealthReport,
+    *,
+    url: str,
+    seconds: float,
+    policy: Policy,
+    service: dict[str, int],
+    counts: dict[str, int],
+    state: Store,
+    out: TextIO,
+) -> None:
+    data: dict[str, Any] = {
+        "connector": CONNECTOR,
+        "store": redact_url(url),
+        "seconds": seconds,
+        "settings": {env: value for env, value in policy.iter_settings() if env in SHOWN_SETTINGS},
+        "server": service,
+        "caller": counts,
+        "health": report.as_dict(),
+        "state_files": {kind: str(path) for kind, path in _state_files(state).items()},
+    }
+    out.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _state_files(state: Store) -> dict[str, Path]:
+    """The store's files that exist (a JSONL store makes the tokens file only when needed)."""
+    paths = getattr(state, "paths", None)
+    if not isinstance(paths, dict):
+        return {}
+    # Aggregated metrics are in files of their own beside the raw metrics file.
+    paths = {**paths, **(getattr(state, "metrics_paths", None) or {})}
+    return {kind: Path(path) for kind, path in paths.items() if Path(path).exists()}

@@ -17,6 +17,8 @@ from connector_resilience.cli._common import (
     printable,
     table,
 )
+from connector_resilience.cli._output import colour_column, colour_for, wants_colour
+from connector_resilience.metrics import HealthStatus, Summary
 from connector_resilience.metrics.overview import (
     ConnectorView,
     StoreView,
@@ -25,12 +27,19 @@ from connector_resilience.metrics.overview import (
     read_view,
 )
 
-__all__ = ["run_health"]
+__all__ = ["ATTEMPTS_FAILED", "CALLS_FAILED", "run_health"]
+
+#: Column titles shared with the dashboard: calls that failed after their
+#: retries (what callers saw), and failed attempts (what the verdict judges).
+CALLS_FAILED = "CALLS FAILED"
+ATTEMPTS_FAILED = "ATTEMPTS FAILED"
+#: What a connector with no attempts in the window shows instead of numbers.
+NO_DATA = "no data"
 
 
 def run_health(args: argparse.Namespace, *, out: TextIO) -> int:
     """Print every connector's health (or one connector's detail); exit code by verdict."""
-    ctx = open_context(args)
+    ctx = open_context(args, existing=True)
     connector: str | None = args.connector
     if connector is not None:
         ctx.known_connector(connector)
@@ -48,54 +57,75 @@ def _all(view: StoreView, ctx: Context, *, out: TextIO) -> None:
     if ctx.json:
         print_json(view.as_dict(), out=out)
         return
-    out.write(
-        f"store: {view.store}   window: {view.window_s:g}s   overall: {view.status.value}\n\n"
-    )
+    colour = wants_colour(out)
+    overall = _painted(view.status.value, colour)
+    out.write(f"store: {view.store}   window: {view.window_s:g}s   overall: {overall}\n\n")
     if not view.connectors:
         out.write("no connectors in this store yet\n")
         return
-    # FAILED: calls that failed after retries (what callers saw); ATTEMPTS FAILED:
-    # failed attempts, retries included (what the verdict judges).
     rows = []
     for c in view.connectors:
         s = c.summary
         rows.append(
             [
                 c.connector,
-                c.status.value,
+                _verdict(c.status, s),
                 str(s.total_calls),
-                format_rate(s.error_rate),
-                format_rate(s.attempt_error_rate),
-                format_ms(s.p50_ms),
-                format_ms(s.p95_ms),
-                format_ms(s.p99_ms),
+                *_numbers(s),
                 _breaker(c),
                 format_time(c.circuit_since, now=view.generated_at),
             ]
         )
-    out.write(
-        table(
-            [
-                "CONNECTOR",
-                "VERDICT",
-                "CALLS",
-                "FAILED",
-                "ATTEMPTS FAILED",
-                "P50",
-                "P95",
-                "P99",
-                "BREAKER",
-                "SINCE",
-            ],
-            rows,
-            right=("CALLS", "FAILED", "ATTEMPTS FAILED", "P50", "P95", "P99"),
-        )
+    text = table(
+        [
+            "CONNECTOR",
+            "VERDICT",
+            "CALLS",
+            CALLS_FAILED,
+            ATTEMPTS_FAILED,
+            "P50",
+            "P95",
+            "P99",
+            "BREAKER",
+            "SINCE",
+        ],
+        rows,
+        right=("CALLS", CALLS_FAILED, ATTEMPTS_FAILED, "P50", "P95", "P99"),
     )
+    if colour:
+        # Rightmost first: codes added to a row would shift the columns to their right.
+        text = colour_column(colour_column(text, "BREAKER"), "VERDICT")
+    out.write(text)
     reasons = [(c.connector, c.report.reasons) for c in view.connectors if c.report.reasons]
     if reasons:
         out.write("\n")
         for name, why in reasons:
             out.write(printable(f"{name}: {'; '.join(why)}") + "\n")
+
+
+def _verdict(status: HealthStatus, summary: Summary) -> str:
+    # "healthy" with no attempts at all says nothing: say there is no data.
+    if status is HealthStatus.HEALTHY and summary.attempts == 0:
+        return NO_DATA
+    return status.value
+
+
+def _numbers(summary: Summary) -> list[str]:
+    """Failure rates and percentiles, or dashes when the window has no attempts."""
+    if summary.attempts == 0:
+        return ["-"] * 5
+    return [
+        format_rate(summary.error_rate),
+        format_rate(summary.attempt_error_rate),
+        format_ms(summary.p50_ms),
+        format_ms(summary.p95_ms),
+        format_ms(summary.p99_ms),
+    ]
+
+
+def _painted(word: str, colour: bool) -> str:
+    code = colour_for(word) if colour else None
+    return f"{code}{word}\x1b[0m" if code else word
 
 
 def _breaker(view: ConnectorView) -> str:
@@ -124,10 +154,12 @@ def _one(view: StoreView, one: ConnectorView, ctx: Context, *, out: TextIO) -> N
         return
     s = one.summary
     now = view.generated_at
+    colour = wants_colour(out)
+    verdict = _verdict(one.status, s)
     out.write(
         f"connector: {printable(one.connector)}   store: {view.store}   "
         f"window: {view.window_s:g}s\n"
-        f"verdict:   {one.status.value}"
+        f"verdict:   {_painted(verdict, colour)}"
         + (f" ({'; '.join(one.report.reasons)})" if one.report.reasons else "")
         + "\n"
         f"breaker:   {_breaker(one)} "
@@ -152,13 +184,10 @@ def _one(view: StoreView, one: ConnectorView, ctx: Context, *, out: TextIO) -> N
             [
                 name,
                 str(o.total_calls),
-                format_rate(o.error_rate),
-                format_rate(o.attempt_error_rate),
+                *_numbers(o)[:2],
                 str(o.retries),
                 str(o.rejected),
-                format_ms(o.p50_ms),
-                format_ms(o.p95_ms),
-                format_ms(o.p99_ms),
+                *_numbers(o)[2:],
             ]
             for name, o in operations.items()
         ]
@@ -167,8 +196,8 @@ def _one(view: StoreView, one: ConnectorView, ctx: Context, *, out: TextIO) -> N
                 [
                     "OPERATION",
                     "CALLS",
-                    "FAILED",
-                    "ATTEMPTS FAILED",
+                    CALLS_FAILED,
+                    ATTEMPTS_FAILED,
                     "RETRIES",
                     "REJECTED",
                     "P50",
@@ -178,8 +207,8 @@ def _one(view: StoreView, one: ConnectorView, ctx: Context, *, out: TextIO) -> N
                 rows,
                 right=(
                     "CALLS",
-                    "FAILED",
-                    "ATTEMPTS FAILED",
+                    CALLS_FAILED,
+                    ATTEMPTS_FAILED,
                     "RETRIES",
                     "REJECTED",
                     "P50",

@@ -13,19 +13,22 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from typing import NoReturn, TextIO
+from typing import NoReturn, TextIO, cast
 
 from connector_resilience import __version__
 from connector_resilience.cli._basics import (
     EXIT_DEGRADED,
     EXIT_DOWN,
     EXIT_ERROR,
+    EXIT_NO_STORE,
     EXIT_OK,
     EXIT_USAGE,
     CliError,
+    port_number,
     positive_seconds,
     scrub,
 )
+from connector_resilience.cli._output import PipeSafe
 from connector_resilience.errors import ResilienceError
 
 __all__ = ["build_parser", "main"]
@@ -39,6 +42,8 @@ exit codes:
   {EXIT_ERROR}  the command could not run: store unreachable or unreadable, unknown
      store URL scheme, unknown connector, invalid settings (message on stderr)
   {EXIT_USAGE}  the command line is wrong
+  {EXIT_NO_STORE}  `health`: no store where it looked (no JSONL files in this folder and no
+     --store or CONNECTOR_STORE_URL): nothing to judge
 """
 
 Handler = Callable[[argparse.Namespace, TextIO], int]
@@ -112,8 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
-    demo = command("demo", "call a local flaky service through @resilient and watch it", _demo)
-    demo.add_argument("--seconds", type=float, default=30.0, help="how long to run (default: 30)")
+    demo = command(
+        "demo",
+        "call a local flaky service through @resilient and watch it "
+        "(its own store: jsonl://logs/connector-demo unless --store says otherwise)",
+        _demo,
+    )
+    demo.add_argument(
+        "--seconds", type=positive_seconds, default=30.0, help="how long to run (default: 30)"
+    )
 
     health = command(
         "health",
@@ -171,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dashboard.add_argument("--host", default="127.0.0.1", help="address (default: 127.0.0.1)")
     dashboard.add_argument(
-        "--port", type=int, default=8765, help="port, 0 for any free one (default: 8765)"
+        "--port", type=port_number, default=8765, help="port, 0 for any free one (default: 8765)"
     )
     dashboard.add_argument(
         "--refresh",
@@ -197,7 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _demo(args: argparse.Namespace, out: TextIO) -> int:
     from connector_resilience.cli._demo import run_demo
 
-    return run_demo(seconds=args.seconds, out=out)
+    return run_demo(
+        seconds=args.seconds,
+        out=out,
+        store=getattr(args, "store", None),
+        as_json=bool(getattr(args, "json", False)),
+    )
 
 
 def _health(args: argparse.Namespace, out: TextIO) -> int:
@@ -259,7 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Messages may quote the store URL: redact whichever one is in use.
     url: str | None = getattr(args, "store", None) or os.environ.get("CONNECTOR_STORE_URL")
     try:
-        code: int = args.handler(args, sys.stdout)
+        # `health | head`: a reader that leaves early is not an error of ours.
+        code: int = args.handler(args, cast(TextIO, PipeSafe(sys.stdout)))
     except CliError as exc:
         return _fail(str(exc), url, exc.code)
     except (ResilienceError, OSError) as exc:

@@ -43,6 +43,12 @@ _HEADERS = {
 }
 
 
+#: The shortest span a chart covers, however recent the first call is.
+_SHORTEST_CHART_S = 60.0
+#: The narrowest time bucket of a chart.
+_SHORTEST_BUCKET_S = 30.0
+
+
 def time_series(
     records: Sequence[CallRecord],
     *,
@@ -202,12 +208,24 @@ class DashboardState:
         connectors = []
         for c in view.connectors:
             data = c.as_dict()
+            records = by_connector.get(c.connector, [])
+            aggregates = rows.get(c.connector, [])
+            # A few minutes of history in an hour's window: chart the minutes, not the hour.
+            first = min(
+                min((r.ts for r in records), default=start),
+                min((a.ts for a in aggregates), default=start),
+            )
+            series_start = max(start, min(first, view.generated_at - _SHORTEST_CHART_S))
+            # ... in buckets wide enough that calls a few seconds apart draw a line, not dots.
+            span = view.generated_at - series_start
+            buckets = max(2, min(self.buckets, int(span // _SHORTEST_BUCKET_S)))
+            data["series_start"] = series_start
             data["series"] = time_series(
-                by_connector.get(c.connector, []),
-                start=start,
+                records,
+                start=series_start,
                 end=view.generated_at,
-                buckets=self.buckets,
-                aggregates=rows.get(c.connector, []),
+                buckets=buckets,
+                aggregates=aggregates,
             )
             data["states"] = [
                 {"t": max(t, start), "state": s} for t, s in self.states.get(c.connector, ())

@@ -29,6 +29,8 @@ from tests.reliability._support import child, json_lines
 pytestmark = pytest.mark.slow
 
 RUNS = 3
+#: Breaker writes a child acknowledges before the kill may come.
+_MIN_TRANSITIONS = 5
 
 
 @pytest.fixture(scope="module")
@@ -41,16 +43,21 @@ def _run_and_kill(url: str, server: OAuthServer, run: int, rng: random.Random) -
     process = child("crash", url, server.token_url, CLIENT_ID, CLIENT_SECRET, str(run), stdout=-1)
     assert process.stdout is not None
     out = bytearray()
-    # Kill at a random point once the child is under way (a few dozen steps in).
+    # Kill at a random point once the child is under way: it has made calls
+    # and moved the breaker a few times (counted, not timed, so that a loaded
+    # machine cannot kill it before it has done enough to check).
     started: float | None = None
     lifetime = rng.uniform(0.1, 0.4)
     deadline = time.monotonic() + 30
+    calls = versions = 0
     while time.monotonic() < deadline:
         line = process.stdout.readline()
         if not line:
             break
         out += line
-        if started is None and b'"calls"' in line:
+        calls += b'"calls"' in line
+        versions += b'"version"' in line
+        if started is None and calls and versions > _MIN_TRANSITIONS:
             started = time.monotonic()
         if started is not None and time.monotonic() - started >= lifetime:
             break
@@ -85,7 +92,7 @@ def test_sigkill_loses_no_acknowledged_call_transition_or_token(
         circuit = store.get_circuit(f"crash-{run}")
         assert circuit is not None
         assert versions[-1] <= circuit.version <= versions[-1] + 2
-        assert sum(f.get("kind") == "version" for f in facts) > 5
+        assert sum(f.get("kind") == "version" for f in facts) > _MIN_TRANSITIONS
 
         # Token: whole, issued by the server, and not older than the last acknowledged one.
         token = load_token(f"tok-{run}", store=store)

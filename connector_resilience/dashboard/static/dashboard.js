@@ -5,7 +5,9 @@
 (() => {
   const SVG_NS = "http://www.w3.org/2000/svg";
   const WIDTH = 400;
-  const PAD = { left: 44, right: 8, top: 8, bottom: 16 };
+  const PAD = { left: 44, right: 10, top: 8, bottom: 16 };
+  // Tick spacings for the time axis, in seconds: the first that gives at most 5 ticks wins.
+  const TIME_STEPS = [5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400];
 
   let refreshMs = 2000;
   let staleAfterS = 60;
@@ -31,6 +33,7 @@
   const fmtMs = (v) => (v >= 100 ? `${v.toFixed(0)}ms` : v >= 10 ? `${v.toFixed(1)}ms` : `${v.toFixed(2)}ms`);
   const fmtPct = (v) => `${(v * 100).toFixed(1)}%`;
   const fmtClock = (ts) => new Date(ts * 1000).toLocaleTimeString([], { hour12: false });
+  const fmtHourMinute = (ts) => new Date(ts * 1000).toLocaleTimeString([], { hour12: false, hour: "2-digit", minute: "2-digit" });
 
   function fmtAge(seconds) {
     const s = Math.max(0, seconds);
@@ -112,6 +115,9 @@
     renderCharts(data);
   }
 
+  // "healthy" with no attempts in the window says nothing: show that there is no data.
+  const shownVerdict = (c) => (c.attempts === 0 && c.status === "healthy" ? "no data" : c.status);
+
   function renderTable(data) {
     const body = $("#connectors tbody");
     const rows = data.connectors.map((c) => {
@@ -119,19 +125,23 @@
       const stale = age === null || age > data.stale_after_s;
       const row = el("tr", { "data-connector": c.connector, "data-verdict": c.status });
       if (stale) row.classList.add("stale");
+      const noData = c.attempts === 0;
+      const shown = shownVerdict(c);
       const verdict = el("td", { "data-field": "verdict" });
-      verdict.append(el("span", { class: `verdict ${c.status}` }, c.status));
+      verdict.append(el("span", { class: `verdict ${shown.replace(" ", "-")}` }, shown));
       if (c.reasons.length) verdict.append(" ", el("span", { class: "reasons" }, c.reasons.join("; ")));
       const breaker = `${c.circuit_state.replace("_", "-")}${c.circuit_override ? " (forced)" : ""}`;
+      const number = (field, text) =>
+        el("td", { class: noData ? "num no-data" : "num", "data-field": field }, noData ? "-" : text);
       row.append(
         el("td", { "data-field": "connector" }, c.connector),
         verdict,
         el("td", { class: "num", "data-field": "calls" }, String(c.total_calls)),
-        el("td", { class: "num", "data-field": "error_rate" }, fmtPct(c.error_rate)),
-        el("td", { class: "num", "data-field": "attempt_error_rate" }, fmtPct(c.attempt_error_rate)),
-        el("td", { class: "num", "data-field": "p50" }, fmtMs(c.p50_ms)),
-        el("td", { class: "num", "data-field": "p95" }, fmtMs(c.p95_ms)),
-        el("td", { class: "num", "data-field": "p99" }, fmtMs(c.p99_ms)),
+        number("error_rate", fmtPct(c.error_rate)),
+        number("attempt_error_rate", fmtPct(c.attempt_error_rate)),
+        number("p50", fmtMs(c.p50_ms)),
+        number("p95", fmtMs(c.p95_ms)),
+        number("p99", fmtMs(c.p99_ms)),
         el("td", { class: `state-${c.circuit_state}`, "data-field": "breaker" }, breaker),
         el("td", { "data-field": "since" }, c.circuit_since ? fmtClock(c.circuit_since) : "-"),
         el("td", { class: "last-call", "data-field": "last_call" }, age === null ? "none in window" : `${fmtAge(age)} ago`),
@@ -145,17 +155,19 @@
 
   function renderCharts(data) {
     const section = $("#charts");
-    const start = data.generated_at - data.window_s;
     const end = data.generated_at;
     const panels = data.connectors.map((c) => {
+      // The server charts from the first call in the window (a short history fills the width).
+      const start = c.series_start ?? data.generated_at - data.window_s;
       const panel = el("div", { class: "panel", "data-connector": c.connector });
       const title = el("h2", {}, c.connector);
-      title.append(el("span", { class: `verdict ${c.status}` }, c.status));
+      const shown = shownVerdict(c);
+      title.append(el("span", { class: `verdict ${shown.replace(" ", "-")}` }, shown));
       panel.append(
         title,
         chartTitle("latency", [["p50", "var(--p50)"], ["p95", "var(--p95)"], ["p99", "var(--p99)"]]),
         lineChart(c.series, ["p50_ms", "p95_ms", "p99_ms"], ["p50", "p95", "p99"], start, end, fmtMs, "latency"),
-        chartTitle("attempt error rate", [["errors", "var(--err)"]]),
+        chartTitle("attempts failed", [["share", "var(--err)"]]),
         lineChart(c.series, ["error_rate"], ["error_rate"], start, end, fmtPct, "errors", 0.1),
         chartTitle("breaker", [["closed", "var(--closed)"], ["half-open", "var(--half_open)"], ["open", "var(--open)"], ["not seen", "var(--unknown)"]], "state at each refresh since the dashboard started, and the current state since it began"),
         stateChart(c.states, start, end),
@@ -183,6 +195,28 @@
     return chart;
   }
 
+  // Round times between start and end, at most five, for the time axis.
+  function timeTicks(start, end) {
+    const span = Math.max(1, end - start);
+    const step = TIME_STEPS.find((s) => span / s <= 5) || Math.ceil(span / 5 / 86400) * 86400;
+    const ticks = [];
+    for (let t = Math.ceil(start / step) * step; t <= end; t += step) ticks.push(t);
+    return { ticks, label: step >= 60 ? fmtHourMinute : fmtClock };
+  }
+
+  function timeAxis(chart, height, x, start, end) {
+    const { ticks, label } = timeTicks(start, end);
+    for (const t of ticks) {
+      const px = x(t);
+      // Labels near an edge are anchored on it, so that none is cut off.
+      const anchor = px > WIDTH - 30 ? "end" : px < PAD.left + 20 ? "start" : "middle";
+      chart.append(
+        svg("line", { class: "tick", x1: px, y1: height - PAD.bottom, x2: px, y2: height - PAD.bottom + 3 }),
+        svg("text", { class: "time-tick", x: px, y: height - 3, "text-anchor": anchor }, label(t)),
+      );
+    }
+  }
+
   function lineChart(series, keys, classes, start, end, fmt, kind, floor = 0) {
     const height = 110;
     const chart = frame(height);
@@ -195,11 +229,14 @@
     chart.append(
       svg("line", { class: "axis", x1: PAD.left, y1: height - PAD.bottom, x2: WIDTH - PAD.right, y2: height - PAD.bottom }),
       svg("line", { class: "axis", x1: PAD.left, y1: PAD.top, x2: PAD.left, y2: height - PAD.bottom }),
-      svg("text", { x: PAD.left - 4, y: PAD.top + 8, "text-anchor": "end" }, fmt(max)),
-      svg("text", { x: PAD.left - 4, y: height - PAD.bottom, "text-anchor": "end" }, fmt(0)),
-      svg("text", { x: PAD.left, y: height - 3 }, fmtClock(start)),
-      svg("text", { x: WIDTH - PAD.right, y: height - 3, "text-anchor": "end" }, fmtClock(end)),
     );
+    // Values at 0, a half and the top, with light grid lines across.
+    for (const share of [0, 0.5, 1]) {
+      const py = y(max * share);
+      if (share > 0) chart.append(svg("line", { class: "grid", x1: PAD.left, y1: py, x2: WIDTH - PAD.right, y2: py }));
+      chart.append(svg("text", { class: "value-tick", x: PAD.left - 4, y: py + 3, "text-anchor": "end" }, fmt(max * share)));
+    }
+    timeAxis(chart, height, x, start, end);
     keys.forEach((key, i) => {
       let d = "";
       let penDown = false;
@@ -244,10 +281,7 @@
       rect.append(svg("title", {}, `${entry.state} from ${fmtClock(entry.t)}`));
       chart.append(rect);
     });
-    chart.append(
-      svg("text", { x: PAD.left, y: height - 3 }, fmtClock(start)),
-      svg("text", { x: WIDTH - PAD.right, y: height - 3, "text-anchor": "end" }, fmtClock(end)),
-    );
+    timeAxis(chart, height, x, start, end);
     return chart;
   }
 
