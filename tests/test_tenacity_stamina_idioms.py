@@ -113,7 +113,9 @@ def _rows(policy: Policy) -> list[Any]:
     from connector_resilience.backends import store_for_policy
 
     summarize(policy=policy)  # flushes the buffer
-    return store_for_policy(policy).read_calls(since=0)
+    store: Any = store_for_policy(policy)
+    # Aggregated rows (the default) and raw records both name their operation.
+    return [*store.read_calls(since=0), *store.read_aggregates(resolution=1, since=0)]
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import asyncio
 import collections
 import contextlib
 import ipaddress
+import itertools
 import logging
 import signal
 import socket
@@ -159,7 +160,9 @@ class DashboardState:
                 store=self.store,
                 policy=self.policy,
                 window_s=self.window_s,
-                resolution_s=self.window_s / self.buckets,  # rows as fine as the chart
+                # Rows as fine as the chart's buckets, which are as narrow as
+                # _SHORTEST_BUCKET_S when the history is short.
+                resolution_s=min(self.window_s / self.buckets, _SHORTEST_BUCKET_S),
             )
         except Exception as exc:  # the page shows it; the next refresh may succeed
             self.error = f"cannot read the store: {exc}"
@@ -212,8 +215,8 @@ class DashboardState:
             aggregates = rows.get(c.connector, [])
             # A few minutes of history in an hour's window: chart the minutes, not the hour.
             first = min(
-                min((r.ts for r in records), default=start),
-                min((a.ts for a in aggregates), default=start),
+                itertools.chain((r.ts for r in records), (a.ts for a in aggregates)),
+                default=start,
             )
             series_start = max(start, min(first, view.generated_at - _SHORTEST_CHART_S))
             # ... in buckets wide enough that calls a few seconds apart draw a line, not dots.
