@@ -94,7 +94,7 @@ def _scenarios(scratch: Path) -> dict[str, Callable[[], Loop]]:
     trip = {"circuit": {"failures_to_open": 1, "cooldown_s": 3600}, "retry": {"max_attempts": 1}}
     # Budget, rate limiter and bulkhead on, none of them ever refusing: the cost of asking.
     load = {"limits": {"rate_per_s": 1e9, "rate_burst": 1e9, "bulkhead_max_concurrent": 1_000_000}}
-    zero = {"retry": {"base_ms": 0, "max_attempts": 3}}
+    zero = subjects._ZERO_WAIT  # the retry budget off: every call retries
 
     def middleware(kind: str) -> Loop:
         import aiohttp

@@ -17,7 +17,6 @@ from typing import Any
 
 import tenacity
 
-from connector_resilience import _waits
 from connector_resilience._engine import (
     ATTEMPTS,
     Engine,
@@ -103,12 +102,15 @@ class Retrying:
     def __iter__(self) -> Iterator[Attempt]:
         cache = self._cache
         engine = cache(())
+        admission = engine.admission
         slot: str | None = None
         try:
-            slot = _take_load(engine)
+            # Load control admits the whole block (its retries too), as it does a call.
+            slot = admission.enter() if admission is not None else None
             probe = admit(engine)
         except BaseException as exc:
-            _give_back(engine, slot)
+            if admission is not None:
+                admission.leave(slot)
             if isinstance(exc, _REFUSALS):
                 cache.last = refused_stats(exc)
             raise
@@ -132,7 +134,8 @@ class Retrying:
                     raise
                 answer = _outcome_of(attempt, plan)
         finally:
-            _give_back(engine, slot)
+            if admission is not None:
+                admission.leave(slot)
 
     async def __aiter__(self) -> AsyncIterator[Attempt]:
         # Building the engine may read a remote store: not on the event loop.
@@ -140,12 +143,14 @@ class Retrying:
         engine = cache.built(())
         if engine is None:
             engine = await asyncio.to_thread(cache, ())
+        admission = engine.admission
         slot: str | None = None
         try:
-            slot = await _atake_load(engine)
+            slot = await admission.aenter() if admission is not None else None
             probe = await aadmit(engine)
         except BaseException as exc:
-            await _agive_back(engine, slot)
+            if admission is not None:
+                await admission.aleave(slot)
             if isinstance(exc, _REFUSALS):
                 cache.last = refused_stats(exc)
             raise
@@ -169,68 +174,12 @@ class Retrying:
                     raise
                 answer = _outcome_of(attempt, plan)
         finally:
-            await _agive_back(engine, slot)
+            if admission is not None:
+                await admission.aleave(slot)
 
 
 #: Refusals before the block runs: the breaker's, then load control's admission.
 _REFUSALS = (CircuitOpenError, RateLimitExceededError, BulkheadFullError)
-
-
-# Load control for a whole block: what ``limits.Admission`` does around a call
-# (a rate-limit token, then a bulkhead slot, no wait past the deadline), split
-# into a step before the loop and one after it, since a block is no function.
-
-
-def _bounded(wait_s: float, engine: Engine) -> float:
-    return wait_s if engine.deadline_s is None else min(wait_s, engine.deadline_s)
-
-
-def _take_load(engine: Engine) -> str | None:
-    """Wait for a token and take a bulkhead slot (its holder id; ``None`` without one)."""
-    limiter, bulkhead = engine.load.limiter, engine.load.bulkhead
-    if limiter is not None:
-        grant = limiter.take(_bounded(limiter.max_wait_s, engine))
-        if not grant.granted:
-            engine.refused("RateLimitExceededError")
-            raise limiter.refusal(grant)
-        if grant.wait_s > 0:
-            _waits.sleep(grant.wait_s)
-    if bulkhead is None:
-        return None
-    try:
-        return bulkhead.acquire(_bounded(bulkhead.max_wait_s, engine))
-    except BulkheadFullError:
-        engine.refused("BulkheadFullError")
-        raise
-
-
-async def _atake_load(engine: Engine) -> str | None:
-    """:func:`_take_load` without blocking the event loop."""
-    limiter, bulkhead = engine.load.limiter, engine.load.bulkhead
-    if limiter is not None:
-        grant = await limiter.atake(_bounded(limiter.max_wait_s, engine))
-        if not grant.granted:
-            engine.refused("RateLimitExceededError")
-            raise limiter.refusal(grant)
-        if grant.wait_s > 0:
-            await _waits.asleep(grant.wait_s)
-    if bulkhead is None:
-        return None
-    try:
-        return await bulkhead.aacquire(_bounded(bulkhead.max_wait_s, engine))
-    except BulkheadFullError:
-        engine.refused("BulkheadFullError")
-        raise
-
-
-def _give_back(engine: Engine, slot: str | None) -> None:
-    if slot is not None and engine.load.bulkhead is not None:
-        engine.load.bulkhead.release(slot)
-
-
-async def _agive_back(engine: Engine, slot: str | None) -> None:
-    if slot is not None and engine.load.bulkhead is not None:
-        await engine.load.bulkhead.arelease(slot)
 
 
 def _outcome_of(attempt: Attempt, plan: Any) -> _Outcome:

@@ -736,9 +736,7 @@ class Admission:
         if take is not None:
             grant = take(self._token_wait)
             if grant is not GRANTED_NOW:  # a refusal, or a token for later
-                if not grant.granted:
-                    raise self._refuse_token(grant)
-                _waits.sleep(grant.wait_s)
+                self._not_now(grant)
         bulkhead = self._bulkhead
         if bulkhead is None:
             return fn(*args, **kwargs)
@@ -761,12 +759,72 @@ class Admission:
                 if bulkhead.waiting:
                     bulkhead.wake()
 
+    def _not_now(self, grant: TokenGrant) -> None:
+        """A grant that is no token for now: refuse, or wait for the token."""
+        if not grant.granted:
+            raise self._refuse_token(grant)
+        _waits.sleep(grant.wait_s)
+
+    async def _anot_now(self, grant: TokenGrant) -> None:
+        if not grant.granted:
+            raise self._refuse_token(grant)
+        await _waits.asleep(grant.wait_s)
+
     def _slot(self, bulkhead: Bulkhead) -> str:
         try:
             return bulkhead.acquire(self._slot_wait)
         except BulkheadFullError:
             self._refused("BulkheadFullError")
             raise
+
+    async def _aslot(self, bulkhead: Bulkhead) -> str:
+        try:
+            return await bulkhead.aacquire(self._slot_wait)
+        except BulkheadFullError:
+            self._refused("BulkheadFullError")
+            raise
+
+    # For code that is not one call (a retried block): the steps before and after.
+
+    def enter(self) -> str | None:
+        """Admit a block of code as :meth:`call` admits a call: a token, then a slot.
+
+        Returns:
+            The bulkhead slot taken (give it to :meth:`leave`), or ``None``
+            without a bulkhead.
+
+        Raises:
+            RateLimitExceededError: no token within the wait allowed.
+            BulkheadFullError: no slot within the wait allowed.
+        """
+        if self._take is not None:
+            grant = self._take(self._token_wait)
+            if grant is not GRANTED_NOW:
+                self._not_now(grant)
+        return None if self._bulkhead is None else self._slot(self._bulkhead)
+
+    async def aenter(self) -> str | None:
+        """:meth:`enter` for coroutines: no wait blocks the event loop."""
+        limiter = self._limiter
+        if limiter is not None:
+            grant = (
+                limiter.take_locally(self._token_wait)
+                if limiter.local
+                else await limiter.atake(self._token_wait)
+            )
+            if grant is not GRANTED_NOW:
+                await self._anot_now(grant)
+        return None if self._bulkhead is None else await self._aslot(self._bulkhead)
+
+    def leave(self, slot: str | None) -> None:
+        """Give back the slot :meth:`enter` took."""
+        if slot is not None and self._bulkhead is not None:
+            self._bulkhead.release(slot)
+
+    async def aleave(self, slot: str | None) -> None:
+        """:meth:`leave` for coroutines."""
+        if slot is not None and self._bulkhead is not None:
+            await self._bulkhead.arelease(slot)
 
     async def acall(self, fn: Callable[P, Awaitable[R]], *args: P.args, **kwargs: P.kwargs) -> R:
         """:meth:`call` for coroutines: no wait blocks the event loop."""
@@ -778,20 +836,11 @@ class Admission:
                 else await limiter.atake(self._token_wait)
             )
             if grant is not GRANTED_NOW:
-                if not grant.granted:
-                    raise self._refuse_token(grant)
-                await _waits.asleep(grant.wait_s)
+                await self._anot_now(grant)
         bulkhead = self._bulkhead
         if bulkhead is None:
             return await fn(*args, **kwargs)
-        if bulkhead.local and bulkhead.try_local():
-            holder = ""
-        else:
-            try:
-                holder = await bulkhead.aacquire(self._slot_wait)
-            except BulkheadFullError:
-                self._refused("BulkheadFullError")
-                raise
+        holder = "" if bulkhead.local and bulkhead.try_local() else await self._aslot(bulkhead)
         try:
             return await fn(*args, **kwargs)
         finally:

@@ -11,6 +11,7 @@ import logging
 import pickle
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from connector_resilience import (
     summarize,
     testing,
 )
+from connector_resilience.errors import StoreWarning
 from connector_resilience.limits import load_control_for
 
 
@@ -473,13 +475,16 @@ def test_a_shared_budget_fails_open_to_the_process_when_the_store_is_down(
     )
     flaky = Flaky()
     call = resilient("fail-open", policy=policy, metrics=False)(flaky)
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING), warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
         for _ in range(3):
             with pytest.raises(ConnectionError):
                 call()
     # The local budget (0.2/s x 10 s = 2 retries) decided, not the unreachable store.
     assert flaky.calls == 3 + 2
     assert caplog.text.count("sharing the retry budget failed") == 1
+    # Told once through warnings too, for an application without logging configured.
+    assert [type(w.message) for w in warned] == [StoreWarning]
 
 
 def test_an_outer_layer_never_retries_a_refusal(waits: list[float]) -> None:
