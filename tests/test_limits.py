@@ -328,16 +328,19 @@ async def test_async_bulkhead_caps_coroutines_in_flight() -> None:
 async def test_async_full_bulkhead_refuses() -> None:
     policy = _policy(bulkhead_max_concurrent=1, bulkhead_max_wait_s=0)
     gate = asyncio.Event()
+    entered = asyncio.Event()
 
     @resilient("async-full", policy=policy)
     async def fetch() -> str:
+        entered.set()  # the body runs once admitted: the slot is taken
         await gate.wait()
         return "ok"
 
     holder = asyncio.ensure_future(fetch())
-    await asyncio.sleep(0)  # let it take the slot
+    # The first call builds the engine in a worker thread: wait for the slot, not a turn.
+    await asyncio.wait_for(entered.wait(), 10)
     with pytest.raises(BulkheadFullError):
-        await fetch()
+        await asyncio.wait_for(fetch(), 10)  # refused at once, never waiting for the gate
     gate.set()
     assert await holder == "ok"
 
