@@ -607,10 +607,19 @@ class JsonlStore(limit_state.LimitSteps):
         with self._metrics.locked():
             tally = {"metrics_kept": 0, "metrics_dropped": 0}
             if self._metrics.path.exists():
-                atomic_write_lines(self._metrics.path, _retained(self._metrics, cutoff, tally))
+                kept = _retained(
+                    self._metrics, tally, CallRecord.from_json, lambda r: r.ts >= cutoff
+                )
+                atomic_write_lines(self._metrics.path, kept)
             for tier in self._tiers.values():
                 if tier.path.exists():
-                    atomic_write_lines(tier.path, _retained_rows(tier, cutoff, tally))
+                    rows = _retained(
+                        tier,
+                        tally,
+                        CallAggregate.from_json,
+                        lambda r: r.ts + r.resolution > cutoff,  # the row's interval ends after it
+                    )
+                    atomic_write_lines(tier.path, rows)
             self._build_index()  # connectors whose metrics are all gone leave it
             counts.update(tally)
         for kind, file, reader in (
@@ -669,8 +678,16 @@ def _read_limit_states(file: _LockedFile) -> dict[str, Any]:
     return states if isinstance(states, dict) else {}
 
 
-def _retained(file: _LockedFile, cutoff: float, tally: dict[str, int]) -> Iterator[bytes]:
-    """Stream the metrics still inside the retention, normalised; count the rest."""
+def _retained(
+    file: _LockedFile,
+    tally: dict[str, int],
+    parse: Callable[[Any], CallRecord | CallAggregate],
+    kept: Callable[[Any], bool],
+) -> Iterator[bytes]:
+    """Stream the lines of ``file`` that ``parse`` reads and ``kept`` keeps, normalised.
+
+    What is dropped (unreadable, too long, past the retention) is counted.
+    """
     with file.open_for_reading() as handle:
         size = os.fstat(handle.fileno()).st_size
         for lines, _offset in read_lines(handle, 0, size):
@@ -680,15 +697,15 @@ def _retained(file: _LockedFile, cutoff: float, tally: dict[str, int]) -> Iterat
                 try:
                     if line is None:
                         raise ValueError("line too long")
-                    record = CallRecord.from_json(json.loads(line))
+                    item = parse(json.loads(line))
                 except PARSE_ERRORS:
                     tally["metrics_dropped"] += 1
                     continue
-                if record.ts < cutoff:
+                if not kept(item):
                     tally["metrics_dropped"] += 1
                     continue
                 tally["metrics_kept"] += 1
-                yield _dumps(record.to_json())
+                yield _dumps(item.to_json())
 
 
 def _window_records(
@@ -725,28 +742,6 @@ def _window_records(
             if connector is None or record.connector == connector:
                 out.append(record)
     return bad
-
-
-def _retained_rows(file: _LockedFile, cutoff: float, tally: dict[str, int]) -> Iterator[bytes]:
-    """Stream the aggregated rows still inside the retention; count the rest."""
-    with file.open_for_reading() as handle:
-        size = os.fstat(handle.fileno()).st_size
-        for lines, _offset in read_lines(handle, 0, size):
-            for line in lines:
-                if line is not None and not line.strip():
-                    continue
-                try:
-                    if line is None:
-                        raise ValueError("line too long")
-                    row = CallAggregate.from_json(json.loads(line))
-                except PARSE_ERRORS:
-                    tally["metrics_dropped"] += 1
-                    continue
-                if row.ts + row.resolution <= cutoff:
-                    tally["metrics_dropped"] += 1
-                    continue
-                tally["metrics_kept"] += 1
-                yield _dumps(row.to_json())
 
 
 def _window_rows(
