@@ -256,10 +256,10 @@ class Engine:
             if options.attempt_timeout_s is not None
             else view.retry.attempt_timeout_s
         )
-        # A call with something to admit (or a per-attempt timeout) takes the admitted path.
+        # A call with something to admit (a rate limiter, a bulkhead) is admitted first.
         self.admission = (
             Admission(self.load, deadline_s=deadline, refused=self.refused)
-            if self.load.admits or self.attempt_timeout_s is not None
+            if self.load.admits
             else None
         )
 

@@ -32,6 +32,7 @@ import logging
 import math
 import os
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Awaitable, Callable
@@ -47,6 +48,7 @@ from connector_resilience.errors import BulkheadFullError, RateLimitExceededErro
 from connector_resilience.policy import LimitsPolicy, Policy
 
 __all__ = [
+    "GRANTED_NOW",
     "REFUSAL_KINDS",
     "Admission",
     "Bulkhead",
@@ -352,8 +354,11 @@ class RateLimiter:
         self.max_wait_s = settings.rate_max_wait_s
         self._interval, self._tolerance = limit_state.bucket_shape(self.rate_per_s, self.burst)
         # This process's bucket: the whole limiter per process, the stand-in when shared.
+        # It is stepped by the thread holding the baton, a one-item list (list.pop
+        # and list.append are atomic): two C calls, a third of what a
+        # threading.Lock's acquire and release cost on this, every call's, path.
         self._full_at = 0.0
-        self._lock = threading.Lock()
+        self._baton: list[None] = [None]
         self._shared = (
             _Shared(store, "sharing the rate limit") if settings.rate_scope == "store" else None
         )
@@ -368,21 +373,31 @@ class RateLimiter:
             "max_wait_s": max_wait_s,
         }
 
-    def take_locally(self, max_wait_s: float) -> TokenGrant:
-        """Reserve a token of this process's own bucket (the hot path of a local limiter)."""
-        now = _clock.monotonic()
-        with self._lock:
+    def take_locally(self, max_wait_s: float, now: float) -> TokenGrant:
+        """Reserve a token of this process's own bucket (the hot path of a local limiter).
+
+        ``now`` is a ``_clock.perf()`` reading: the bucket runs on the clock
+        that times calls, so that a call's one reading serves both.
+        """
+        baton = self._baton
+        try:
+            baton.pop()
+        except IndexError:
+            self._wait_for_baton()
+        try:
             # limit_state.reserve's rule, inlined: this runs on every call.
             full_at = self._full_at if self._full_at > now else now
             if full_at - self._tolerance <= now:
                 self._full_at = full_at + self._interval
-                if not self._burst.refused:
-                    return GRANTED_NOW
                 grant = GRANTED_NOW
             else:
                 self._full_at, grant = limit_state.reserve(
                     self._full_at, now, self._interval, self._tolerance, max_wait_s
                 )
+        finally:
+            baton.append(None)
+        if grant is GRANTED_NOW and not self._burst.refused:
+            return grant
         return self._settle(grant)
 
     def take(self, max_wait_s: float | None = None) -> TokenGrant:
@@ -394,17 +409,17 @@ class RateLimiter:
         """
         wait = self.max_wait_s if max_wait_s is None else max_wait_s
         if self._shared is None:
-            return self.take_locally(wait)
+            return self.take_locally(wait, _clock.perf())
         grant = self._shared.run("take_token", **self._take_args(wait))
-        return self._settle(grant) if grant is not None else self.take_locally(wait)
+        return self._settle(grant) if grant is not None else self.take_locally(wait, _clock.perf())
 
     async def atake(self, max_wait_s: float | None = None) -> TokenGrant:
         """:meth:`take` for coroutines: a shared bucket never blocks the loop."""
         wait = self.max_wait_s if max_wait_s is None else max_wait_s
         if self._shared is None:
-            return self.take_locally(wait)
+            return self.take_locally(wait, _clock.perf())
         grant = await self._shared.arun("take_token", **self._take_args(wait))
-        return self._settle(grant) if grant is not None else self.take_locally(wait)
+        return self._settle(grant) if grant is not None else self.take_locally(wait, _clock.perf())
 
     def _settle(self, grant: TokenGrant) -> TokenGrant:
         if grant.granted:
@@ -417,10 +432,26 @@ class RateLimiter:
         """The error for a refused grant, carrying when the token is due."""
         return RateLimitExceededError(self.connector, retry_at=_clock.wall() + grant.wait_s)
 
+    def _wait_for_baton(self) -> None:
+        """Take the baton from the thread stepping the bucket: it holds it for a few bytecodes."""
+        while True:
+            time.sleep(0)  # let the holder run (a real sleep: tests' no_waits must not spin this)
+            try:
+                self._baton.pop()
+            except IndexError:
+                continue
+            return
+
     def _pause_locally(self, seconds: float) -> None:
-        now = _clock.monotonic()
-        with self._lock:
+        now = _clock.perf()
+        try:
+            self._baton.pop()
+        except IndexError:
+            self._wait_for_baton()
+        try:
             self._full_at = limit_state.paused(self._full_at, now, seconds, self._tolerance)
+        finally:
+            self._baton.append(None)
 
     def _pause_args(self, seconds: float) -> dict[str, Any]:
         return {
@@ -451,9 +482,13 @@ class Bulkhead:
 
     A slot is a holder id: a lease in the store, or ``""`` for a slot of this
     process's own cap (the whole bulkhead per process, the stand-in while a
-    shared one's store is down). This process's slots are a list of tokens:
-    ``list.pop`` and ``list.append`` are atomic, so taking and giving back a
-    slot needs no lock; only a call that waits for one uses a condition.
+    shared one's store is down). This process's free slots are a list of
+    tokens: ``list.pop`` and ``list.append`` are atomic, so taking and giving
+    back a slot needs no lock; only a call that waits for one uses a
+    condition. A slot is made the first time no free one is left (under a
+    lock, up to the cap), so the list grows only as long as the most calls
+    ever in flight, not as long as the cap (a list the garbage collector
+    would walk).
 
     Args:
         connector: the connector's name.
@@ -462,7 +497,7 @@ class Bulkhead:
 
     Attributes:
         local: the cap is this process's own (``BULKHEAD_SCOPE=process``).
-        free: this process's free slots (one token each).
+        free: this process's free slots (one token each); pop one to take it.
     """
 
     def __init__(self, connector: str, settings: LimitsPolicy, store: Store) -> None:
@@ -479,22 +514,32 @@ class Bulkhead:
         self._burst = _Burst(connector, "bulkhead full, calls refused")
 
     def _new_slots(self) -> None:
-        self.free: list[None] = [None] * self.limit
+        self.free: list[None] = []
+        self._made = 0
+        self._making = threading.Lock()
         self._freed = threading.Condition()
         self.waiting = 0
 
     @property
     def in_flight(self) -> int:
         """Calls holding one of this process's own slots."""
-        return self.limit - len(self.free)
+        return self._made - len(self.free)
 
     def try_local(self) -> bool:
         """Take one of this process's own slots if one is free, without waiting."""
         try:
             self.free.pop()
         except IndexError:
-            return False
+            return self._make_slot()
         return True
+
+    def _make_slot(self) -> bool:
+        """A slot no call has used yet, if fewer than the cap are made."""
+        with self._making:
+            if self._made < self.limit:
+                self._made += 1
+                return True
+        return False
 
     def _wait_locally(self, deadline: float) -> bool:
         with self._freed:
@@ -692,10 +737,29 @@ class LoadControl:
 class Admission:
     """The step before the breaker: a rate-limit token, then a bulkhead slot.
 
+    :meth:`enter` admits a call (or a block of code) and returns its slot,
+    :meth:`leave` gives the slot back; :meth:`call` and :meth:`acall` run a
+    function between the two. A slot is ``None`` without a bulkhead, ``""``
+    for one of this process's own slots (``bulkhead.free``: giving it back
+    never blocks), else a lease in the store.
+
+    ``@resilient``'s wrappers admit a call in their own frame, an admitted
+    call's hot path being a token and a slot: they take the token from
+    :attr:`limiter` (``take_locally`` at the clock reading they start with, or
+    ``take``, which asks the store), hand any grant other than
+    ``GRANTED_NOW`` to :meth:`not_now`, pop a free slot from
+    ``bulkhead.free`` when the bulkhead is local, and else call :meth:`slot`;
+    the rules themselves stay in :class:`RateLimiter` and :class:`Bulkhead`.
+
     Args:
         control: the connector's load control (``control.admits`` true).
         deadline_s: the call's deadline; no wait for a token or slot outlasts it.
         refused: told the kind of each refusal (for metrics).
+
+    Attributes:
+        limiter: the connector's rate limiter, or ``None``.
+        bulkhead: the connector's bulkhead, or ``None``.
+        token_wait: the longest a call may wait for its token.
     """
 
     def __init__(
@@ -706,24 +770,99 @@ class Admission:
         refused: Callable[[Refusal], object],
     ) -> None:
         self.control = control
-        self._limiter = control.limiter
-        self._bulkhead = control.bulkhead
+        self.limiter = control.limiter
+        self.bulkhead = control.bulkhead
         self._refused = refused
 
         def bound(wait_s: float) -> float:
             return wait_s if deadline_s is None else min(wait_s, deadline_s)
 
-        self._token_wait = bound(self._limiter.max_wait_s) if self._limiter else 0.0
-        limiter = self._limiter
-        self._take = (
-            None if limiter is None else limiter.take_locally if limiter.local else limiter.take
-        )
-        self._slot_wait = bound(self._bulkhead.max_wait_s) if self._bulkhead else 0.0
+        self.token_wait = bound(self.limiter.max_wait_s) if self.limiter else 0.0
+        self._slot_wait = bound(self.bulkhead.max_wait_s) if self.bulkhead else 0.0
 
-    def _refuse_token(self, grant: TokenGrant) -> RateLimitExceededError:
-        assert self._limiter is not None
-        self._refused("RateLimitExceededError")
-        return self._limiter.refusal(grant)
+    def enter(self) -> str | None:
+        """Admit a call: a token (waiting for it if it is due soon), then a slot.
+
+        Returns:
+            The slot taken: give it to :meth:`leave`.
+
+        Raises:
+            RateLimitExceededError: no token within the wait allowed.
+            BulkheadFullError: no slot within the wait allowed.
+        """
+        limiter = self.limiter
+        if limiter is not None:
+            grant = limiter.take(self.token_wait)
+            if grant is not GRANTED_NOW:  # a refusal, or a token for later
+                self.not_now(grant)
+        bulkhead = self.bulkhead
+        if bulkhead is None:
+            return None
+        return "" if bulkhead.local and bulkhead.try_local() else self.slot()
+
+    async def aenter(self) -> str | None:
+        """:meth:`enter` for coroutines: no wait blocks the event loop."""
+        limiter = self.limiter
+        if limiter is not None:
+            grant = (
+                limiter.take_locally(self.token_wait, _clock.perf())
+                if limiter.local
+                else await limiter.atake(self.token_wait)
+            )
+            if grant is not GRANTED_NOW:
+                await self.anot_now(grant)
+        bulkhead = self.bulkhead
+        if bulkhead is None:
+            return None
+        return "" if bulkhead.local and bulkhead.try_local() else await self.aslot()
+
+    def not_now(self, grant: TokenGrant) -> None:
+        """A grant that is no token for now: refuse, or wait until the token is due.
+
+        Raises:
+            RateLimitExceededError: the grant is a refusal (counted).
+        """
+        if not grant.granted:
+            raise self._refuse_token(grant)
+        _waits.sleep(grant.wait_s)
+
+    async def anot_now(self, grant: TokenGrant) -> None:
+        """:meth:`not_now` for coroutines: the wait never blocks the event loop."""
+        if not grant.granted:
+            raise self._refuse_token(grant)
+        await _waits.asleep(grant.wait_s)
+
+    def slot(self) -> str:
+        """A slot when none was free at once: waiting for one, or leasing one in the store.
+
+        Raises:
+            BulkheadFullError: no slot within the wait allowed (counted).
+        """
+        assert self.bulkhead is not None
+        try:
+            return self.bulkhead.acquire(self._slot_wait)
+        except BulkheadFullError:
+            self._refused("BulkheadFullError")
+            raise
+
+    async def aslot(self) -> str:
+        """:meth:`slot` for coroutines: no wait, and no store call, blocks the event loop."""
+        assert self.bulkhead is not None
+        try:
+            return await self.bulkhead.aacquire(self._slot_wait)
+        except BulkheadFullError:
+            self._refused("BulkheadFullError")
+            raise
+
+    def leave(self, slot: str | None) -> None:
+        """Give back the slot :meth:`enter` took (a lease: a store write, see :meth:`aleave`)."""
+        if slot is not None and self.bulkhead is not None:
+            self.bulkhead.release(slot)
+
+    async def aleave(self, slot: str | None) -> None:
+        """:meth:`leave` for coroutines: a lease is given back without blocking the loop."""
+        if slot is not None and self.bulkhead is not None:
+            await self.bulkhead.arelease(slot)
 
     def call(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run ``fn`` once admitted; refusals raise before it runs.
@@ -732,122 +871,24 @@ class Admission:
             RateLimitExceededError: no token within the wait allowed.
             BulkheadFullError: no slot within the wait allowed.
         """
-        take = self._take
-        if take is not None:
-            grant = take(self._token_wait)
-            if grant is not GRANTED_NOW:  # a refusal, or a token for later
-                self._not_now(grant)
-        bulkhead = self._bulkhead
-        if bulkhead is None:
-            return fn(*args, **kwargs)
-        if bulkhead.local and bulkhead.free:
-            try:
-                bulkhead.free.pop()  # atomic: a free slot, unless another thread took it first
-            except IndexError:
-                holder = self._slot(bulkhead)
-            else:
-                holder = ""
-        else:
-            holder = self._slot(bulkhead)
+        slot = self.enter()
         try:
             return fn(*args, **kwargs)
         finally:
-            if holder:
-                bulkhead.release(holder)
-            else:
-                bulkhead.free.append(None)
-                if bulkhead.waiting:
-                    bulkhead.wake()
-
-    def _not_now(self, grant: TokenGrant) -> None:
-        """A grant that is no token for now: refuse, or wait for the token."""
-        if not grant.granted:
-            raise self._refuse_token(grant)
-        _waits.sleep(grant.wait_s)
-
-    async def _anot_now(self, grant: TokenGrant) -> None:
-        if not grant.granted:
-            raise self._refuse_token(grant)
-        await _waits.asleep(grant.wait_s)
-
-    def _slot(self, bulkhead: Bulkhead) -> str:
-        try:
-            return bulkhead.acquire(self._slot_wait)
-        except BulkheadFullError:
-            self._refused("BulkheadFullError")
-            raise
-
-    async def _aslot(self, bulkhead: Bulkhead) -> str:
-        try:
-            return await bulkhead.aacquire(self._slot_wait)
-        except BulkheadFullError:
-            self._refused("BulkheadFullError")
-            raise
-
-    # For code that is not one call (a retried block): the steps before and after.
-
-    def enter(self) -> str | None:
-        """Admit a block of code as :meth:`call` admits a call: a token, then a slot.
-
-        Returns:
-            The bulkhead slot taken (give it to :meth:`leave`), or ``None``
-            without a bulkhead.
-
-        Raises:
-            RateLimitExceededError: no token within the wait allowed.
-            BulkheadFullError: no slot within the wait allowed.
-        """
-        if self._take is not None:
-            grant = self._take(self._token_wait)
-            if grant is not GRANTED_NOW:
-                self._not_now(grant)
-        return None if self._bulkhead is None else self._slot(self._bulkhead)
-
-    async def aenter(self) -> str | None:
-        """:meth:`enter` for coroutines: no wait blocks the event loop."""
-        limiter = self._limiter
-        if limiter is not None:
-            grant = (
-                limiter.take_locally(self._token_wait)
-                if limiter.local
-                else await limiter.atake(self._token_wait)
-            )
-            if grant is not GRANTED_NOW:
-                await self._anot_now(grant)
-        return None if self._bulkhead is None else await self._aslot(self._bulkhead)
-
-    def leave(self, slot: str | None) -> None:
-        """Give back the slot :meth:`enter` took."""
-        if slot is not None and self._bulkhead is not None:
-            self._bulkhead.release(slot)
-
-    async def aleave(self, slot: str | None) -> None:
-        """:meth:`leave` for coroutines."""
-        if slot is not None and self._bulkhead is not None:
-            await self._bulkhead.arelease(slot)
+            self.leave(slot)
 
     async def acall(self, fn: Callable[P, Awaitable[R]], *args: P.args, **kwargs: P.kwargs) -> R:
         """:meth:`call` for coroutines: no wait blocks the event loop."""
-        limiter = self._limiter
-        if limiter is not None:
-            grant = (
-                limiter.take_locally(self._token_wait)
-                if limiter.local
-                else await limiter.atake(self._token_wait)
-            )
-            if grant is not GRANTED_NOW:
-                await self._anot_now(grant)
-        bulkhead = self._bulkhead
-        if bulkhead is None:
-            return await fn(*args, **kwargs)
-        holder = "" if bulkhead.local and bulkhead.try_local() else await self._aslot(bulkhead)
+        slot = await self.aenter()
         try:
             return await fn(*args, **kwargs)
         finally:
-            if holder:
-                await bulkhead.arelease(holder)
-            else:
-                bulkhead.release(holder)
+            await self.aleave(slot)
+
+    def _refuse_token(self, grant: TokenGrant) -> RateLimitExceededError:
+        assert self.limiter is not None
+        self._refused("RateLimitExceededError")
+        return self.limiter.refusal(grant)
 
 
 # The registry -----------------------------------------------------------------------

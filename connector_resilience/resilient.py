@@ -54,6 +54,7 @@ from connector_resilience.errors import (
     RateLimitExceededError,
     fast_circuit_open_error,
 )
+from connector_resilience.limits import GRANTED_NOW
 from connector_resilience.policy import Policy
 from connector_resilience.retry import exception_predicate
 
@@ -413,31 +414,53 @@ def _retry_with(
 
 def _sync_wrapper(fn: Callable[P, R], engines: EngineCache) -> Callable[P, R]:
     # What the latest call did: a closure cell, the cheapest store there is
-    # (fn.statistics). Both wrappers below share it.
+    # (fn.statistics).
     last: CallStats = NEVER_CALLED
 
-    def make(admit: bool) -> Callable[P, R]:
-        @functools.wraps(fn)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            nonlocal last
-            engine = engines.fixed or engines(args)
-            # Admission (rate limiter, bulkhead) wraps the whole call, retries
-            # included: an admitted call runs the same wrapper with admission left out.
-            if engine.admission is not None and admit:
-                before = last
-                try:
-                    return engine.admission.call(admitted, *args, **kwargs)
-                except _ADMISSION_REFUSALS as exc:
-                    if last is before:  # refused before the call started
-                        last = refused_stats(exc)
-                    raise
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        nonlocal last
+        engine = engines.fixed or engines(args)
+        # One clock read admits the call (rate limiter, breaker) and starts its
+        # timing (see _clock); a wait, or a store read, reads it again.
+        perf = _clock.perf
+        start = perf()
+        # Admission (rate limiter, bulkhead) holds the whole call, retries included.
+        # Admitted in this frame: a token, then a slot (see limits.Admission).
+        admission = engine.admission
+        bulkhead = slot = None
+        if admission is not None:
+            try:
+                limiter = admission.limiter
+                if limiter is not None:
+                    if limiter.local:
+                        grant = limiter.take_locally(admission.token_wait, start)
+                    else:  # asks the store
+                        grant = limiter.take(admission.token_wait)
+                        start = perf()
+                    if grant is not GRANTED_NOW:  # a refusal, or a token for later
+                        admission.not_now(grant)
+                        start = perf()
+                bulkhead = admission.bulkhead
+                if bulkhead is not None:
+                    if bulkhead.local:
+                        try:
+                            bulkhead.free.pop()  # atomic: unless another thread took the last
+                            slot = ""
+                        except IndexError:
+                            pass
+                    if slot is None:  # waits for a slot, or leases one in the store
+                        slot = admission.slot()
+                        start = perf()
+            except _ADMISSION_REFUSALS as exc:
+                last = refused_stats(exc)
+                raise
+        try:
             if engine.gate is not None:
                 engine.gate()
+                start = perf()
             breaker = engine.breaker
             probe = None
-            # One clock read admits the call and starts its timing (see _clock).
-            perf = _clock.perf
-            start = perf()
             if breaker is not None and start >= breaker.admit_until:
                 if start < breaker.refuse_until:
                     last = REJECTED
@@ -485,11 +508,16 @@ def _sync_wrapper(fn: Callable[P, R], engines: EngineCache) -> Callable[P, R]:
                 assert breaker is not None
                 breaker.report(probe, "success", duration_ms=(end - start) * 1000.0)
             return result
+        finally:
+            if bulkhead is not None and slot is not None:
+                if slot:  # a lease in the store
+                    bulkhead.release(slot)
+                else:
+                    bulkhead.free.append(None)
+                    if bulkhead.waiting:
+                        bulkhead.wake()
 
-        return wrapper
-
-    admitted = make(False)
-    outer: Any = make(True)
+    outer: Any = wrapper
     outer.statistics = RetryStatistics(lambda: last)
     return cast(Callable[P, R], outer)
 
@@ -498,35 +526,63 @@ def _async_wrapper(
     fn: Callable[P, Awaitable[R]], engines: EngineCache
 ) -> Callable[P, Awaitable[R]]:
     # What the latest call did: a closure cell, the cheapest store there is
-    # (fn.statistics). Both wrappers below share it.
+    # (fn.statistics).
     last: CallStats = NEVER_CALLED
+    timed = _timed(fn, engines)
 
-    def make(call: Callable[P, Awaitable[R]], admit: bool) -> Callable[P, Awaitable[R]]:
-        @functools.wraps(fn)
-        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            nonlocal last
-            # Building an engine opens the store and reads the breaker (network I/O
-            # for Redis): the first call of a connector does it in a worker thread.
-            engine = engines.fixed or engines.built(args)
-            if engine is None:
-                engine = await asyncio.to_thread(engines, args)
-            # Admitted calls (and calls with a per-attempt timeout) run the same
-            # wrapper again, each attempt cut short by the engine's timeout.
-            if engine.admission is not None and admit:
-                before = last
-                try:
-                    return await engine.admission.acall(admitted, *args, **kwargs)
-                except _ADMISSION_REFUSALS as exc:
-                    if last is before:  # refused before the call started
-                        last = refused_stats(exc)
-                    raise
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        nonlocal last
+        # Building an engine opens the store and reads the breaker (network I/O
+        # for Redis): the first call of a connector does it in a worker thread.
+        engine = engines.fixed or engines.built(args)
+        if engine is None:
+            engine = await asyncio.to_thread(engines, args)
+        # Admission (rate limiter, bulkhead) holds the whole call, retries included;
+        # a coroutine is awaited only when it must wait or ask the store.
+        # One clock read admits the call (rate limiter, breaker) and starts its
+        # timing (see _clock); a wait, or a store read, reads it again.
+        perf = _clock.perf
+        start = perf()
+        # Admission (rate limiter, bulkhead) holds the whole call, retries included.
+        # Admitted in this frame: a token, then a slot (see limits.Admission); a
+        # wait, or a store call, never blocks the event loop.
+        admission = engine.admission
+        bulkhead = slot = None
+        if admission is not None:
+            try:
+                limiter = admission.limiter
+                if limiter is not None:
+                    if limiter.local:
+                        grant = limiter.take_locally(admission.token_wait, start)
+                    else:  # asks the store
+                        grant = await limiter.atake(admission.token_wait)
+                        start = perf()
+                    if grant is not GRANTED_NOW:  # a refusal, or a token for later
+                        await admission.anot_now(grant)
+                        start = perf()
+                bulkhead = admission.bulkhead
+                if bulkhead is not None:
+                    if bulkhead.local:
+                        try:
+                            bulkhead.free.pop()  # atomic: unless another thread took the last
+                            slot = ""
+                        except IndexError:
+                            pass
+                    if slot is None:  # waits for a slot, or leases one in the store
+                        slot = await admission.aslot()
+                        start = perf()
+            except _ADMISSION_REFUSALS as exc:
+                last = refused_stats(exc)
+                raise
+        # Each attempt cut short by the engine's timeout, if it has one.
+        call = fn if engine.attempt_timeout_s is None else timed
+        try:
             if engine.gate is not None:
                 await asyncio.to_thread(engine.gate)  # a store read, maybe over the network
+                start = perf()
             breaker = engine.breaker
             probe = None
-            # One clock read admits the call and starts its timing (see _clock).
-            perf = _clock.perf
-            start = perf()
             if breaker is not None and start >= breaker.admit_until:
                 if start < breaker.refuse_until:
                     last = REJECTED
@@ -574,11 +630,16 @@ def _async_wrapper(
                 assert breaker is not None
                 await breaker.areport(probe, "success", duration_ms=(end - start) * 1000.0)
             return result
+        finally:
+            if bulkhead is not None and slot is not None:
+                if slot:  # a lease in the store: given back without blocking the loop
+                    await bulkhead.arelease(slot)
+                else:
+                    bulkhead.free.append(None)
+                    if bulkhead.waiting:
+                        bulkhead.wake()
 
-        return wrapper
-
-    admitted = make(_timed(fn, engines), False)
-    outer: Any = make(fn, True)
+    outer: Any = wrapper
     outer.statistics = RetryStatistics(lambda: last)
     return cast(Callable[P, Awaitable[R]], outer)
 
