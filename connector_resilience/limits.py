@@ -78,6 +78,9 @@ REFUSAL_KINDS: Final[tuple[Refusal, ...]] = (
 
 #: A shared budget sends the calls it counted to the store this often (at most).
 _DEPOSIT_INTERVAL_S: Final = 1.0
+#: After the store refuses a retry, this process refuses its retries without asking
+#: for this long: during an outage, at most 10 asks a second per connector and process.
+REFUSAL_MEMORY_S: Final = 0.1
 #: How often a call waiting for a shared bulkhead slot asks again, at most.
 _SLOT_POLL_MAX_S: Final = 0.05
 
@@ -188,6 +191,7 @@ class RetryBudget:
             _Shared(store, "sharing the retry budget") if settings.budget_scope == "store" else None
         )
         self._unsent = 0
+        self._refused_until = 0.0  # a shared refusal remembered (REFUSAL_MEMORY_S)
         self._burst = _Burst(connector, "retry budget exhausted, retries refused")
         if self._shared is not None and self.enabled:
             _depositor.add(self)
@@ -242,28 +246,37 @@ class RetryBudget:
         return granted
 
     def try_retry(self) -> bool:
-        """Take one retry from the budget; False if it is spent."""
+        """Take one retry from the budget; False if it is spent.
+
+        A shared budget's refusal is remembered for :data:`REFUSAL_MEMORY_S`:
+        retries asked meanwhile are refused without asking the store again
+        (the budget can only be stricter for it, never looser).
+        """
+        if self._shared is None:
+            self._fold()
+            return self._settle(self._local.step(self._spend(0, retry=True)))
+        if _clock.monotonic() < self._refused_until:
+            return self._settle(False)
         calls = self._fold() + self._take_unsent()
-        answer = None
-        if self._shared is not None:
-            answer = self._shared.run("spend_retry_budget", **self._store_args(calls, retry=True))
-            if answer is None:
-                self._unsent += calls  # the store missed them: send them with the next deposit
-        if answer is None:
-            answer = self._local.step(self._spend(0, retry=True))
-        return self._settle(bool(answer))
+        answer = self._shared.run("spend_retry_budget", **self._store_args(calls, retry=True))
+        return self._shared_answer(answer, calls)
 
     async def atry_retry(self) -> bool:
         """:meth:`try_retry` for coroutines: a shared budget never blocks the loop."""
-        if self._shared is None:
+        if self._shared is None or _clock.monotonic() < self._refused_until:
             return self.try_retry()
         calls = self._fold() + self._take_unsent()
         answer = await self._shared.arun(
             "spend_retry_budget", **self._store_args(calls, retry=True)
         )
-        if answer is None:
-            self._unsent += calls
+        return self._shared_answer(answer, calls)
+
+    def _shared_answer(self, answer: object, calls: int) -> bool:
+        if answer is None:  # the store failed: this process's own budget decides
+            self._unsent += calls  # the store missed them: send them with the next deposit
             answer = self._local.step(self._spend(0, retry=True))
+        elif not answer:
+            self._refused_until = _clock.monotonic() + REFUSAL_MEMORY_S
         return self._settle(bool(answer))
 
     def _take_unsent(self) -> int:
@@ -282,6 +295,7 @@ class RetryBudget:
         """Forget what the parent counted: the parent reports it."""
         self.calls = 0
         self._unsent = 0
+        self._refused_until = 0.0
         self._local = _Local()
         self._folded_at = _clock.monotonic()
 
@@ -292,6 +306,7 @@ class _Depositor:
     def __init__(self) -> None:
         self._budgets: weakref.WeakSet[RetryBudget] = weakref.WeakSet()
         self._lock = threading.Lock()
+        self._round = threading.Lock()
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
 
@@ -307,14 +322,21 @@ class _Depositor:
     def _run(self) -> None:
         while True:
             self._wake.wait(_DEPOSIT_INTERVAL_S)
-            for budget in list(self._budgets):
-                try:
-                    budget.deposit()
-                except Exception:  # a deposit must never end the thread
-                    logger.exception("depositing retry-budget calls failed")
+            with self._round:  # forget() waits for a round under way
+                for budget in list(self._budgets):
+                    try:
+                        budget.deposit()
+                    except Exception:  # a deposit must never end the thread
+                        logger.exception("depositing retry-budget calls failed")
+
+    def forget(self) -> None:
+        """Send no more counts for the budgets known so far."""
+        with self._round:
+            self._budgets = weakref.WeakSet()
 
     def after_fork(self) -> None:
         self._lock = threading.Lock()
+        self._round = threading.Lock()
         self._wake = threading.Event()
         self._thread = None
         budgets = list(self._budgets)
@@ -919,9 +941,13 @@ def load_control_for(connector: str, *, policy: Policy, store: Store) -> LoadCon
 
 
 def forget_load_controls() -> None:
-    """Drop every budget, bucket and bulkhead of this process (tests use it between cases)."""
+    """Drop every budget, bucket and bulkhead of this process (tests use it between cases).
+
+    Shared budgets stop sending their counts: their stores may be closed next.
+    """
     with _controls_lock:
         _controls.clear()
+    _depositor.forget()
 
 
 def _after_fork() -> None:

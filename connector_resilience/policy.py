@@ -426,9 +426,10 @@ class LimitsPolicy(BaseModel):
     )
     budget_scope: Scope = _env(
         "RETRY_BUDGET_SCOPE",
-        "process",
-        "process: each process has its own budget; store: every process sharing the store "
-        "shares one.",
+        "store",
+        "store: every process sharing the store shares one budget (each sends its call "
+        "count about once a second; a retry asks the store, a refusal is remembered for "
+        "0.1 s); process: each process has its own budget, floor included.",
     )
     rate_per_s: float | None = _env(
         "RATE_LIMIT_PER_S",

@@ -39,7 +39,7 @@ _counter = itertools.count()
 
 
 def reset() -> None:
-    """Forget every cached policy, shared breaker, metrics buffer and open store.
+    """Forget every cached policy, shared breaker, load control, metrics buffer and open store.
 
     Buffered metrics are written first. Use it between tests that change the
     environment or reuse connector names: decorated functions resolve their
@@ -47,11 +47,13 @@ def reset() -> None:
     """
     from connector_resilience._engines import forget_engines
     from connector_resilience.circuit import forget_breakers
+    from connector_resilience.limits import forget_load_controls
     from connector_resilience.metrics import stop_buffers
 
     stop_buffers()
     forget_engines()
     forget_breakers()
+    forget_load_controls()
     close_all_stores()
     forget_current_policy()
 

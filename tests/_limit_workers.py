@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 
@@ -49,8 +50,32 @@ def hold_a_slot(store_url: str) -> None:
     hang()
 
 
+def budget_calls(successes: int) -> None:
+    """``successes`` calls that succeed, then one that fails: print its attempts.
+
+    The policy is the environment's (the default store: JSONL in the folder run in).
+    """
+    attempts = 0
+
+    @resilient("fleet-budget")
+    def call(fail: bool) -> None:
+        nonlocal attempts
+        attempts += 1
+        if fail:
+            raise ConnectionError("down")
+
+    for _ in range(successes):
+        call(False)
+    attempts = 0
+    with contextlib.suppress(ConnectionError):
+        call(True)
+    print(attempts, flush=True)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "request":
         print(asyncio.run(_request(sys.argv[2], sys.argv[3])), flush=True)
+    elif sys.argv[1] == "budget":
+        budget_calls(int(sys.argv[2]))
     else:
         hold_a_slot(sys.argv[2])

@@ -28,7 +28,7 @@ from connector_resilience import (
     testing,
 )
 from connector_resilience.errors import StoreWarning
-from connector_resilience.limits import load_control_for
+from connector_resilience.limits import REFUSAL_MEMORY_S, load_control_for
 
 
 @pytest.fixture
@@ -76,6 +76,7 @@ def test_scopes_accept_process_or_store_only(monkeypatch: pytest.MonkeyPatch) ->
 def test_the_budget_is_on_by_default_and_the_rest_off() -> None:
     limits = Policy().limits
     assert (limits.budget_ratio, limits.budget_min_per_s, limits.budget_window_s) == (0.2, 10, 10)
+    assert limits.budget_scope == "store"  # the fleet's floor is 10/s, not 10/s per process
     assert limits.rate_per_s is None
     assert limits.bulkhead_max_concurrent is None
 
@@ -98,7 +99,8 @@ def test_ratio_zero_turns_retries_off(waits: list[float]) -> None:
 
 def test_retries_stay_within_the_share_of_logical_calls(waits: list[float]) -> None:
     # 20% of the calls, no floor: 50 calls that succeed at once earn 10 retries.
-    policy = _policy(budget_ratio=0.2, budget_min_per_s=0)
+    # Per process: every refusal is decided afresh (no refusal remembered).
+    policy = _policy(budget_ratio=0.2, budget_min_per_s=0, budget_scope="process")
     ok = resilient("budget", policy=policy)(lambda: "ok")
     for _ in range(50):
         ok()
@@ -147,14 +149,33 @@ def test_inf_turns_the_budget_off(waits: list[float]) -> None:
 
 def test_a_shared_budget_spans_decorators_of_one_connector(waits: list[float]) -> None:
     policy = _policy(budget_ratio=0.5, budget_min_per_s=0, budget_scope="store")
-    first, second = Flaky(), Flaky()
-    for _ in range(2):
-        with pytest.raises(ConnectionError):
-            resilient("shared", operation="a", policy=policy)(first)()
+    ok = resilient("shared", operation="a", policy=policy)(lambda: "ok")
+    ok()
+    ok()
+    flaky = Flaky()
     with pytest.raises(ConnectionError):
-        resilient("shared", operation="b", policy=policy)(second)()
-    # 3 calls earn 1 retry (0.5 x 3 = 1.5), spent by the first call.
-    assert first.calls + second.calls == 3 + 1
+        resilient("shared", operation="b", policy=policy)(flaky)()
+    # a's 2 calls and b's 1 earn 1 retry (0.5 x 3 = 1.5): b makes 2 attempts, not 3.
+    assert flaky.calls == 2
+
+
+def test_a_refused_shared_retry_is_remembered_for_a_moment(waits: list[float]) -> None:
+    policy = _policy(budget_ratio=0.5, budget_min_per_s=0, retry={"max_attempts": 2, "base_ms": 0})
+    ok = resilient("memo", policy=policy)(lambda: "ok")
+    flaky = Flaky()
+    failing = resilient("memo", operation="failing", policy=policy)(flaky)
+    with testing.FakeClock() as clock:
+        with pytest.raises(ConnectionError):
+            failing()  # 1 call earns 0.5 retries: refused by the store, and remembered
+        for _ in range(10):
+            ok()  # 11 calls have earned 5 retries
+        with pytest.raises(ConnectionError):
+            failing()  # refused at once, without asking the store
+        assert flaky.calls == 2
+        clock.advance(REFUSAL_MEMORY_S)
+        with pytest.raises(ConnectionError):
+            failing()  # the memory is over: the store is asked, and grants the retry
+        assert flaky.calls == 4
 
 
 async def test_async_retries_ask_the_budget_too(waits: list[float]) -> None:

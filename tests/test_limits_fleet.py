@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -51,6 +52,39 @@ async def test_a_429_pauses_the_connector_on_every_process_sharing_the_store(
     assert answer.startswith("paused "), answer
     assert 25 <= int(answer.split()[1]) <= 30
     assert server.hits("/data") == 1
+
+
+def test_the_default_budget_is_shared_by_processes_on_the_default_jsonl_store(
+    tmp_path: Path,
+) -> None:
+    # No store and no scope set: the defaults (JSONL files under the folder, scope store).
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "RETRY_BUDGET_RATIO": "0.5",
+        "RETRY_BUDGET_MIN_PER_S": "0",
+        "RETRY_MAX_ATTEMPTS": "2",
+        "RETRY_BASE_MS": "0",
+    }
+
+    def attempts(successes: int, **more: str) -> int:
+        done = subprocess.run(
+            [sys.executable, "-m", "tests._limit_workers", "budget", str(successes)],
+            cwd=tmp_path,
+            env={**env, **more},
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
+        return int(done.stdout)
+
+    # 10 calls that succeed and 1 that fails: 11 calls earn 5 retries; 1 is spent.
+    assert attempts(10) == 2
+    # Another process's one failing call retries on what the first one earned...
+    assert attempts(0) == 2
+    # ... which a budget of its own (1 call: half a retry) would refuse.
+    assert attempts(0, RETRY_BUDGET_SCOPE="process") == 1
+    assert (tmp_path / "logs" / "connectors").is_dir()
 
 
 def test_a_dead_holder_frees_its_shared_bulkhead_slot(shared_store_url: str) -> None:
