@@ -449,8 +449,10 @@ def _measure_family(
         for role in clients:
             burst(role, 100)  # warm pools, engines and caches
         rate = burst("bare", 200)[0]
-        n = max(100, int(rate * (0.1 if ctx.quick else 0.25)))
-        n -= n % concurrency
+        # Rounds of about half a second of the bare client, at least four requests
+        # per worker: a round of one request per worker times mostly scheduling.
+        n = max(200, 4 * concurrency, int(rate * (0.1 if ctx.quick else 0.5)))
+        n += -n % concurrency
         ctx.log(f"http {family} c={concurrency}: {len(clients)} clients x {n} requests")
         rounds = interleaved(list(clients), lambda role: burst(role, n), ctx.repeats)
     finally:

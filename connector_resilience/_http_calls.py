@@ -221,10 +221,6 @@ class HttpCalls(Generic[S, C, R]):
 
     # Engines and routes ------------------------------------------------------
 
-    def built(self, method: str, host: str) -> Engine | None:
-        """The engine for requests of ``method`` to ``host``, if already built."""
-        return self._engines.get((method, host if self.breaker_per_host else None))
-
     def engine(self, method: str, host: str) -> Engine:
         """The engine for requests of ``method`` to ``host``, built on first use (store I/O)."""
         key = (method, host if self.breaker_per_host else None)
