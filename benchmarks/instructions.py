@@ -191,6 +191,10 @@ def _http_scenarios(ctx: Any) -> dict[str, Callable[[], Loop]]:
     """A GET answered 200 through each HTTP adapter, its bare client and its peer.
 
     No sockets: what is counted is the client library and what an adapter adds.
+    ``http-transport-*`` and ``http-adapter*`` count an adapter alone (httpx's
+    transport, requests' adapter over an inner send that hands back one
+    response), against that inner send called bare: the adapter's own cost,
+    steadier than the difference of two whole-client figures.
 
     * httpx (sync and async): the client's inner transport is httpx's own
       ``MockTransport``, answering a fresh ``httpx.Response(200, content=b"ok")``;
@@ -268,7 +272,58 @@ def _http_scenarios(ctx: Any) -> dict[str, Callable[[], Loop]]:
 
         return _without_gc(_sync_loop(get))
 
+    def transport(kind: str, *, is_async: bool) -> Loop:
+        # The transport alone, over an inner one that hands back one response:
+        # what the adapter adds, without the client's own (much larger) cost.
+        import httpx
+
+        request = httpx.Request("GET", _CANNED_URL)
+        response = httpx.Response(200)
+
+        class Inner(httpx.BaseTransport, httpx.AsyncBaseTransport):
+            def handle_request(self, request: httpx.Request) -> httpx.Response:
+                return response
+
+            async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+                return response
+
+        outer: Any = Inner()
+        if kind == "ours":
+            from connector_resilience.httpx import ResilientTransport
+
+            outer = ResilientTransport("bench", transport=Inner(), policy=policy())
+        if is_async:
+            return _without_gc(_async_loop(lambda: outer.handle_async_request(request)))
+        return _without_gc(_sync_loop(lambda: outer.handle_request(request)))
+
+    def adapter(kind: str) -> Loop:
+        # The adapter alone: HTTPAdapter.send underneath hands back one response.
+        import requests
+
+        from connector_resilience.requests import ResilientAdapter
+
+        response = requests.Response()
+        response.status_code = 200
+
+        class Canned(requests.adapters.HTTPAdapter):
+            def send(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+                return response
+
+        class Ours(ResilientAdapter, Canned):
+            pass
+
+        mounted = Ours("bench", policy=policy()) if kind == "ours" else Canned()
+        prepared = requests.Request("GET", _CANNED_URL).prepare()
+        options: dict[str, Any] = {"stream": False, "timeout": None, "verify": True}
+        return _without_gc(_sync_loop(lambda: mounted.send(prepared, **options)))
+
     return {
+        "http-transport-sync": lambda: transport("ours", is_async=False),
+        "http-transport-sync-bare": lambda: transport("bare", is_async=False),
+        "http-transport-async": lambda: transport("ours", is_async=True),
+        "http-transport-async-bare": lambda: transport("bare", is_async=True),
+        "http-adapter": lambda: adapter("ours"),
+        "http-adapter-bare": lambda: adapter("bare"),
         "http-httpx-sync": lambda: httpx_sync("ours"),
         "http-httpx-sync-bare": lambda: httpx_sync("bare"),
         "http-httpx-sync-retries": lambda: httpx_sync("retries"),
