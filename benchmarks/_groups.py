@@ -60,15 +60,19 @@ class Group:
 def measure_group(
     ctx: Context, label: str, builders: dict[str, Builder], *, baseline: str
 ) -> Group:
-    """Build every subject, size its batch, warm it up, then time it in interleaved rounds."""
+    """Build every subject, warm it up, size its batch, then time it in interleaved rounds."""
     group = Group(baseline=baseline)
     runners: dict[str, Runner] = {}
     sizes: dict[str, int] = {}
     for name, build in builders.items():
         try:
             runner = build()
+            # Warm up before sizing: a first batch that creates files (the JSONL
+            # store's) would make a subject look slow and get batches of a few
+            # hundred calls, each then paying a whole flush.
+            runner(50)
             sizes[name] = calibrate(runner, ctx.batch_s)
-            runner(max(50, sizes[name] // 10))  # warm-up
+            runner(max(50, sizes[name] // 10))  # warm-up at the measured size
         except UnavailableError as exc:
             group.unavailable[name] = str(exc)
             continue

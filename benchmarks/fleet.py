@@ -322,7 +322,10 @@ _BURST_CHILD = textwrap.dedent(
         n += 1000
     stop.set()
     peak[0] = max(peak[0], rss())
-    print(json.dumps({"calls": n, "base": base, "peak": peak[0], "seconds": seconds}))
+    from connector_resilience import summarize
+    summary = summarize("burst", policy=policy, window_s=3600)
+    print(json.dumps({"calls": n, "base": base, "peak": peak[0], "seconds": seconds,
+                      "counted": summary.total_calls - 1000, "dropped": summary.dropped}))
     """
 )
 
@@ -359,14 +362,33 @@ def run_burst(ctx: Context) -> None:
     table = Table(
         key="burst",
         title=f"A {seconds:g} s burst at the highest rate one process reaches (default store)",
-        columns=["calls/s", "peak extra memory (MB)", "longest gap between writes (s)", "flush"],
+        columns=[
+            "calls/s",
+            "peak extra memory (MB)",
+            "longest gap between writes (s)",
+            "flush",
+            "calls made",
+            "calls counted",
+            "dropped",
+        ],
         note=(
             "A child process calls one decorated function in a loop with default settings; "
             "it samples its own RSS every 20 ms; the parent watches the fine-rows file "
-            "grow every 10 ms (the first write, after warm-up, is not a gap)."
+            "grow every 10 ms (the first write, after warm-up, is not a gap). Calls counted "
+            "is what summarize() reports for the burst afterwards."
         ),
     )
-    table.rows.append([f"{rate:,.0f}", f"{extra_mb:.1f}", f"{longest:.2f}", f"{flush:g} s"])
+    table.rows.append(
+        [
+            f"{rate:,.0f}",
+            f"{extra_mb:.1f}",
+            f"{longest:.2f}",
+            f"{flush:g} s",
+            f"{result['calls']:,}",
+            f"{result['counted']:,}",
+            f"{result['dropped']:,}",
+        ]
+    )
     ctx.results.tables.append(table)
     _set(ctx, "burst_memory_mb", [extra_mb], f"{extra_mb:.1f} MB at {rate:,.0f} calls/s")
     _set(

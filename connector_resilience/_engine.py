@@ -189,6 +189,46 @@ def _shared_predicate(retry_on: Any) -> Callable[[BaseException], bool]:
 class Engine:
     """Everything one decorated function needs for one connector, resolved once."""
 
+    # Slots: the hot path reads these on every call (a slot read stays fast however
+    # many there are, where a dict of more than 30 keys loses the fast path), and
+    # an engine per connector stays small.
+    __slots__ = (
+        "_by_labels",
+        "_fold_at",
+        "_keep_up_at",
+        "_keep_up_every_s",
+        "_rejection",
+        "admission",
+        "attempt_timeout_s",
+        "breaker",
+        "budget",
+        "buffer",
+        "connector",
+        "deadline_s",
+        "failure_on",
+        "failure_result",
+        "fallback",
+        "gate",
+        "ignore",
+        "labels",
+        "load",
+        "max_attempts",
+        "operation",
+        "options",
+        "plans_every_attempt",
+        "policy",
+        "record_success",
+        "rejections",
+        "retry_result",
+        "rows",
+        "series",
+        "should_retry",
+        "stop",
+        "store",
+        "tracer",
+        "wait",
+    )
+
     def __init__(
         self,
         *,
@@ -221,8 +261,15 @@ class Engine:
         self.ignore = options.ignore
         self.labels = dict(options.labels) if options.labels else None
         buffer = buffer_for(store, view) if options.metrics else None
+        self.buffer = buffer
         self.rows = buffer.rows if buffer is not None else None
         self.rejections = buffer.rejections if buffer is not None else None
+        self._fold_at = buffer.fold_at if buffer is not None else 0
+        # Successes ask the buffer whether the writer fell behind this often.
+        self._keep_up_every_s = buffer.keep_up_every_s if buffer is not None else 0.0
+        self._keep_up_at = 0.0
+        # An open circuit's hot path appends this one tuple (nothing to build).
+        self._rejection = (connector, operation, self.labels, "CircuitOpenError")
         #: The hot path of a first-attempt success: append ``(start, end, series)``
         #: (perf-counter times); the writer thread derives duration and time.
         self.record_success = buffer.successes.append if buffer is not None else None
@@ -275,8 +322,9 @@ class Engine:
         *,
         labels: Mapping[str, str] | None = None,
     ) -> None:
-        if self.rows is not None:
-            self.rows.append(
+        rows = self.rows
+        if rows is not None:
+            rows.append(
                 (
                     _clock.wall(),
                     self.connector,
@@ -289,6 +337,12 @@ class Engine:
                     labels,
                 )
             )
+            if len(rows) >= self._fold_at:
+                self._keep_up()
+
+    def _keep_up(self) -> None:
+        assert self.buffer is not None
+        self.buffer.keep_up()
 
     def succeeded(
         self,
@@ -308,21 +362,11 @@ class Engine:
         series = self.series if labels is None else self._labelled_series(labels)
         if record is not None and series is not None:
             record((start, end, series))
-        elif self.rows is not None:
-            duration_ms = (end - start) * 1000.0
-            self.rows.append(
-                (
-                    _clock.wall(),
-                    self.connector,
-                    self.operation,
-                    duration_ms,
-                    "ok",
-                    None,
-                    1,
-                    True,
-                    labels,
-                )
-            )
+            if end >= self._keep_up_at:  # now and then: has the writer fallen behind?
+                self._keep_up_at = end + self._keep_up_every_s
+                self._keep_up()
+        else:  # labels made per call, past the bound: a full row
+            self.row((end - start) * 1000.0, "ok", None, 1, True, labels=labels)
         breaker = self.breaker
         return breaker is not None and (probe is not None or not breaker.success_is_trivial)
 
@@ -372,10 +416,15 @@ class Engine:
     def rejected(self, exc: CircuitOpenError, labels: Mapping[str, str] | None = None) -> None:
         # The hot path of an open circuit: one append; the buffer counts them and
         # writes one record per (operation, labels) per flush.
-        if self.rejections is not None:
-            self.rejections.append(
-                (self.connector, self.operation, labels or self.labels, "CircuitOpenError")
+        rejections = self.rejections
+        if rejections is not None:
+            rejections.append(
+                self._rejection
+                if not labels
+                else (self.connector, self.operation, labels, "CircuitOpenError")
             )
+            if len(rejections) >= self._fold_at:
+                self._keep_up()
         if self.tracer is not None:
             self.tracer.rejected(exc, labels or self.labels)
         hook = self.options.on_reject
@@ -384,8 +433,11 @@ class Engine:
 
     def refused(self, kind: Refusal, labels: Mapping[str, str] | None = None) -> None:
         """Count a load-control refusal (or a fallback used) in the metrics."""
-        if self.rejections is not None:
-            self.rejections.append((self.connector, self.operation, labels or self.labels, kind))
+        rejections = self.rejections
+        if rejections is not None:
+            rejections.append((self.connector, self.operation, labels or self.labels, kind))
+            if len(rejections) >= self._fold_at:
+                self._keep_up()
 
     def wants_fallback(self, exc: BaseException) -> bool:
         """Whether ``exc`` ends the call in the fallback: a refusal, or retries that ran out."""

@@ -109,6 +109,14 @@ class EngineCache:
         self._lock = threading.Lock()
         _all_engines.add(self)
 
+    def disable_retries(self) -> None:
+        """One attempt per call from now on (``fn.disable_retries()``)."""
+        self.spec = ONE_ATTEMPT
+
+    def enable_retries(self) -> None:
+        """Retries as configured again (``fn.enable_retries()``)."""
+        self.spec = None
+
     def forget(self) -> None:
         """Resolve policy, store and breaker again at the next call."""
         with self._lock:

@@ -16,6 +16,10 @@ from connector_resilience.errors import StoreWarning
 
 logger = logging.getLogger("connector_resilience.store")
 
+# One lock for every FaultLog: faults are rare and the steps under it tiny, and a
+# lock per log would cost every breaker and budget its memory.
+_lock = threading.Lock()
+
 
 class FaultLog:
     """Counts faults of one kind against one store; logs the first and the recovery.
@@ -31,11 +35,10 @@ class FaultLog:
         self.failures = 0
         self.total_failures = 0
         self._warned = False
-        self._lock = threading.Lock()
 
     def fault(self, exc: BaseException) -> None:
         """Record a fault; log it if it starts a burst."""
-        with self._lock:
+        with _lock:
             first = self.failures == 0
             self.failures += 1
             self.total_failures += 1
@@ -61,7 +64,7 @@ class FaultLog:
         """Record a success; log a recovery if a burst just ended."""
         if not self.failures:
             return
-        with self._lock:
+        with _lock:
             count, self.failures = self.failures, 0
         if count:
             logger.warning(

@@ -239,7 +239,8 @@ class CircuitBreaker:
         # This process's own view while its failures tripped the breaker below
         # quorum (CB_LOCAL_OPEN); None otherwise. Never written to the store.
         self._local: CircuitRecord | None = None
-        self._reporter = (os.getpid(), _new_reporter_id())
+        # (pid, id), made when a quorum first needs it: most breakers never do.
+        self._reporter: tuple[int, str] = (0, "")
         self._faults = FaultLog("updating circuit state", self.store.url)
         self._pushed = False
         watch = getattr(self.store, "watch_circuits", None)

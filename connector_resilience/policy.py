@@ -365,7 +365,8 @@ class StorePolicy(BaseModel):
     metrics_pending_max: int = _env(
         "CONNECTOR_METRICS_PENDING_MAX",
         100_000,
-        "Attempts buffered between two writer ticks; past it the oldest are dropped and counted.",
+        "Attempts buffered before they are aggregated; past half of it calls aggregate them "
+        "themselves when the writer thread falls behind, so none is dropped.",
         ge=1,
     )
 

@@ -18,7 +18,7 @@ import asyncio
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, Protocol, TypeVar, cast, overload
 
 import tenacity
 
@@ -37,7 +37,6 @@ from connector_resilience._engine import (
 from connector_resilience._engines import (
     FIRST_ATTEMPT,
     NEVER_CALLED,
-    ONE_ATTEMPT,
     REJECTED,
     SUCCEEDED,
     EngineCache,
@@ -320,9 +319,14 @@ def resilient(
         check_name(connector, what="@resilient connector name")
     if operation is not None:
         check_name(operation, what="@resilient operation name")
-    # Every argument as given, so that retry_with() can change a few of them.
-    settings = dict(locals())
-    del settings["connector"]
+    # The options given (not left at their defaults), so that retry_with() can
+    # change a few of them; only those are kept: a connector pays for what it set.
+    given = locals()
+    settings = {
+        name: value
+        for name, value in given.items()
+        if name in _DEFAULTS and value is not _DEFAULTS[name]
+    }
     options = engine_options(
         retry_on=retry_on,
         retry_on_result=retry_on_result,
@@ -382,9 +386,9 @@ def resilient(
         # tenacity keeps these too: introspection (and mocks) see the real defaults.
         wrapper.__defaults__ = getattr(fn, "__defaults__", None)
         wrapper.__kwdefaults__ = getattr(fn, "__kwdefaults__", None)
-        wrapper.retry_with = functools.partial(_retry_with, fn, connector, settings)
-        wrapper.disable_retries = functools.partial(setattr, engines, "spec", ONE_ATTEMPT)
-        wrapper.enable_retries = functools.partial(setattr, engines, "spec", None)
+        wrapper.retry_with = _RetryWith(fn, connector, settings)
+        wrapper.disable_retries = engines.disable_retries
+        wrapper.enable_retries = engines.enable_retries
         return wrapper
 
     return decorate
@@ -405,10 +409,22 @@ def _check_target(fn: object) -> None:
         )
 
 
-def _retry_with(
-    fn: Callable[..., Any], connector: str | None, settings: dict[str, Any], **changes: Any
-) -> Any:
-    return resilient(connector, **{**settings, **changes})(fn)
+#: ``@resilient``'s keyword options and their defaults.
+_DEFAULTS: Final[dict[str, Any]] = resilient.__kwdefaults__ or {}
+
+
+class _RetryWith:
+    """``fn.retry_with(**changes)``: ``fn`` decorated again with some options changed."""
+
+    __slots__ = ("connector", "fn", "settings")
+
+    def __init__(self, fn: Callable[..., Any], connector: str | None, settings: dict[str, Any]):
+        self.fn = fn
+        self.connector = connector
+        self.settings = settings
+
+    def __call__(self, **changes: Any) -> Any:
+        return resilient(self.connector, **{**self.settings, **changes})(self.fn)
 
 
 def _sync_wrapper(fn: Callable[P, R], engines: EngineCache) -> Callable[P, R]:

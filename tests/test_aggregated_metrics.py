@@ -17,8 +17,9 @@ import random
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -322,6 +323,80 @@ def test_past_the_pending_bound_the_oldest_calls_are_dropped_counted_and_reporte
     assert (summary.attempts, summary.dropped) == (100, 50)
     assert buffer.dropped == 50
     assert any("dropping metrics" in r.getMessage() for r in caplog.records)
+
+
+@contextlib.contextmanager
+def _fine_thread_switching() -> Iterator[None]:
+    """Let threads take turns every few microseconds, so their steps interleave finely."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
+
+
+def test_calls_from_many_threads_at_full_speed_are_all_counted_none_dropped() -> None:
+    # A small bound: past it the writer thread alone could never keep up with
+    # four threads calling flat out, and the deque's hard cap (2 x 200) would lose calls.
+    policy = _policy(metrics_pending_max=200)
+
+    @resilient("api", policy=policy)
+    def fetch() -> int:
+        return 1
+
+    fetch()
+    per_thread = 20_000
+
+    def caller() -> None:
+        for _ in range(per_thread):
+            fetch()
+
+    with _fine_thread_switching():
+        threads = [threading.Thread(target=caller) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads)
+    summary = summarize("api", policy=policy)
+    assert (summary.total_calls, summary.dropped) == (1 + 4 * per_thread, 0)
+
+
+def test_the_writer_drops_the_excess_while_calls_append_and_counts_every_one() -> None:
+    # The writer thread takes the oldest attempts past the bound while calls keep
+    # appending: each one ends up aggregated or counted as dropped, none is lost,
+    # and the writer does not fail (it once iterated the deque as it changed).
+    store = open_store("memory://agg-excess-while-appending")
+    buffer = MetricsBuffer(store, flush_interval_s=3600, max_pending=10**6, pending_max=100)
+    series = Series("api", "get")
+    hard_cap = buffer.successes.maxlen
+    assert hard_cap is not None
+    appended = 0
+    done = threading.Event()
+
+    def calls() -> None:
+        nonlocal appended
+        start = _clock.perf()
+        deadline = time.monotonic() + 20
+        while appended < 30_000 and time.monotonic() < deadline:
+            if len(buffer.successes) < hard_cap - 10:  # never past the hard cap
+                buffer.successes.append((start, start + 0.001, series))
+                appended += 1
+        done.set()
+
+    with _fine_thread_switching():
+        thread = threading.Thread(target=calls)
+        thread.start()
+        while not done.is_set():
+            if len(buffer.successes) > 150:  # past the bound of 100: the excess path
+                buffer.drain()  # raised when it iterated the deque while calls appended
+        thread.join(timeout=30)
+    assert buffer.flush()
+    summary = summarize("api", store=store, policy=_policy())
+    assert appended == 30_000
+    assert summary.attempts + summary.dropped == appended
+    assert summary.dropped == buffer.dropped > 0  # the bound was passed, and counted
 
 
 def test_past_the_key_bound_the_oldest_key_is_written_early_not_lost() -> None:

@@ -10,7 +10,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from itertools import islice, repeat
+from itertools import repeat
 from typing import Any, Literal, TypeVar
 
 from connector_resilience import _clock
@@ -106,7 +106,17 @@ class MetricsBuffer:
         self._dropping = False
         self._retry: list[CallRecord] = []
         self._waiting: list[CallAggregate] = []
+        # The in-memory state (deques taken from, aggregator, batches) is under
+        # _flush_lock, held only for CPU work; store I/O is under _write_lock, so
+        # a store that blocks never stops calls from folding what they buffer.
+        # Order: _write_lock before _flush_lock.
         self._flush_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        #: Buffered attempts past which a call folds them itself (see keep_up).
+        self.fold_at = max(1, pending_max // 2)
+        #: How often (seconds of successes) calls look: at most every 5 ms, and
+        #: often enough that even 4M calls/s could not buffer fold_at more between looks.
+        self.keep_up_every_s = min(0.005, self.fold_at / 4e6)
         self._faults = FaultLog("writing metrics", store.url)
         self._wake = threading.Event()
         self._stopped = False
@@ -154,11 +164,11 @@ class MetricsBuffer:
             if self.aggregator is not None:
                 self.aggregator.roll(_clock.wall())
                 closed = bool(self.aggregator.closed)
-            # A closed interval is written at once (waiting for the flush timer
-            # could hold it back nearly a whole flush interval more).
-            if closed or time.monotonic() - self._last_write >= self.flush_interval_s:
-                self._write()
-            return busy
+        # A closed interval is written at once (waiting for the flush timer
+        # could hold it back nearly a whole flush interval more).
+        if closed or time.monotonic() - self._last_write >= self.flush_interval_s:
+            self._write()
+        return busy
 
     def flush(self) -> bool:
         """Write everything pending now, the open interval included; True if the store took it."""
@@ -167,7 +177,25 @@ class MetricsBuffer:
             if self.aggregator is not None:
                 self.aggregator.roll(_clock.wall())
                 self.aggregator.close_fine()
-            return self._write()
+        return self._write()
+
+    def keep_up(self) -> None:
+        """Fold what calls buffered in the calling thread, if the writer fell behind.
+
+        Calls look in now and then (at most every few milliseconds of calls,
+        often enough that no call rate buffers :attr:`fold_at` more between
+        two looks). Past :attr:`fold_at` buffered attempts that the writer
+        thread did not get to (it waits for the GIL, or a slow store holds it
+        up), the call folds them itself, first waiting for any thread folding
+        right now. Folding never waits for the store (writes happen outside
+        the flush lock), so that wait is CPU work only. Memory stays under
+        ``pending_max`` and nothing is dropped whatever the call rate: the
+        calls that make the work pay for it, and only when the writer cannot.
+        """
+        if len(self.successes) + len(self.rows) + len(self.rejections) < self.fold_at:
+            return
+        with self._flush_lock:
+            self._drain()
 
     def pending(self) -> int:
         """Attempts (or raw records) measured but not yet taken by the store."""
@@ -192,7 +220,7 @@ class MetricsBuffer:
         """Write one raw record now (``record_call``); True if the store took it."""
         with self._flush_lock:
             self._retry.append(record)
-            return self._write(raw_only=True)
+        return self._write(raw_only=True)
 
     # Draining -----------------------------------------------------------
 
@@ -242,13 +270,13 @@ class MetricsBuffer:
                 self._faults.url,
                 len(pending),
             )
+        # Only this thread takes from the left; calls append on the right meanwhile,
+        # so nothing here may iterate the deque itself (that raises once it changes).
         excess = len(pending) - self.pending_max
         if excess > 0:
-            counts = collections.Counter(map(key, islice(pending, excess)))
-            for _ in range(excess):
-                pending.popleft()
+            oldest = list(map(operator.call, repeat(pending.popleft, excess)))
+            counts = collections.Counter(map(key, oldest))
             self._count_dropped(counts, "calls came faster than the writer could aggregate")
-        # Only this thread takes from the left; calls append on the right meanwhile.
         return list(map(operator.call, repeat(pending.popleft, len(pending))))
 
     def _count_dropped(self, counts: collections.Counter[tuple[str, str]], why: str) -> None:
@@ -306,35 +334,46 @@ class MetricsBuffer:
     # Writing ------------------------------------------------------------
 
     def _write(self, *, raw_only: bool = False) -> bool:
-        """Write pending raw records and closed aggregate rows; True if the store took them."""
-        self._last_write = time.monotonic()
-        took = self._write_raw()
-        if not raw_only and self.aggregator is not None:
-            took = self._write_aggregates() and took
-        if took and self._dropping:
-            self._dropping = False
-            logger.warning(
-                "store %s: %d metric(s) were dropped in all (counted in summarize().dropped)",
-                self._faults.url,
-                self.dropped,
-            )
-        return took
+        """Write pending raw records and closed aggregate rows; True if the store took them.
 
-    def _write_raw(self) -> bool:
-        batch = self._retry
+        The batches are taken under the flush lock, written outside it (calls
+        go on folding meanwhile), and what the store did not take is put back.
+        """
+        with self._write_lock:
+            with self._flush_lock:
+                self._last_write = time.monotonic()
+                raw, self._retry = self._retry, []
+                rows: list[CallAggregate] = []
+                if not raw_only and self.aggregator is not None:
+                    rows = self._waiting + self.aggregator.take()
+                    self._waiting = []
+            took = self._write_raw(raw)
+            if rows:
+                took = self._write_aggregates(rows) and took
+            if took and self._dropping:
+                with self._flush_lock:
+                    self._dropping = False
+                logger.warning(
+                    "store %s: %d metric(s) were dropped in all (counted in summarize().dropped)",
+                    self._faults.url,
+                    self.dropped,
+                )
+            return took
+
+    def _write_raw(self, batch: list[CallRecord]) -> bool:
         if not batch:
             return True
-        self._retry = []
         try:
             refused = _append_isolating(self.store.append_calls, batch)  # batch: what is left
         except Exception as exc:
             self._faults.fault(exc)
-            excess = len(batch) - self.max_pending
-            if excess > 0:
-                counts = collections.Counter((r.connector, r.operation) for r in batch[:excess])
-                del batch[:excess]
-                self._count_dropped(counts, "the store is unreachable")
-            self._retry = batch + self._retry
+            with self._flush_lock:
+                excess = len(batch) - self.max_pending
+                if excess > 0:
+                    counts = collections.Counter((r.connector, r.operation) for r in batch[:excess])
+                    del batch[:excess]
+                    self._count_dropped(counts, "the store is unreachable")
+                self._retry = batch + self._retry
             return False
         self._faults.ok()
         if refused:
@@ -344,25 +383,21 @@ class MetricsBuffer:
         _notify(batch)
         return True
 
-    def _write_aggregates(self) -> bool:
-        assert self.aggregator is not None
-        batch = self._waiting + self.aggregator.take()
-        self._waiting = []
-        if not batch:
-            return True
+    def _write_aggregates(self, batch: list[CallAggregate]) -> bool:
         try:
             store: Any = self.store
             refused = _append_isolating(store.append_aggregates, batch)  # batch: what is left
         except Exception as exc:
             self._faults.fault(exc)
-            excess = len(batch) - self.max_pending
-            if excess > 0:
-                counts: collections.Counter[tuple[str, str]] = collections.Counter()
-                for row in batch[:excess]:
-                    counts[(row.connector, row.operation)] += row.attempts + row.dropped
-                del batch[:excess]
-                self._count_dropped(counts, "the store is unreachable")
-            self._waiting = batch
+            with self._flush_lock:
+                excess = len(batch) - self.max_pending
+                if excess > 0:
+                    counts: collections.Counter[tuple[str, str]] = collections.Counter()
+                    for row in batch[:excess]:
+                        counts[(row.connector, row.operation)] += row.attempts + row.dropped
+                    del batch[:excess]
+                    self._count_dropped(counts, "the store is unreachable")
+                self._waiting = batch + self._waiting
             return False
         self._faults.ok()
         if refused:
@@ -380,7 +415,7 @@ class MetricsBuffer:
             self._drain()
             if self.aggregator is not None:
                 self.aggregator.close_all()
-            self._write()
+        self._write()
 
     def reset_after_fork(self) -> None:
         """Forget what the parent buffered (the parent writes it) and restart the writer."""
@@ -394,6 +429,7 @@ class MetricsBuffer:
                 interval_s=self.aggregator.resolutions[0], max_keys=self.aggregator.max_keys
             )
         self._flush_lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._wake = threading.Event()
         self._thread = None
         self._pid = os.getpid()
