@@ -387,10 +387,12 @@ class Engine:
         per route and status, so that a success is one append.
         """
         self.budget.calls += 1
-        if series is not None:
-            record = self.record_success
-            if record is not None:
-                record((start, end, series))
+        record = self.record_success
+        if record is not None and series is not None:
+            record((start, end, series))
+            if end >= self._keep_up_at:  # as succeeded does: has the writer fallen behind?
+                self._keep_up_at = end + self._keep_up_every_s
+                self._keep_up()
         breaker = self.breaker
         return breaker is not None and (probe is not None or not breaker.success_is_trivial)
 
