@@ -292,6 +292,12 @@ def _http_scenarios(ctx: Any) -> dict[str, Callable[[], Loop]]:
             from connector_resilience.httpx import ResilientTransport
 
             outer = ResilientTransport("bench", transport=Inner(), policy=policy())
+        elif kind == "retries":
+            import httpx_retries
+
+            outer = httpx_retries.RetryTransport(
+                transport=Inner(), retry=httpx_retries.Retry(total=3)
+            )
         if is_async:
             return _without_gc(_async_loop(lambda: outer.handle_async_request(request)))
         return _without_gc(_sync_loop(lambda: outer.handle_request(request)))
@@ -322,6 +328,8 @@ def _http_scenarios(ctx: Any) -> dict[str, Callable[[], Loop]]:
         "http-transport-sync-bare": lambda: transport("bare", is_async=False),
         "http-transport-async": lambda: transport("ours", is_async=True),
         "http-transport-async-bare": lambda: transport("bare", is_async=True),
+        "http-transport-sync-retries": lambda: transport("retries", is_async=False),
+        "http-transport-async-retries": lambda: transport("retries", is_async=True),
         "http-adapter": lambda: adapter("ours"),
         "http-adapter-bare": lambda: adapter("bare"),
         "http-httpx-sync": lambda: httpx_sync("ours"),
