@@ -378,7 +378,8 @@ def _status(response: Any) -> int:
 
 
 async def _async_burst(client: Any, url: str, n: int, concurrency: int) -> tuple[float, float]:
-    per = max(1, n // CONCURRENCY)
+    """``n`` requests by ``concurrency`` tasks: (requests per wall second, per CPU second)."""
+    per = max(1, n // concurrency)
     is_aiohttp = hasattr(client, "ws_connect")
 
     async def worker() -> None:
@@ -393,15 +394,16 @@ async def _async_burst(client: Any, url: str, n: int, concurrency: int) -> tuple
                 raise RuntimeError(f"server answered {status}")
 
     wall, cpu = time.perf_counter(), time.process_time()
-    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
-    done = per * CONCURRENCY
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    done = per * concurrency
     return done / (time.perf_counter() - wall), done / max(1e-9, time.process_time() - cpu)
 
 
 def _sync_burst(
     client: Any, url: str, n: int, concurrency: int, pool: ThreadPoolExecutor
 ) -> tuple[float, float]:
-    per = max(1, n // CONCURRENCY)
+    """``n`` requests by ``concurrency`` threads: (requests per wall second, per CPU second)."""
+    per = max(1, n // concurrency)
 
     def worker() -> None:
         for _ in range(per):
@@ -447,8 +449,10 @@ def _measure_family(
         for role in clients:
             burst(role, 100)  # warm pools, engines and caches
         rate = burst("bare", 200)[0]
-        n = max(100, int(rate * (0.1 if ctx.quick else 0.25)))
-        n -= n % concurrency
+        # Rounds of about half a second of the bare client, at least four requests
+        # per worker: a round of one request per worker times mostly scheduling.
+        n = max(200, 4 * concurrency, int(rate * (0.1 if ctx.quick else 0.5)))
+        n += -n % concurrency
         ctx.log(f"http {family} c={concurrency}: {len(clients)} clients x {n} requests")
         rounds = interleaved(list(clients), lambda role: burst(role, n), ctx.repeats)
     finally:

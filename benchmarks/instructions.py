@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import shutil
 import subprocess
@@ -25,7 +26,7 @@ import sys
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -177,7 +178,225 @@ def _scenarios(scratch: Path) -> dict[str, Callable[[], Loop]]:
         "middleware": lambda: middleware("ours"),
         "middleware-interlock": lambda: middleware("interlock"),
         "middleware-none": lambda: middleware("none"),
+        **_http_scenarios(ctx),
     }
+
+
+#: Where the HTTP scenarios send their requests: never reached, a canned answer
+#: stands in for the network (see :func:`_http_scenarios`).
+_CANNED_URL = "http://127.0.0.1:9/x"
+
+
+def _http_scenarios(ctx: Any) -> dict[str, Callable[[], Loop]]:
+    """A GET answered 200 through each HTTP adapter, its bare client and its peer.
+
+    No sockets: what is counted is the client library and what an adapter adds.
+    ``http-transport-*`` and ``http-adapter*`` count an adapter alone (httpx's
+    transport, requests' adapter over an inner send that hands back one
+    response), against that inner send called bare: the adapter's own cost,
+    steadier than the difference of two whole-client figures.
+
+    * httpx (sync and async): the client's inner transport is httpx's own
+      ``MockTransport``, answering a fresh ``httpx.Response(200, content=b"ok")``;
+      ours (``ResilientTransport``) and httpx-retries' ``RetryTransport`` wrap it,
+      the bare client uses it directly.
+    * requests: every session mounts an ``HTTPAdapter`` (ours, bare, or bare
+      with urllib3 ``Retry(total=3, backoff_factor=0.4, status_forcelist=(429,
+      502, 503, 504))``) whose urllib3 pool class is replaced by one whose
+      ``_make_request`` (the socket exchange inside ``urlopen``) returns a
+      canned 200 with a 2-byte body; everything above it (urllib3's ``urlopen``
+      and its retry bookkeeping, the connection pool, requests' adapter and
+      session) runs as shipped. Sessions have ``trust_env=False``: this
+      machine's proxy variables and ``.netrc`` would otherwise cost each
+      request more than any adapter does.
+
+    Two things that are not per request are kept out of the count. Garbage
+    collection is off inside the loops: a full pass costs millions of
+    instructions and lands in one subject's loop or another's by chance. Our
+    breaker re-reads its store every ``CB_SYNC_INTERVAL_S`` (0.1 s) of wall
+    time, which under valgrind's slowdown falls every few requests of these
+    heavy clients, so ours is given an hour.
+    """
+    from benchmarks import subjects
+
+    def policy() -> Any:
+        return subjects.our_policy(ctx, "memory", circuit={"sync_interval_s": 3600.0})
+
+    def httpx_client(kind: str, *, is_async: bool) -> Any:
+        import httpx
+
+        inner = httpx.MockTransport(lambda request: httpx.Response(200, content=b"ok"))
+        transport: Any = inner
+        if kind == "ours":
+            from connector_resilience.httpx import ResilientTransport
+
+            transport = ResilientTransport("bench", transport=inner, policy=policy())
+        elif kind == "retries":
+            import httpx_retries
+
+            transport = httpx_retries.RetryTransport(
+                transport=inner, retry=httpx_retries.Retry(total=3)
+            )
+        return (httpx.AsyncClient if is_async else httpx.Client)(transport=transport)
+
+    def httpx_sync(kind: str) -> Loop:
+        client = httpx_client(kind, is_async=False)
+        return _without_gc(_sync_loop(lambda: client.get(_CANNED_URL)))
+
+    def httpx_async(kind: str) -> Loop:
+        client = httpx_client(kind, is_async=True)
+        return _without_gc(_async_loop(lambda: client.get(_CANNED_URL)))
+
+    def requests_session(kind: str) -> Loop:
+        import requests
+        import urllib3
+
+        if kind == "ours":
+            from connector_resilience.requests import ResilientAdapter
+
+            adapter: Any = ResilientAdapter("bench", policy=policy())
+        elif kind == "urllib3":
+            retry = urllib3.Retry(
+                total=3, backoff_factor=0.4, status_forcelist=(429, 502, 503, 504)
+            )
+            adapter = requests.adapters.HTTPAdapter(max_retries=retry)
+        else:
+            adapter = requests.adapters.HTTPAdapter()
+        adapter.poolmanager.pool_classes_by_scheme = {"http": _canned_pool()}
+        session = requests.Session()
+        session.trust_env = False
+        session.mount("http://", adapter)
+
+        def get() -> object:
+            return session.get(_CANNED_URL).content
+
+        return _without_gc(_sync_loop(get))
+
+    def transport(kind: str, *, is_async: bool) -> Loop:
+        # The transport alone, over an inner one that hands back one response:
+        # what the adapter adds, without the client's own (much larger) cost.
+        import httpx
+
+        request = httpx.Request("GET", _CANNED_URL)
+        response = httpx.Response(200)
+
+        class Inner(httpx.BaseTransport, httpx.AsyncBaseTransport):
+            def handle_request(self, request: httpx.Request) -> httpx.Response:
+                return response
+
+            async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+                return response
+
+        outer: Any = Inner()
+        if kind == "ours":
+            from connector_resilience.httpx import ResilientTransport
+
+            outer = ResilientTransport("bench", transport=Inner(), policy=policy())
+        elif kind == "retries":
+            import httpx_retries
+
+            outer = httpx_retries.RetryTransport(
+                transport=Inner(), retry=httpx_retries.Retry(total=3)
+            )
+        if is_async:
+            return _without_gc(_async_loop(lambda: outer.handle_async_request(request)))
+        return _without_gc(_sync_loop(lambda: outer.handle_request(request)))
+
+    def adapter(kind: str) -> Loop:
+        # The adapter alone: HTTPAdapter.send underneath hands back one response.
+        import requests
+
+        from connector_resilience.requests import ResilientAdapter
+
+        response = requests.Response()
+        response.status_code = 200
+
+        class Canned(requests.adapters.HTTPAdapter):
+            def send(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+                return response
+
+        class Ours(ResilientAdapter, Canned):
+            pass
+
+        mounted = Ours("bench", policy=policy()) if kind == "ours" else Canned()
+        prepared = requests.Request("GET", _CANNED_URL).prepare()
+        options: dict[str, Any] = {"stream": False, "timeout": None, "verify": True}
+        return _without_gc(_sync_loop(lambda: mounted.send(prepared, **options)))
+
+    return {
+        "http-transport-sync": lambda: transport("ours", is_async=False),
+        "http-transport-sync-bare": lambda: transport("bare", is_async=False),
+        "http-transport-async": lambda: transport("ours", is_async=True),
+        "http-transport-async-bare": lambda: transport("bare", is_async=True),
+        "http-transport-sync-retries": lambda: transport("retries", is_async=False),
+        "http-transport-async-retries": lambda: transport("retries", is_async=True),
+        "http-adapter": lambda: adapter("ours"),
+        "http-adapter-bare": lambda: adapter("bare"),
+        "http-httpx-sync": lambda: httpx_sync("ours"),
+        "http-httpx-sync-bare": lambda: httpx_sync("bare"),
+        "http-httpx-sync-retries": lambda: httpx_sync("retries"),
+        "http-httpx-async": lambda: httpx_async("ours"),
+        "http-httpx-async-bare": lambda: httpx_async("bare"),
+        "http-httpx-async-retries": lambda: httpx_async("retries"),
+        "http-requests": lambda: requests_session("ours"),
+        "http-requests-bare": lambda: requests_session("bare"),
+        "http-requests-urllib3": lambda: requests_session("urllib3"),
+    }
+
+
+def _without_gc(run: Loop) -> Loop:
+    """``run`` with garbage collection off while it runs."""
+
+    def quiet(n: int) -> None:
+        gc.disable()
+        try:
+            run(n)
+        finally:
+            gc.enable()
+
+    return quiet
+
+
+def _canned_pool() -> type:
+    """A urllib3 HTTP pool whose socket exchange is a canned 200 (see :func:`_http_scenarios`)."""
+    import http.client
+    import io
+
+    import urllib3
+    from urllib3.connectionpool import HTTPConnectionPool
+
+    head = b"Content-Length: 2\r\nContent-Type: text/plain\r\n\r\n"
+
+    class Body(io.BytesIO):
+        """The body, standing in for http.client's response: closed once read in full."""
+
+        msg = http.client.parse_headers(io.BytesIO(head))  # what requests reads cookies from
+
+        def isclosed(self) -> bool:
+            return self.closed
+
+    class CannedPool(HTTPConnectionPool):
+        def _make_request(self, conn: Any, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+            body = Body(b"ok")
+            response = urllib3.HTTPResponse(
+                body=body,
+                headers=dict(Body.msg.items()),
+                status=200,
+                version=11,
+                reason="OK",
+                preload_content=kwargs.get("preload_content", True),
+                decode_content=kwargs.get("decode_content", True),
+                request_method=method,
+                request_url=url,
+                # So that the connection goes back to the pool once the body is read.
+                original_response=cast(Any, body),
+            )
+            response.retries = kwargs.get("retries")
+            response._connection = kwargs.get("response_conn")
+            response._pool = self
+            return response
+
+    return CannedPool
 
 
 def _child(names: list[str], calls: int) -> None:
@@ -223,11 +442,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     source = (args.source or ROOT).resolve()
     with tempfile.TemporaryDirectory(prefix="cr-callgrind-") as out:
-        env = {
-            **os.environ,
-            "PYTHONHASHSEED": "0",
-            "PYTHONPATH": os.pathsep.join([str(source), str(ROOT)]),
-        }
+        # The library from ``source``, the scenarios from this tree: a source
+        # tree's own benchmarks/ (an older checkout's) must not shadow these.
+        path = Path(out) / "path"
+        path.mkdir()
+        (path / "connector_resilience").symlink_to(source / "connector_resilience")
+        (path / "benchmarks").symlink_to(ROOT / "benchmarks")
+        env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": str(path)}
         command = [
             "valgrind",
             "--tool=callgrind",
@@ -237,13 +458,16 @@ def main(argv: list[str] | None = None) -> int:
             "-c",
             "import runpy, sys; sys.path[:0] = [sys.argv.pop(1)]; "
             "runpy.run_module('benchmarks.instructions', run_name='__main__')",
-            str(source),
+            str(path),
             "--child",
             "--calls",
             str(args.calls),
             *names,
         ]
-        subprocess.run(command, check=True, env=env, cwd=out, capture_output=True)
+        done = subprocess.run(command, check=False, env=env, cwd=out, capture_output=True)
+        if done.returncode != 0:
+            print(done.stderr.decode(errors="replace")[-4000:], file=sys.stderr)
+            return done.returncode
         # Dumps: .1 is start-up to the first marker; .2.. are the scenarios in order.
         dumps = sorted(Path(out).glob("cg.out.*"), key=lambda p: int(p.suffix[1:]))
         counts = [_totals(p) for p in dumps[1 : 1 + len(names)]]

@@ -370,6 +370,32 @@ class Engine:
         breaker = self.breaker
         return breaker is not None and (probe is not None or not breaker.success_is_trivial)
 
+    def series_for(self, labels: Mapping[str, str]) -> Series | None:
+        """The series successes with ``labels`` go to, for a caller that keeps it.
+
+        ``None`` when successes are not recorded as series (metrics off, or
+        past the bound): :meth:`succeeded` with the labels records those.
+        """
+        return self._labelled_series(labels)
+
+    def succeeded_in(
+        self, series: Series | None, start: float, end: float, probe: str | None
+    ) -> bool:
+        """:meth:`succeeded` into a series the caller keeps (see :meth:`series_for`).
+
+        ``series`` is ``None`` when metrics are off. The HTTP adapters keep one
+        per route and status, so that a success is one append.
+        """
+        self.budget.calls += 1
+        record = self.record_success
+        if record is not None and series is not None:
+            record((start, end, series))
+            if end >= self._keep_up_at:  # as succeeded does: has the writer fallen behind?
+                self._keep_up_at = end + self._keep_up_every_s
+                self._keep_up()
+        breaker = self.breaker
+        return breaker is not None and (probe is not None or not breaker.success_is_trivial)
+
     def _labelled_series(self, labels: Mapping[str, str]) -> Series | None:
         """The series of a labels mapping the caller keeps (the HTTP rules cache theirs).
 

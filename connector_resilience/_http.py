@@ -290,9 +290,13 @@ def is_transient_error(
 # Origins, ports, timeouts ---------------------------------------------------------
 
 
+_DEFAULT_PORTS: dict[str, int] = {"https": 443, "http": 80, "wss": 443, "ws": 80}
+
+
 def default_port(scheme: str) -> int | None:
     """The port a URL of ``scheme`` means when it names none."""
-    return {"https": 443, "http": 80, "wss": 443, "ws": 80}.get(scheme.lower())
+    port = _DEFAULT_PORTS.get(scheme)
+    return port if port is not None else _DEFAULT_PORTS.get(scheme.lower())
 
 
 def origin(scheme: str, host: str, port: int | None) -> str:

@@ -1,25 +1,31 @@
-"""The request flow the HTTP adapters share: engines, breaker admission, first attempt, retries.
+"""The request flow the HTTP adapters share: routes, breaker admission, first attempt, retries.
 
-An adapter hands :class:`HttpCalls` its request as plain values and a
-``send(timeout_s)`` that makes one attempt with its client; the rules come
-from :mod:`connector_resilience._http`, the retry plan and its drivers from
-:mod:`connector_resilience._engine`. The first attempt runs inline, as under
-``@resilient``: the plan is only built once an attempt fails or answers with
-a status worth retrying.
+An adapter gives :class:`HttpCalls` its client's ``send(request, context,
+timeout_s)`` once, then hands it each request with its method, host and port;
+the rules come from :mod:`connector_resilience._http`, the retry plan and its
+drivers from :mod:`connector_resilience._engine`.
+
+The first attempt runs inline, as under ``@resilient``: everything that
+depends only on (method, host, port) is decided once per route
+(:class:`_Route`), including the metric series of each status that settles a
+call whatever its headers say, so a plain success reads the clock twice and
+appends one tuple. The plan is only built once an attempt fails or answers
+with a status that needs a rule.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import math
 import operator
 import threading
 import uuid
-from collections.abc import Awaitable, Callable, Collection, MutableMapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Collection, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
 
 from connector_resilience import _clock
 from connector_resilience._engine import (
@@ -42,15 +48,25 @@ from connector_resilience._http import (
     status_of,
 )
 from connector_resilience.errors import CircuitOpenError
+from connector_resilience.metrics import Series
 
 if TYPE_CHECKING:
     from connector_resilience.backends import Store
-    from connector_resilience.circuit import StateChange
+    from connector_resilience.circuit import CircuitBreaker, StateChange
     from connector_resilience.policy import Policy
 
 __all__ = ["HttpCalls", "authenticated_async", "authenticated_sync"]
 
 logger = logging.getLogger("connector_resilience.http")
+
+
+class _Request(Protocol):
+    """What the flow reads of any client's request."""
+
+    @property
+    def headers(self) -> MutableMapping[str, Any]:
+        """The request headers (an idempotency key and trace context go there)."""
+        ...
 
 
 class _Response(Protocol):
@@ -62,15 +78,35 @@ class _Response(Protocol):
         ...
 
 
+S = TypeVar("S", bound=_Request)  # the client's request
+C = TypeVar("C")  # what the adapter's send needs besides the request (a handler, a transport)
 R = TypeVar("R", bound=_Response)
-S = TypeVar("S")  # the client's request object, handed back to the adapter's rules
+
+#: One attempt with the client: ``(request, context, timeout_s)`` to a response.
+SyncSend = Callable[[S, C, float | None], R]
+AsyncSend = Callable[[S, C, float | None], Awaitable[R]]
+
+#: Routes kept per adapter: (method, host, port) triples are few for a
+#: connector; past this many, requests get a route made for them alone.
+_MAX_ROUTES = 1024
+#: A status whose success series is not known yet (``None``: known, metrics off).
+_UNKNOWN: Final[Any] = object()
 
 
-class HttpCalls:
-    """One adapter's engines (per method, and per host if asked) and its request flow.
+class HttpCalls(Generic[S, C, R]):
+    """One adapter's routes and engines (per method, and per host if asked) and its request flow.
 
     Args:
         connector: the connector's name.
+        send: one attempt with a sync client, ``(request, context, timeout_s)``.
+        asend: one attempt with an async client.
+        direct: with no timeout of ours to apply, an attempt is ``context(request)``:
+            what ``send`` would do then, one call less on every request.
+        can_retry: why a request cannot be sent again (a consumed body), or ``None``.
+        discard: release a response a retry supersedes (sync).
+        adiscard: the same for an async client (may return an awaitable);
+            ``discard`` if ``None``.
+        client_deadline_s: the client's own whole-request timeout, if it has one.
         retry_statuses: statuses that are retried.
         retry_methods: methods retried without an idempotency key.
         idempotency_header: the header that makes a POST or PATCH retryable.
@@ -100,6 +136,13 @@ class HttpCalls:
         self,
         connector: str,
         *,
+        send: SyncSend[S, C, R] | None = None,
+        asend: AsyncSend[S, C, R] | None = None,
+        direct: bool = False,
+        can_retry: Callable[[S], str | None],
+        discard: Callable[[R], object],
+        adiscard: Callable[[R], object] | None = None,
+        client_deadline_s: Callable[[S], float | None] | None = None,
         retry_statuses: Collection[int],
         retry_methods: Collection[str],
         idempotency_header: str,
@@ -130,6 +173,13 @@ class HttpCalls:
             if seconds is not None and not seconds > 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {seconds}")
         self.connector = connector
+        self._send = send
+        self._asend = asend
+        self._direct = direct
+        self._can_retry = can_retry
+        self._discard = discard
+        self._adiscard = adiscard if adiscard is not None else discard
+        self._client_deadline_s = client_deadline_s
         self.rules = rules = HttpRules(
             retry_statuses=retry_statuses,
             retry_methods=retry_methods,
@@ -165,27 +215,20 @@ class HttpCalls:
         self._status: Callable[[Any], int] = (
             operator.attrgetter(status_attribute) if status_attribute else status_of
         )
-        self._routes: dict[tuple[str, str | None], _Route] = {}
+        self._engines: dict[tuple[str, str | None], Engine] = {}
+        self._routes: dict[tuple[str, str, int | None], _Route] = {}
         self._lock = threading.Lock()
 
-    # Engines ---------------------------------------------------------------
-
-    def built(self, method: str, host: str) -> Engine | None:
-        """The engine for requests of ``method`` to ``host``, if already built."""
-        route = self._routes.get((method, host if self.breaker_per_host else None))
-        return None if route is None else route.engine
+    # Engines and routes ------------------------------------------------------
 
     def engine(self, method: str, host: str) -> Engine:
         """The engine for requests of ``method`` to ``host``, built on first use (store I/O)."""
-        return self._route(method, host).engine
-
-    def _route(self, method: str, host: str) -> _Route:
         key = (method, host if self.breaker_per_host else None)
-        route = self._routes.get(key)
-        if route is None:
+        engine = self._engines.get(key)
+        if engine is None:
             with self._lock:
-                route = self._routes.get(key)
-                if route is None:
+                engine = self._engines.get(key)
+                if engine is None:
                     engine = build_engine(
                         connector=self.connector,
                         operation=method,
@@ -194,237 +237,332 @@ class HttpCalls:
                         options=self._options,
                         breaker_name=f"{self.connector}@{host}" if key[1] is not None else None,
                     )
-                    configured = self.attempt_timeout_s
-                    if configured is None:
-                        configured = engine.policy.retry.attempt_timeout_s
-                    route = _Route(
-                        engine=engine,
-                        keyed=self.rules.wants_idempotency_key(method),
-                        attempt_s=configured,
-                        own_s=_min_or_none(self.deadline_s, engine.deadline_s),
-                        guards=engine.load.admits or engine.fallback is not None,
-                    )
-                    self._routes[key] = route
+                    self._engines[key] = engine
+        return engine
+
+    def _route(self, method: str, host: str, port: int | None) -> _Route:
+        """The route of (method, host, port), made on first use (its engine: store I/O)."""
+        key = (method, host, port)
+        route = self._routes.get(key)
+        if route is not None:
+            return route
+        engine = self.engine(method, host)
+        configured = self.attempt_timeout_s
+        if configured is None:
+            configured = engine.policy.retry.attempt_timeout_s
+        own_s = _min_or_none(self.deadline_s, engine.deadline_s)
+        bounded = configured is not None or own_s is not None
+        keyed = self.rules.wants_idempotency_key(method)
+        traced = engine.tracer is not None
+        route = _Route(
+            engine=engine,
+            method=method,
+            host=host,
+            port=port,
+            labels=self.rules.labels(method, host, port, None),
+            keyed=keyed,
+            traced=traced,
+            special=keyed or traced,
+            attempt_s=configured,
+            own_s=own_s,
+            bounded=bounded,
+            direct=self._direct and not bounded,
+            guards=engine.load.admits or engine.fallback is not None,
+        )
+        with self._lock:
+            if len(self._routes) < _MAX_ROUTES:
+                route = self._routes.setdefault(key, route)
         return route
 
     # The flow, sync and async ------------------------------------------------
 
-    def call_sync(
+    def call_sync(  # noqa: PLR0917 - positional on purpose: every request's hot path
         self,
         method: str,
         host: str,
         port: int | None,
-        headers: MutableMapping[str, Any],
-        send: Callable[[float | None], R],
-        *,
-        subject: S,
-        can_retry: Callable[[S], str | None],
-        discard: Callable[[Any], object],
-        client_deadline_s: Callable[[S], float | None] | None = None,
-        _guarded: bool = False,
+        request: S,
+        context: C,
+        send: SyncSend[S, C, R] | None = None,
     ) -> R:
-        """Send a request with the breaker, retries and metrics (a sync client)."""
-        route = self._routes.get((method, host if self.breaker_per_host else None))
+        """Send ``request`` with the breaker, retries and metrics (a sync client).
+
+        ``send`` replaces the adapter's own for this request (load control's,
+        learning pauses).
+        """
+        route = self._routes.get((method, host, port))
         if route is None:
-            route = self._route(method, host)
-        engine = route.engine
-        if route.guards and not _guarded:
-            return self._guard_sync(
-                engine,
-                lambda learning_send: self.call_sync(
-                    method,
-                    host,
-                    port,
-                    headers,
-                    learning_send,
-                    subject=subject,
-                    can_retry=can_retry,
-                    discard=discard,
-                    client_deadline_s=client_deadline_s,
-                    _guarded=True,
-                ),
-                send,
-            )
-        breaker = engine.breaker
+            route = self._route(method, host, port)
+        if send is None:
+            if route.guards:
+                return self._guard_sync(route, request, context)
+            send = self._send
+            assert send is not None, "a sync client needs HttpCalls(send=...)"
+            direct = route.direct
+        else:
+            direct = False
+        breaker = route.engine.breaker
         probe = None
-        if breaker is not None and (now := _clock.monotonic()) >= breaker.admit_until:
-            labels = self.rules.labels(method, host, port, None)
-            if now < breaker.refuse_until:
-                rejection = breaker.rejection()
-                engine.rejected(rejection, labels)
-                raise rejection
-            try:
-                probe = breaker.acquire()
-            except CircuitOpenError as exc:
-                engine.rejected(exc, labels)
-                raise
+        perf = _clock.perf
+        # One clock read admits the call and starts its timing (see _clock).
+        start = perf()
+        if breaker is not None and start >= breaker.admit_until:
+            probe = self._admit_sync(route, breaker, start)
+            start = perf()  # the admission may have read the store: not the call's time
+        if route.special:
+            self._prepare(route, request)
+            if route.traced:  # every attempt runs from the plan, in its span
+                return self._plan_sync(route, probe, None, start, request, context, send)
+        try:
+            response: R
+            if direct:  # what the adapter's send would do: the client's own call
+                response = context(request)  # type: ignore[operator]
+            else:
+                response = send(request, context, route.timeout_s(start) if route.bounded else None)
+        except BaseException as exc:
+            return self._plan_sync(
+                route, probe, (False, exc, start, perf()), start, request, context, send
+            )
+        end = perf()
+        series = route.settled.get(self._status(response), _UNKNOWN)
+        if series is _UNKNOWN:  # a status not seen yet, or one whose headers matter
+            series = self._learn(route, response)
+            if series is _UNKNOWN:
+                return self._plan_sync(
+                    route, probe, (True, response, start, end), start, request, context, send
+                )
+        if route.engine.succeeded_in(series, start, end, probe):
+            assert breaker is not None
+            breaker.report(probe, "success", duration_ms=(end - start) * 1000.0)
+        return response
+
+    async def call_async(  # noqa: PLR0917 - positional on purpose: every request's hot path
+        self,
+        method: str,
+        host: str,
+        port: int | None,
+        request: S,
+        context: C,
+        send: AsyncSend[S, C, R] | None = None,
+    ) -> R:
+        """:meth:`call_sync` for an async client; store I/O never blocks the event loop."""
+        route = self._routes.get((method, host, port))
+        if route is None:
+            # Building an engine opens the store and reads the breaker (network
+            # I/O for Redis): the first request of a route does it in a thread.
+            route = await asyncio.to_thread(self._route, method, host, port)
+        if send is None:
+            if route.guards:
+                return await self._guard_async(route, request, context)
+            send = self._asend
+            assert send is not None, "an async client needs HttpCalls(asend=...)"
+            direct = route.direct
+        else:
+            direct = False
+        breaker = route.engine.breaker
+        probe = None
+        perf = _clock.perf
+        start = perf()
+        if breaker is not None and start >= breaker.admit_until:
+            probe = await self._admit_async(route, breaker, start)
+            start = perf()
+        if route.special:
+            self._prepare(route, request)
+            if route.traced:
+                return await self._plan_async(route, probe, None, start, request, context, send)
+        try:
+            response: R
+            if direct:
+                response = await context(request)  # type: ignore[operator]
+            else:
+                response = await send(
+                    request, context, route.timeout_s(start) if route.bounded else None
+                )
+        except BaseException as exc:
+            return await self._plan_async(
+                route, probe, (False, exc, start, perf()), start, request, context, send
+            )
+        end = perf()
+        series = route.settled.get(self._status(response), _UNKNOWN)
+        if series is _UNKNOWN:
+            series = self._learn(route, response)
+            if series is _UNKNOWN:
+                return await self._plan_async(
+                    route, probe, (True, response, start, end), start, request, context, send
+                )
+        if route.engine.succeeded_in(series, start, end, probe):
+            assert breaker is not None
+            await breaker.areport(probe, "success", duration_ms=(end - start) * 1000.0)
+        return response
+
+    # What the first attempt needs off its hot path -------------------------------
+
+    def _admit_sync(self, route: _Route, breaker: CircuitBreaker, now: float) -> str | None:
+        """The breaker's admission (a probe id, or ``None``); raises the refusal."""
+        engine = route.engine
+        if now < breaker.refuse_until:
+            rejection = breaker.rejection()
+            engine.rejected(rejection, route.labels)
+            raise rejection
+        try:
+            return breaker.acquire()
+        except CircuitOpenError as exc:
+            engine.rejected(exc, route.labels)
+            raise
+
+    async def _admit_async(self, route: _Route, breaker: CircuitBreaker, now: float) -> str | None:
+        """:meth:`_admit_sync` without blocking the event loop on store I/O."""
+        engine = route.engine
+        if now < breaker.refuse_until:
+            rejection = breaker.rejection()
+            engine.rejected(rejection, route.labels)
+            raise rejection
+        try:
+            return await breaker.aacquire()
+        except CircuitOpenError as exc:
+            engine.rejected(exc, route.labels)
+            raise
+
+    def _prepare(self, route: _Route, request: S) -> None:
+        """What a request of a special route needs before its first attempt."""
         if route.keyed:
             # Before the first send, so that every attempt carries the same key.
-            headers.setdefault(self.rules.idempotency_header, str(uuid.uuid4()))
-        attempt: Callable[..., Any]
-        arg: tuple[float | None, ...]
-        if route.bounded:
-            began, attempt, arg = self._bounded(route, send)
-        else:  # the client's own timeouts alone: nothing to compute
-            began, attempt, arg = None, send, _NO_TIMEOUT
-        if engine.tracer is not None:  # traced: every attempt runs from the plan, in its span
-            deadline_s = self._deadline_s(client_deadline_s, subject)
-            began = _clock.monotonic() if began is None else began
-            spec = self._spec(
-                method, host, port, headers, lambda: can_retry(subject), deadline_s, began, engine
-            )
-            traced: R = run_sync(
-                engine.plan(probe, None, spec), attempt, arg, {}, engine, discard=discard
-            )
-            return traced
-        start = _clock.perf()
-        try:
-            response: R = attempt(*arg)
-        except BaseException as exc:
-            first: tuple[bool, Any, float, float] = (False, exc, start, _clock.perf())
-        else:
-            end = _clock.perf()
-            status = self._status(response)
-            if self.rules.plainly_settles(status) or self.rules.settles(status, response.headers):
-                if engine.succeeded(
-                    start, end, probe, self.rules.labels(method, host, port, status)
-                ):
-                    assert breaker is not None
-                    breaker.report(probe, "success", duration_ms=(end - start) * 1000.0)
-                return response
-            first = (True, response, start, end)
-        if began is None:  # when the first attempt started, on the clock the plan uses
-            began = _clock.monotonic() - (first[3] - first[2])
-        deadline_s = self._deadline_s(client_deadline_s, subject)
-        spec = self._spec(
-            method, host, port, headers, lambda: can_retry(subject), deadline_s, began, engine
-        )
+            request.headers.setdefault(self.rules.idempotency_header, str(uuid.uuid4()))
+
+    def _learn(self, route: _Route, response: Any) -> Any:
+        """The series of a first answer not kept yet: ``_UNKNOWN`` if it does not settle the call.
+
+        A status that settles a call whatever its headers say (a 2xx, see
+        :meth:`HttpRules.plainly_settles`) is kept on the route for the next
+        request; a 404 or a plain 403 is judged with its headers every time.
+        ``None`` when metrics are off.
+        """
+        rules = self.rules
+        status = self._status(response)
+        plain = rules.plainly_settles(status)
+        if not (plain or rules.settles(status, response.headers)):
+            return _UNKNOWN
+        engine = route.engine
+        labels = rules.labels(route.method, route.host, route.port, status)
+        series = engine.series_for(labels)
+        if series is None and engine.options.metrics:  # past the engine's own bound
+            series = Series(engine.connector, engine.operation, labels)
+        if plain:
+            route.settled[status] = series
+        return series
+
+    # After the first attempt: the retry plan ------------------------------------
+
+    def _plan_sync(  # noqa: PLR0917 - called as the hot path calls
+        self,
+        route: _Route,
+        probe: str | None,
+        first: tuple[bool, Any, float, float] | None,
+        began: float,
+        request: S,
+        context: C,
+        send: SyncSend[S, C, R],
+    ) -> R:
+        """The rest of the call, from the plan (``first``: the first attempt, if it ran)."""
+        spec = self._spec(route, request, began)
+        attempt = self._attempt(route, send, request, context, began)
         result: R = run_sync(
-            engine.plan(probe, first, spec), attempt, arg, {}, engine, discard=discard
+            route.engine.plan(probe, first, spec),
+            attempt,
+            (),
+            {},
+            route.engine,
+            discard=self._discard,
         )
         return result
 
-    async def call_async(
+    async def _plan_async(  # noqa: PLR0917 - called as the hot path calls
         self,
-        method: str,
-        host: str,
-        port: int | None,
-        headers: MutableMapping[str, Any],
-        send: Callable[[float | None], Awaitable[R]],
-        *,
-        subject: S,
-        can_retry: Callable[[S], str | None],
-        discard: Callable[[Any], object],
-        client_deadline_s: Callable[[S], float | None] | None = None,
-        _guarded: bool = False,
+        route: _Route,
+        probe: str | None,
+        first: tuple[bool, Any, float, float] | None,
+        began: float,
+        request: S,
+        context: C,
+        send: AsyncSend[S, C, R],
     ) -> R:
-        """:meth:`call_sync` for an async client; store I/O never blocks the event loop."""
-        route = self._routes.get((method, host if self.breaker_per_host else None))
-        if route is None:
-            # Building an engine opens the store and reads the breaker (network
-            # I/O for Redis): the first request of a kind does it in a thread.
-            route = await asyncio.to_thread(self._route, method, host)
-        engine = route.engine
-        if route.guards and not _guarded:
-            return await self._guard_async(
-                engine,
-                lambda learning_send: self.call_async(
-                    method,
-                    host,
-                    port,
-                    headers,
-                    learning_send,
-                    subject=subject,
-                    can_retry=can_retry,
-                    discard=discard,
-                    client_deadline_s=client_deadline_s,
-                    _guarded=True,
-                ),
-                send,
-            )
-        breaker = engine.breaker
-        probe = None
-        if breaker is not None and (now := _clock.monotonic()) >= breaker.admit_until:
-            labels = self.rules.labels(method, host, port, None)
-            if now < breaker.refuse_until:
-                rejection = breaker.rejection()
-                engine.rejected(rejection, labels)
-                raise rejection
-            try:
-                probe = await breaker.aacquire()
-            except CircuitOpenError as exc:
-                engine.rejected(exc, labels)
-                raise
-        if route.keyed:
-            # Before the first send, so that every attempt carries the same key.
-            headers.setdefault(self.rules.idempotency_header, str(uuid.uuid4()))
-        attempt: Callable[..., Any]
-        arg: tuple[float | None, ...]
-        if route.bounded:
-            began, attempt, arg = self._bounded(route, send)
-        else:  # the client's own timeouts alone: nothing to compute
-            began, attempt, arg = None, send, _NO_TIMEOUT
-        if engine.tracer is not None:  # traced: every attempt runs from the plan, in its span
-            deadline_s = self._deadline_s(client_deadline_s, subject)
-            began = _clock.monotonic() if began is None else began
-            spec = self._spec(
-                method, host, port, headers, lambda: can_retry(subject), deadline_s, began, engine
-            )
-            traced: R = await run_async(
-                engine.plan(probe, None, spec), attempt, arg, {}, engine, discard=discard
-            )
-            return traced
-        start = _clock.perf()
-        try:
-            response: R = await attempt(*arg)
-        except BaseException as exc:
-            first: tuple[bool, Any, float, float] = (False, exc, start, _clock.perf())
-        else:
-            end = _clock.perf()
-            status = self._status(response)
-            if self.rules.plainly_settles(status) or self.rules.settles(status, response.headers):
-                if engine.succeeded(
-                    start, end, probe, self.rules.labels(method, host, port, status)
-                ):
-                    assert breaker is not None
-                    await breaker.areport(probe, "success", duration_ms=(end - start) * 1000.0)
-                return response
-            first = (True, response, start, end)
-        if began is None:  # when the first attempt started, on the clock the plan uses
-            began = _clock.monotonic() - (first[3] - first[2])
-        deadline_s = self._deadline_s(client_deadline_s, subject)
-        spec = self._spec(
-            method, host, port, headers, lambda: can_retry(subject), deadline_s, began, engine
-        )
+        """:meth:`_plan_sync` for an async client."""
+        spec = self._spec(route, request, began)
+        attempt = self._attempt(route, send, request, context, began)
         result: R = await run_async(
-            engine.plan(probe, first, spec), attempt, arg, {}, engine, discard=discard
+            route.engine.plan(probe, first, spec),
+            attempt,
+            (),
+            {},
+            route.engine,
+            discard=self._adiscard,
         )
         return result
+
+    def _attempt(
+        self,
+        route: _Route,
+        send: Callable[[S, C, float | None], Any],
+        request: S,
+        context: C,
+        began: float,
+    ) -> Callable[[], Any]:
+        """One more attempt of the call that began at ``began`` (monotonic), bounded per attempt.
+
+        An attempt is bounded by the per-attempt timeout and by what is left of
+        our own deadlines; the client's total timeout (aiohttp's) is the
+        client's to enforce and only bounds retry waits.
+        """
+        if not route.bounded:  # the client's own timeouts alone: nothing to compute
+            return functools.partial(send, request, context, None)
+        own_at = None if route.own_s is None else began + route.own_s
+        configured = route.attempt_s
+        return lambda: send(request, context, attempt_timeout_s(configured, own_at))
+
+    def _spec(self, route: _Route, request: S, began: float) -> CallSpec:
+        rules = self.rules
+        engine = route.engine
+        client = self._client_deadline_s(request) if self._client_deadline_s is not None else None
+        deadline_s = _min_or_none(self.deadline_s, client)
+        whole = _min_or_none(deadline_s, engine.deadline_s)
+        deadline_at = None if whole is None else began + whole
+        method, host, port = route.method, route.host, route.port
+        headers = request.headers
+        return CallSpec(
+            max_attempts=None if rules.retryable_request(method, headers) else 1,
+            deadline_s=deadline_s,
+            labels=route.labels,
+            can_retry=functools.partial(self._can_retry, request),
+            wait=_server_aware_wait(engine, deadline_at),
+            result_labels=lambda response: rules.labels(method, host, port, status_of(response)),
+            headers=headers,
+        )
 
     # Load control around the flow -------------------------------------------------
 
-    def _guard_sync(
-        self,
-        engine: Engine,
-        flow: Callable[[Callable[[float | None], R]], R],
-        send: Callable[[float | None], R],
-    ) -> R:
+    def _guard_sync(self, route: _Route, request: S, context: C) -> R:
         """The flow inside load control: admission, a pause learnt from the server, fallback."""
+        engine = route.engine
         control = engine.load
+        send = self._send
+        assert send is not None, "a sync client needs HttpCalls(send=...)"
         if control.limiter is not None:
             plain = send
 
-            def send(timeout_s: float | None) -> R:
-                response = plain(timeout_s)
+            def send(request: S, context: C, timeout_s: float | None) -> R:
+                response = plain(request, context, timeout_s)
                 until = self._pause_asked(response)
                 if until is not None:
                     control.pause(until=until)
                 return response
 
+        flow = functools.partial(
+            self.call_sync, route.method, route.host, route.port, request, context, send
+        )
         try:
             if engine.admission is not None and control.admits:
-                return engine.admission.call(flow, send)
-            return flow(send)
+                return engine.admission.call(flow)
+            return flow()
         except Exception as exc:
             if not engine.wants_fallback(exc):
                 raise
@@ -433,28 +571,29 @@ class HttpCalls:
             answer: R = engine.fallback(exc)
             return answer
 
-    async def _guard_async(
-        self,
-        engine: Engine,
-        flow: Callable[[Callable[[float | None], Awaitable[R]]], Awaitable[R]],
-        send: Callable[[float | None], Awaitable[R]],
-    ) -> R:
+    async def _guard_async(self, route: _Route, request: S, context: C) -> R:
         """:meth:`_guard_sync` for an async client; no store I/O blocks the event loop."""
+        engine = route.engine
         control = engine.load
+        send = self._asend
+        assert send is not None, "an async client needs HttpCalls(asend=...)"
         if control.limiter is not None:
             plain = send
 
-            async def send(timeout_s: float | None) -> R:
-                response = await plain(timeout_s)
+            async def send(request: S, context: C, timeout_s: float | None) -> R:
+                response = await plain(request, context, timeout_s)
                 until = self._pause_asked(response)
                 if until is not None:
                     await control.apause(until=until)
                 return response
 
+        flow = functools.partial(
+            self.call_async, route.method, route.host, route.port, request, context, send
+        )
         try:
             if engine.admission is not None and control.admits:
-                return await engine.admission.acall(flow, send)
-            return await flow(send)
+                return await engine.admission.acall(flow)
+            return await flow()
         except Exception as exc:
             if not engine.wants_fallback(exc):
                 raise
@@ -471,79 +610,50 @@ class HttpCalls:
             return None
         return retry_at(status, response.headers, now=_clock.wall())
 
-    # What both flows share ------------------------------------------------------
 
-    def _deadline_s(
-        self, client_deadline_s: Callable[[S], float | None] | None, subject: S
-    ) -> float | None:
-        """This request's own budget: ours, or the client's total timeout if shorter."""
-        client = client_deadline_s(subject) if client_deadline_s is not None else None
-        return _min_or_none(self.deadline_s, client)
-
-    def _bounded(
-        self, route: _Route, send: Callable[[float | None], Any]
-    ) -> tuple[float, Callable[..., Any], tuple[float | None, ...]]:
-        """The call's start (monotonic) and its attempt, bounded per attempt.
-
-        An attempt is bounded by the per-attempt timeout and by what is left of
-        our own deadlines; the client's total timeout (aiohttp's) is the
-        client's to enforce and only bounds retry waits.
-        """
-        began = _clock.monotonic()
-        configured = route.attempt_s
-        own_at = None if route.own_s is None else began + route.own_s
-        return began, lambda: send(attempt_timeout_s(configured, own_at)), ()
-
-    def _spec(  # noqa: PLR0917 - the slow path's one call site
-        self,
-        method: str,
-        host: str,
-        port: int | None,
-        headers: MutableMapping[str, Any],
-        can_retry: Callable[[], str | None],
-        deadline_s: float | None,
-        began: float,
-        engine: Engine,
-    ) -> CallSpec:
-        rules = self.rules
-        whole = _min_or_none(deadline_s, engine.deadline_s)
-        deadline_at = None if whole is None else began + whole
-        return CallSpec(
-            max_attempts=None if rules.retryable_request(method, headers) else 1,
-            deadline_s=deadline_s,
-            labels=rules.labels(method, host, port, None),
-            can_retry=can_retry,
-            wait=_server_aware_wait(engine, deadline_at),
-            result_labels=lambda response: rules.labels(method, host, port, status_of(response)),
-            headers=headers,
-        )
-
-
-_NO_TIMEOUT: tuple[None] = (None,)
-
-
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Route:
-    """One engine and what its requests need, decided once: the hot path only reads it.
+    """What requests of one (method, host, port) need, decided once: the hot path only reads it.
 
     Attributes:
-        engine: the engine for requests of one method (and host, per host).
+        engine: the engine for requests of the method (and host, per host).
+        method: the request method.
+        host: the host.
+        port: the port, as the adapter gives it.
+        labels: metric labels without a status (a refusal's).
         keyed: requests of this method get an idempotency key.
+        traced: every attempt runs from the plan, each in its span.
+        special: keyed or traced: the first attempt needs more than a send.
         attempt_s: the per-attempt timeout, or ``None``.
         own_s: our own whole-call budget, or ``None``.
+        bounded: an attempt has a timeout of ours to compute.
+        direct: an attempt is the adapter's context called with the request
+            (the adapter said so, and no timeout of ours applies).
         guards: load control wraps the flow (a rate limiter, a bulkhead, a fallback).
+        settled: status -> the series a first-attempt success goes to (``None``:
+            metrics off), for the statuses that settle a call whatever the
+            headers say; filled as they are seen.
     """
 
     engine: Engine
+    method: str
+    host: str
+    port: int | None
+    labels: Mapping[str, str]
     keyed: bool
+    traced: bool
+    special: bool
     attempt_s: float | None
     own_s: float | None
+    bounded: bool
+    direct: bool
     guards: bool
+    settled: dict[int, Series | None] = field(default_factory=dict)
 
-    @property
-    def bounded(self) -> bool:
-        """Whether an attempt has a timeout of ours to compute."""
-        return self.attempt_s is not None or self.own_s is not None
+    def timeout_s(self, began: float) -> float | None:
+        """The first attempt's timeout, for a call that began at ``began`` (monotonic)."""
+        own_at = None if self.own_s is None else began + self.own_s
+        return attempt_timeout_s(self.attempt_s, own_at, now=began)
 
 
 def _server_aware_wait(

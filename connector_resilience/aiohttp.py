@@ -153,9 +153,14 @@ class ResilienceMiddleware:
         fallback: Callable[[BaseException], Any] | None = None,
     ) -> None:
         self.connector = connector
-        self.tokens = tokens
-        self._calls = HttpCalls(
+        self._tokens = tokens
+        self._calls: HttpCalls[ClientRequest, ClientHandlerType, ClientResponse] = HttpCalls(
             connector,
+            asend=self._attempt,
+            direct=tokens is None,  # an attempt is then handler(request)
+            can_retry=_replay_refusal,
+            discard=_release,
+            client_deadline_s=_session_total_timeout,
             retry_statuses=retry_statuses,
             retry_methods=retry_methods,
             idempotency_header=idempotency_header,
@@ -181,26 +186,26 @@ class ResilienceMiddleware:
     def __repr__(self) -> str:
         return f"ResilienceMiddleware({self.connector!r})"
 
-    async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+    @property
+    def tokens(self) -> AsyncTokenSource | None:
+        """The token manager given as ``tokens=``, if any."""
+        return self._tokens
+
+    def __call__(
+        self, request: ClientRequest, handler: ClientHandlerType
+    ) -> Awaitable[ClientResponse]:
         """Send ``request`` through ``handler`` with retries, the breaker, metrics and auth."""
+        # The flow's coroutine itself, not one awaiting it: a coroutine less per request.
         url = request.url
+        return self._calls.call_async(request.method, url.host or "", url.port, request, handler)
 
-        def send(timeout_s: float | None) -> Awaitable[ClientResponse]:
-            if timeout_s is None:
-                return self._send(request, handler) if self.tokens else handler(request)
+    def _attempt(
+        self, request: ClientRequest, handler: ClientHandlerType, timeout_s: float | None
+    ) -> Awaitable[ClientResponse]:
+        """One attempt, bounded by ``timeout_s`` if given."""
+        if timeout_s is not None:
             return self._bounded(request, handler, timeout_s)
-
-        return await self._calls.call_async(
-            request.method,
-            url.host or "",
-            url.port,
-            request.headers,
-            send,
-            subject=request,
-            can_retry=_replay_refusal,
-            discard=_release,
-            client_deadline_s=_session_total_timeout,
-        )
+        return handler(request) if self._tokens is None else self._send(request, handler)
 
     async def _bounded(
         self, request: ClientRequest, handler: ClientHandlerType, timeout_s: float
@@ -212,7 +217,7 @@ class ResilienceMiddleware:
 
     async def _send(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         """One attempt: authenticate, send, and on a 401 refresh once and send once more."""
-        tokens = self.tokens
+        tokens = self._tokens
         if tokens is None:
             return await handler(request)
         url = request.url

@@ -23,8 +23,9 @@ request's ``timeout`` extension, within the deadline.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
-from collections.abc import AsyncGenerator, Callable, Collection, Generator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Generator
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -116,6 +117,10 @@ def _origin(url: httpx.URL) -> str:
     return origin(url.scheme, url.host, url.port)
 
 
+#: An inner transport's ``handle_request`` or ``handle_async_request``.
+_Send = Callable[[Any], Any]
+
+
 def _close(response: Any) -> None:
     response.close()
 
@@ -185,11 +190,17 @@ class ResilientTransport(*_BASES):  # type: ignore[misc]
         fallback: Callable[[BaseException], Any] | None = None,
     ) -> None:
         self.connector = connector
-        self.tokens = tokens
+        self._tokens = tokens
         self._given = transport
         self._defaults: dict[tuple[str, bool], Any] = {}  # (flavour, async) -> transport
-        self._calls = HttpCalls(
+        self._calls: HttpCalls[httpx.Request, _Send, httpx.Response] = HttpCalls(
             connector,
+            send=self._attempt,
+            asend=self._aattempt,
+            direct=tokens is None,  # an attempt is then the inner transport's own
+            can_retry=_replay_refusal,
+            discard=_close,
+            adiscard=_aclose,
             retry_statuses=retry_statuses,
             retry_methods=retry_methods,
             idempotency_header=idempotency_header,
@@ -214,6 +225,11 @@ class ResilientTransport(*_BASES):  # type: ignore[misc]
 
     def __repr__(self) -> str:
         return f"ResilientTransport({self.connector!r})"
+
+    @property
+    def tokens(self) -> TokenSource | None:
+        """The token manager given as ``tokens=``, if any."""
+        return self._tokens
 
     # Inner transports
 
@@ -250,76 +266,65 @@ class ResilientTransport(*_BASES):  # type: ignore[misc]
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` with retries, the breaker, metrics and auth (``httpx.Client``)."""
-        inner = self._inner(request, False)
-        if not hasattr(inner, "handle_request"):
+        inner = self._given
+        if inner is None:
+            inner = self._inner(request, False)
+        plain = getattr(inner, "handle_request", None)
+        if plain is None:
             raise TypeError(f"{inner!r} is an async transport; use it with httpx.AsyncClient")
-        tokens = self.tokens
         url = request.url
-
-        def send(timeout_s: float | None) -> httpx.Response:
-            if timeout_s is not None:
-                _with_timeout(request, timeout_s)
-
-            def once() -> httpx.Response:
-                response: httpx.Response = inner.handle_request(request)
-                return response
-
-            if tokens is None or not self._authenticates(request):
-                return once()
-            answer: httpx.Response = authenticated_sync(
-                tokens,
-                once,
-                _set_bearer(request),
-                rewind=lambda: _replay_refusal(request),
-                discard=_close,
-            )
-            return answer
-
         return self._calls.call_sync(
-            request.method,
-            url.host,
-            url.port or default_port(url.scheme),
-            request.headers,
-            send,
-            subject=request,
-            can_retry=_replay_refusal,
-            discard=_close,
+            request.method, url.host, url.port or default_port(url.scheme), request, plain
         )
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    def handle_async_request(self, request: httpx.Request) -> Awaitable[httpx.Response]:
         """Send ``request`` with retries, the breaker, metrics and auth (``httpx.AsyncClient``)."""
-        inner = self._inner(request, True)
-        if not hasattr(inner, "handle_async_request"):
+        # The flow's coroutine itself, not one awaiting it: a coroutine less per request.
+        inner = self._given
+        if inner is None:
+            inner = self._inner(request, True)
+        plain = getattr(inner, "handle_async_request", None)
+        if plain is None:
             raise TypeError(f"{inner!r} is a sync transport; use it with httpx.Client")
-        tokens = self.tokens
         url = request.url
+        return self._calls.call_async(
+            request.method, url.host, url.port or default_port(url.scheme), request, plain
+        )
 
-        async def send(timeout_s: float | None) -> httpx.Response:
-            if timeout_s is not None:
-                _with_timeout(request, timeout_s)
+    def _attempt(
+        self, request: httpx.Request, plain: _Send, timeout_s: float | None
+    ) -> httpx.Response:
+        """One attempt with the inner transport's ``plain`` send, bounded by ``timeout_s``."""
+        if timeout_s is not None:
+            _with_timeout(request, timeout_s)
+        tokens = self._tokens
+        if tokens is None or not self._authenticates(request):
+            response: httpx.Response = plain(request)
+            return response
+        answer: httpx.Response = authenticated_sync(
+            tokens,
+            functools.partial(plain, request),
+            _set_bearer(request),
+            rewind=functools.partial(_replay_refusal, request),
+            discard=_close,
+        )
+        return answer
 
-            async def once() -> httpx.Response:
-                response: httpx.Response = await inner.handle_async_request(request)
-                return response
-
-            if tokens is None or not self._authenticates(request):
-                return await once()
-            return await authenticated_async(
-                tokens,
-                once,
-                _set_bearer(request),
-                rewind=lambda: _replay_refusal(request),
-                discard=_aclose,
-            )
-
-        return await self._calls.call_async(
-            request.method,
-            url.host,
-            url.port or default_port(url.scheme),
-            request.headers,
-            send,
-            subject=request,
-            can_retry=_replay_refusal,
+    def _aattempt(
+        self, request: httpx.Request, plain: _Send, timeout_s: float | None
+    ) -> Awaitable[httpx.Response]:
+        """:meth:`_attempt` with an async inner transport."""
+        if timeout_s is not None:
+            _with_timeout(request, timeout_s)
+        tokens = self._tokens
+        if tokens is None or not self._authenticates(request):
+            response: Awaitable[httpx.Response] = plain(request)
+            return response
+        return authenticated_async(
+            tokens,
+            functools.partial(plain, request),
+            _set_bearer(request),
+            rewind=functools.partial(_replay_refusal, request),
             discard=_aclose,
         )
 

@@ -21,6 +21,7 @@ generator body sent once; ``attempt_timeout_s`` applied through the send's
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -122,9 +123,34 @@ def _close(response: Any) -> None:
     response.close()
 
 
+#: What ``HTTPAdapter.send`` takes besides the request: stream, timeout, verify, cert, proxies.
+_SendOptions = tuple[bool, Any, Any, Any, "dict[str, str] | None"]
+
+
 def _where(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    return parts.scheme, parts.hostname or "", parts.port or default_port(parts.scheme)
+    """The scheme, host and port of ``url``, parsed once per scheme and authority.
+
+    Parsing a URL is several microseconds; a connector's requests go to a
+    handful of origins. The key is the URL up to the slash after ``//``, any
+    user and password left out: scheme, host and port are a function of it.
+    """
+    slashes = url.find("//") + 2
+    end = url.find("/", slashes)
+    key = url if end < 0 else url[:end]
+    if "@" in key:  # credentials: not kept, not part of the answer
+        key = key[:slashes] + key[key.rfind("@") + 1 :]
+    place = _PLACES.get(key)
+    if place is None:
+        parts = urlsplit(key)
+        place = (parts.scheme, parts.hostname or "", parts.port or default_port(parts.scheme))
+        if len(_PLACES) < _MAX_PLACES:
+            _PLACES[key] = place
+    return place
+
+
+#: Scheme, host and port by URL head (see :func:`_where`); bounded, shared by all adapters.
+_PLACES: dict[str, tuple[str, str, int | None]] = {}
+_MAX_PLACES = 1024
 
 
 class ResilientAdapter(HTTPAdapter):
@@ -190,29 +216,34 @@ class ResilientAdapter(HTTPAdapter):
         pool_block: bool = requests.adapters.DEFAULT_POOLBLOCK,
     ) -> None:
         self.connector = connector
-        self.tokens = tokens
-        self._calls = HttpCalls(
-            connector,
-            retry_statuses=retry_statuses,
-            retry_methods=retry_methods,
-            idempotency_header=idempotency_header,
-            add_idempotency_key=add_idempotency_key,
-            auth_origins=auth_origins,
-            policy=policy,
-            store=store,
-            transient=_TRANSIENT_ERRORS,
-            permanent=_PERMANENT_ERRORS,
-            caller_errors=_CALLER_ERRORS,
-            status_attribute="status_code",
-            breaker_per_host=breaker_per_host,
-            max_attempts=max_attempts,
-            deadline_s=deadline_s,
-            attempt_timeout_s=attempt_timeout_s,
-            metrics=metrics,
-            on_retry=on_retry,
-            on_state_change=on_state_change,
-            on_reject=on_reject,
-            fallback=fallback,
+        self._tokens = tokens
+        self._calls: HttpCalls[requests.PreparedRequest, _SendOptions, requests.Response] = (
+            HttpCalls(
+                connector,
+                send=self._attempt,
+                can_retry=_rewind,
+                discard=_close,
+                retry_statuses=retry_statuses,
+                retry_methods=retry_methods,
+                idempotency_header=idempotency_header,
+                add_idempotency_key=add_idempotency_key,
+                auth_origins=auth_origins,
+                policy=policy,
+                store=store,
+                transient=_TRANSIENT_ERRORS,
+                permanent=_PERMANENT_ERRORS,
+                caller_errors=_CALLER_ERRORS,
+                status_attribute="status_code",
+                breaker_per_host=breaker_per_host,
+                max_attempts=max_attempts,
+                deadline_s=deadline_s,
+                attempt_timeout_s=attempt_timeout_s,
+                metrics=metrics,
+                on_retry=on_retry,
+                on_state_change=on_state_change,
+                on_reject=on_reject,
+                fallback=fallback,
+            )
         )
         super().__init__(
             pool_connections=pool_connections,
@@ -224,6 +255,11 @@ class ResilientAdapter(HTTPAdapter):
     def __repr__(self) -> str:
         return f"ResilientAdapter({self.connector!r})"
 
+    @property
+    def tokens(self) -> SyncTokenSource | None:
+        """The token manager given as ``tokens=``, if any."""
+        return self._tokens
+
     def send(  # noqa: PLR0917 - HTTPAdapter.send's signature
         self,
         request: requests.PreparedRequest,
@@ -234,51 +270,48 @@ class ResilientAdapter(HTTPAdapter):
         proxies: Mapping[str, str] | None = None,
     ) -> requests.Response:
         """Send ``request`` with retries, the breaker, metrics and auth (the session calls it)."""
-        scheme, host, port = _where(request.url or "")
-        tokens = self.tokens
-        plain_send = super().send
-        proxy_map = dict(proxies) if proxies is not None else None
-
-        def send(timeout_s: float | None) -> requests.Response:
-            bounded = timeout if timeout_s is None else _bounded(timeout, timeout_s)
-
-            def once() -> requests.Response:
-                response: requests.Response = plain_send(
-                    request,
-                    stream=stream,
-                    timeout=bounded,
-                    verify=verify,
-                    cert=cert,
-                    proxies=proxy_map,
-                )
-                return response
-
-            if tokens is None:
-                return once()
-            if not self._calls.rules.auth_origins.allows(
-                origin(scheme, host, port), self.connector
-            ):
-                request.headers.pop("Authorization", None)
-                return once()
-
-            def set_token(token: str) -> None:
-                request.headers["Authorization"] = f"Bearer {token}"
-
-            answer: requests.Response = authenticated_sync(
-                tokens, once, set_token, rewind=lambda: _rewind(request), discard=_close
-            )
-            return answer
-
+        _, host, port = _where(request.url or "")
+        if proxies is not None and not isinstance(proxies, dict):
+            proxies = dict(proxies)  # what HTTPAdapter.send takes
         return self._calls.call_sync(
             (request.method or "GET").upper(),
             host,
             port,
-            request.headers,
-            send,
-            subject=request,
-            can_retry=_rewind,
-            discard=_close,
+            request,
+            (stream, timeout, verify, cert, proxies),
         )
+
+    def _attempt(
+        self, request: requests.PreparedRequest, options: _SendOptions, timeout_s: float | None
+    ) -> requests.Response:
+        """One attempt through urllib3, its timeout capped at ``timeout_s`` if given."""
+        stream, timeout, verify, cert, proxies = options
+        if timeout_s is not None:
+            timeout = _bounded(timeout, timeout_s)
+        tokens = self._tokens
+        if tokens is not None:
+            return self._authenticated(tokens, request, (stream, timeout, verify, cert, proxies))
+        response: requests.Response = super().send(request, stream, timeout, verify, cert, proxies)
+        return response
+
+    def _authenticated(
+        self, tokens: SyncTokenSource, request: requests.PreparedRequest, options: _SendOptions
+    ) -> requests.Response:
+        """One attempt with the token for an allowed origin (a 401: refreshed once)."""
+        once = functools.partial(HTTPAdapter.send, self, request, *options)
+        scheme, host, port = _where(request.url or "")
+        if not self._calls.rules.auth_origins.allows(origin(scheme, host, port), self.connector):
+            request.headers.pop("Authorization", None)
+            response: requests.Response = once()
+            return response
+
+        def set_token(token: str) -> None:
+            request.headers["Authorization"] = f"Bearer {token}"
+
+        answer: requests.Response = authenticated_sync(
+            tokens, once, set_token, rewind=functools.partial(_rewind, request), discard=_close
+        )
+        return answer
 
 
 class BearerAuth(AuthBase):

@@ -431,6 +431,62 @@ async def test_every_adapter_records_the_same_rows(
     assert all("secret" not in str(r.to_json()) and "abc" not in str(r.to_json()) for r in rows)
 
 
+async def test_each_status_of_one_route_is_counted_under_its_own_status(
+    make: Make, server: FaultServer
+) -> None:
+    # Successes of a route are kept per status: a 204 after two 200s, and a 404
+    # (an answer, judged with its headers each time), each keep their own count.
+    policy = _policy()
+    server.script("/items", [Action(200), Action(204, body=""), Action(404), Action(200)])
+    client = make("api", policy=policy)
+    statuses = [(await client.request("GET", server.url + "/items")).status for _ in range(4)]
+    assert statuses == [200, 204, 404, 200]
+    summarize(policy=policy)  # writes what is buffered
+    store = store_for_policy(policy)
+    assert isinstance(store, AggregateStore)
+    counted = {
+        r.labels["status_code"]: (r.status, r.attempts)
+        for r in store.read_aggregates(resolution=1, since=0)
+        if r.labels
+    }
+    assert counted == {"200": ("ok", 2), "204": ("ok", 1), "404": ("ok", 1)}
+
+
+async def test_a_status_whose_headers_matter_is_judged_on_every_request(
+    make: Make, server: FaultServer, waits: list[float]
+) -> None:
+    # A plain 403 settles the call; the next 403 on the same route is a rate
+    # limit (it says when to come back) and is retried: nothing was cached.
+    server.script(
+        "/repos",
+        [
+            Action(403, headers={"x-ratelimit-remaining": "4999"}),
+            Action(403, headers={"Retry-After": "2"}),
+        ],
+    )
+    client = make(policy=_policy())
+    assert (await client.request("GET", server.url + "/repos")).status == 403
+    assert (await client.request("GET", server.url + "/repos")).status == 200
+    assert server.hits("/repos") == 3
+    assert waits == [2.0]
+
+
+async def test_without_metrics_nothing_is_recorded_and_the_breaker_still_counts(
+    make: Make, server: FaultServer, waits: list[float]
+) -> None:
+    policy = _policy(retry={"max_attempts": 1})
+    client = make(policy=policy, metrics=False)
+    assert (await client.request("GET", server.url + "/")).status == 200
+    server.down = True
+    for _ in range(3):  # failures_to_open
+        assert (await client.request("GET", server.url + "/")).status == 503
+    hits = server.hits()
+    with pytest.raises(CircuitOpenError):
+        await client.request("GET", server.url + "/")
+    assert server.hits() == hits
+    assert summarize("api", policy=policy).total_calls == 0
+
+
 # Tokens ----------------------------------------------------------------------------
 
 
