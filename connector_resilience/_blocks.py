@@ -89,7 +89,7 @@ class Retrying:
 
     def __init__(self, cache: EngineCache) -> None:
         self._cache = cache
-        self.statistics = RetryStatistics(lambda: cache.last)
+        self.statistics = RetryStatistics(cache, "last")
 
     def disable_retries(self) -> None:
         """Make each loop one attempt from now on (the breaker and metrics stay on)."""

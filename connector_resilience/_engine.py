@@ -250,7 +250,7 @@ class Engine:
         )
         deadline = options.deadline_s if options.deadline_s is not None else view.retry.deadline_s
         self.deadline_s = deadline
-        self.wait = options.wait if options.wait is not None else wait_backoff(policy=view)
+        self.wait = options.wait if options.wait is not None else _backoff_for(view)
         self.stop = options.stop
         self.should_retry = _shared_predicate(options.retry_on)
         self.retry_result = options.retry_on_result
@@ -272,7 +272,7 @@ class Engine:
         self._rejection = (connector, operation, self.labels, "CircuitOpenError")
         #: The hot path of a first-attempt success: append ``(start, end, series)``
         #: (perf-counter times); the writer thread derives duration and time.
-        self.record_success = buffer.successes.append if buffer is not None else None
+        self.record_success = buffer.record_success if buffer is not None else None
         self.series = buffer.series(connector, operation, self.labels) if buffer else _NO_SERIES
         self._by_labels: dict[int, tuple[Mapping[str, str], Series]] | None = None
         # OAUTH2_REQUIRED without tokens=: refuse to call out with no usable token.
@@ -864,6 +864,20 @@ _REFUSALS: tuple[type[BaseException], ...] = (
     RateLimitExceededError,
     BulkheadFullError,
 )
+
+
+#: One backoff strategy per schedule: connectors with the same retry settings share it.
+_backoffs: dict[tuple[float, float, float, str], wait_backoff] = {}
+
+
+def _backoff_for(policy: Policy) -> wait_backoff:
+    """The policy's backoff schedule, shared by every engine that has the same one."""
+    retry = policy.retry
+    key = (retry.base_ms, retry.cap_ms, retry.jitter_pct, retry.jitter)
+    found = _backoffs.get(key)
+    if found is None:
+        found = _backoffs.setdefault(key, wait_backoff(policy=policy))
+    return found
 
 
 @dataclass(frozen=True, slots=True)

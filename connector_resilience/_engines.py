@@ -7,7 +7,6 @@ connector name on first use and remembers what the last call did;
 
 from __future__ import annotations
 
-import threading
 import weakref
 from collections.abc import Callable
 from typing import Any, Final
@@ -73,7 +72,6 @@ class EngineCache:
     # Slots: the success path stores ``last`` twice per call, and a slot store is cheapest.
     __slots__ = (
         "__weakref__",
-        "_lock",
         "by_name",
         "connector",
         "fixed",
@@ -103,11 +101,11 @@ class EngineCache:
         self.store = store
         self.options = options
         self.fixed: Engine | None = None
-        self.by_name: dict[str, Engine] = {}
+        # Engines per instance's connector name (methods without a fixed connector).
+        self.by_name: dict[str, Engine] | None = None
         self.last: CallStats = NEVER_CALLED
         self.spec: CallSpec | None = None
-        self._lock = threading.Lock()
-        _all_engines.add(self)
+        _register(self)
 
     def disable_retries(self) -> None:
         """One attempt per call from now on (``fn.disable_retries()``)."""
@@ -119,26 +117,35 @@ class EngineCache:
 
     def forget(self) -> None:
         """Resolve policy, store and breaker again at the next call."""
-        with self._lock:
-            self.fixed = None
-            self.by_name = {}
+        self.fixed = None
+        self.by_name = None
 
     def built(self, args: tuple[Any, ...]) -> Engine | None:
         """The engine for a call if it is built already (a lookup, no I/O), else ``None``."""
         if self.fixed is not None or self.connector is not None:
             return self.fixed
         name = getattr(args[0], "connector_name", None) if args else None
-        return self.by_name.get(name) if isinstance(name, str) else None
+        by_name = self.by_name
+        return by_name.get(name) if by_name is not None and isinstance(name, str) else None
 
     def __call__(self, args: tuple[Any, ...]) -> Engine:
+        # No lock (one each would cost every decorated function 88 bytes): threads
+        # making a first call at once may each build an engine, which is harmless,
+        # since the registries under build_engine give them the same breaker, load
+        # control and metrics; the first one published is kept. An engine built
+        # across a forget_engines() is used for that call only, never kept.
         fixed = self.fixed
         if fixed is not None:
             return fixed
+        generation = _generation[0]
         if self.connector is not None:
-            with self._lock:
-                if self.fixed is None:
-                    self.fixed = self._build(self.connector)
-                return self.fixed
+            engine = self._build(self.connector)
+            if generation != _generation[0]:
+                return engine
+            fixed = self.fixed
+            if fixed is None:
+                self.fixed = fixed = engine
+            return fixed
         name = getattr(args[0], "connector_name", None) if args else None
         if not isinstance(name, str) or not name:
             raise ConfigurationError(
@@ -146,12 +153,17 @@ class EngineCache:
                 "@resilient('name'), or call it as a method of an object with a "
                 "non-empty `connector_name` attribute"
             )
-        engine = self.by_name.get(name)
-        if engine is None:
-            with self._lock:
-                engine = self.by_name.get(name) or self._build(name)
-                self.by_name[name] = engine
-        return engine
+        by_name = self.by_name
+        found = by_name.get(name) if by_name is not None else None
+        if found is not None:
+            return found
+        engine = self._build(name)
+        if generation != _generation[0]:
+            return engine
+        by_name = self.by_name
+        if by_name is None:
+            self.by_name = by_name = {}
+        return by_name.setdefault(name, engine)
 
     def _build(self, connector: str) -> Engine:
         return build_engine(
@@ -163,13 +175,31 @@ class EngineCache:
         )
 
 
-_all_engines: weakref.WeakSet[EngineCache] = weakref.WeakSet()
+# Every cache, for forget_engines(): plain weak references in a list, pruned of
+# the dead ones whenever it doubles (a WeakSet's entry, a reference with a
+# callback, costs every decorated function twice as much).
+_all_engines: list[weakref.ref[EngineCache]] = []
+_prune_at = [64]
+
+
+def _register(engines: EngineCache) -> None:
+    _all_engines.append(weakref.ref(engines))
+    if len(_all_engines) >= _prune_at[0]:
+        _all_engines[:] = [ref for ref in _all_engines if ref() is not None]
+        _prune_at[0] = max(64, 2 * len(_all_engines))
+
+
+#: Counts :func:`forget_engines` calls: an engine built across one is not kept.
+_generation: list[int] = [0]
 
 
 def forget_engines() -> None:
     """Make every decorated function resolve its policy, store and breaker again."""
-    for engines in list(_all_engines):
-        engines.forget()
+    _generation[0] += 1
+    for ref in _all_engines.copy():  # a copy: first calls elsewhere may prune it
+        engines = ref()
+        if engines is not None:
+            engines.forget()
 
 
 class RetryStatistics:
@@ -190,10 +220,26 @@ class RetryStatistics:
             ``HTTP 503`` for a retried result), else ``None``.
     """
 
-    __slots__ = ("_read",)
+    __slots__ = ("_name", "_source")
 
-    def __init__(self, read: Callable[[], CallStats]) -> None:
-        self._read = read
+    def __init__(self, source: object, name: str) -> None:
+        """Read the stats from ``source``'s attribute ``name`` at every access."""
+        self._source = source
+        self._name = name
+
+    @classmethod
+    def of_closure(cls, function: Callable[..., Any], variable: str) -> RetryStatistics:
+        """The stats a function keeps in its closure variable ``variable``.
+
+        Read straight from the closure cell: no reader function per decorated
+        function (a lambda each cost every connector 200 bytes).
+        """
+        cell = function.__closure__[function.__code__.co_freevars.index(variable)]  # type: ignore[index]
+        return cls(cell, "cell_contents")
+
+    def _read(self) -> CallStats:
+        stats: CallStats = getattr(self._source, self._name)
+        return stats
 
     @property
     def attempts(self) -> int:

@@ -70,3 +70,20 @@ class FaultLog:
             logger.warning(
                 "store %s: %s works again after %d failed attempt(s)", self.url, self.what, count
             )
+
+
+#: The log of each (what, store URL): every breaker or limiter on one store shares it.
+_shared: dict[tuple[str, str], FaultLog] = {}
+
+
+def shared_fault_log(what: str, url: str) -> FaultLog:
+    """The one :class:`FaultLog` of ``what`` against ``url`` in this process.
+
+    A store outage is one burst for the store, logged once, however many
+    connectors it holds; and a connector costs nothing for it.
+    """
+    key = (what, url)
+    found = _shared.get(key)
+    if found is None:
+        found = _shared.setdefault(key, FaultLog(what, url))
+    return found

@@ -66,7 +66,7 @@ from connector_resilience._circuit_rules import (
     with_vote,
 )
 from connector_resilience._failures import describe_failure
-from connector_resilience._faults import FaultLog
+from connector_resilience._faults import shared_fault_log
 from connector_resilience.backends import (
     CircuitRecord,
     CircuitState,
@@ -101,6 +101,22 @@ _MAX_CAS_TRIES = 8
 _INFINITY = float("inf")
 #: The window of a breaker that keeps none (the consecutive model): always empty.
 _NO_WINDOW: collections.deque[tuple[float, bool, bool]] = collections.deque(maxlen=0)
+#: Numbers for store operations (see ``CircuitBreaker._accept_load``), every breaker's.
+_epochs = itertools.count(1)
+#: What every breaker adopts records under. One lock for all: what it guards is a
+#: few microseconds of arithmetic and a store clock reading (local: Redis's is an
+#: estimate, read over the network once per store), never a listener; a lock each
+#: would cost every connector its memory.
+_adopt_lock = threading.Lock()
+
+
+def _new_locks_after_fork() -> None:
+    # A lock another thread held at the fork is never released in the child.
+    global _adopt_lock  # noqa: PLW0603
+    _adopt_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_locks_after_fork)
 #: The record of a breaker never written (records are frozen: one serves all).
 _NEVER_WRITTEN: Final = CircuitRecord()
 #: Probe ids of this process's own view (opened below quorum) start with this.
@@ -221,27 +237,30 @@ class CircuitBreaker:
             if self.config.model != "consecutive"
             else _NO_WINDOW
         )
-        self._window_lock = threading.Lock()
+        # A breaker without a window has nothing for a lock to guard.
+        self._window_lock = threading.Lock() if self._window is not _NO_WINDOW else None
         # Store operations are numbered as they are issued; a result is adopted
-        # only if nothing issued later was adopted first (see _accept_load).
-        self._epochs = itertools.count(1)
+        # only if nothing issued later was adopted first (see _accept_load). The
+        # numbers come from one process-wide counter: increasing is all it takes.
+        self._epochs = _epochs
         self._record_epoch = 0
-        self._adopt_lock = threading.Lock()
         # The store's version when this process last went on alone (writes
         # failing), or None while the store holds what this process decided.
         self._ahead_of: int | None = None
-        self._listeners: list[Callable[[StateChange], object]] = []
+        # A tuple, replaced whole when one is added: most breakers never get one.
+        self._listeners: tuple[Callable[[StateChange], object], ...] = ()
         # State changes waiting to be told to listeners, in the order they happened
-        # (a list: rarely more than one, and an empty deque costs 700 bytes more).
-        self._changes: list[StateChange] = []
-        self._announce_lock = threading.RLock()
+        # (a list, made at the first change: most breakers never change state).
+        self._changes: list[StateChange] | None = None
+        # Made with the first change to tell (under the adoption lock): most never have one.
+        self._announce_lock: threading.RLock | None = None
         self._pending_probe: str | None = None
         # This process's own view while its failures tripped the breaker below
         # quorum (CB_LOCAL_OPEN); None otherwise. Never written to the store.
         self._local: CircuitRecord | None = None
         # (pid, id), made when a quorum first needs it: most breakers never do.
         self._reporter: tuple[int, str] = (0, "")
-        self._faults = FaultLog("updating circuit state", self.store.url)
+        self._faults = shared_fault_log("updating circuit state", self.store.url)
         self._pushed = False
         watch = getattr(self.store, "watch_circuits", None)
         if callable(watch):
@@ -408,8 +427,9 @@ class CircuitBreaker:
         Changes are told one at a time, in the order they happened, from the
         thread that made or saw them: keep a listener quick.
         """
-        if listener not in self._listeners:
-            self._listeners.append(listener)
+        with _adopt_lock:
+            if listener not in self._listeners:
+                self._listeners = (*self._listeners, listener)
 
     # Async API (for stores with async twins, such as Redis) --------------
 
@@ -637,7 +657,7 @@ class CircuitBreaker:
         return record, None
 
     def _admit_locally(self, now: float) -> str | None:
-        with self._adopt_lock:
+        with _adopt_lock:
             local = self._local
             if local is None:
                 return None
@@ -653,7 +673,7 @@ class CircuitBreaker:
         return probe
 
     def _open_locally(self, now: float, reason: str, failure: tuple[str, str] | None) -> None:
-        with self._adopt_lock:
+        with _adopt_lock:
             previous = self._local
             if previous is not None and previous.state != "closed":
                 return  # open on its own already (its probe just failed)
@@ -666,7 +686,7 @@ class CircuitBreaker:
         self, probe: str, failed: bool | None, failure: tuple[str, str] | None
     ) -> None:
         now = self.store.now()
-        with self._adopt_lock:
+        with _adopt_lock:
             local = self._local
             if local is None:
                 return
@@ -682,14 +702,12 @@ class CircuitBreaker:
 
     def _local_moved(self, reason: str | None, now: float) -> None:
         """This process's own view changed: recompute the fast path, tell listeners."""
-        with self._adopt_lock:
+        with _adopt_lock:
             self._set_fast_flags()
             previous = self._seen_state
             state = self._seen_state = effective_state(self._view()[0], now)
             if state != previous:
-                self._changes.append(
-                    StateChange(self.connector, previous, state, reason, now, True)
-                )
+                self._queue_change(StateChange(self.connector, previous, state, reason, now, True))
         self._announce()
 
     def _override_steps(self, override: Any, reason: str | None) -> _Steps:
@@ -735,12 +753,12 @@ class CircuitBreaker:
         self, local: CircuitRecord, now: float, action: Literal["close", "half_open"], reason: str
     ) -> None:
         new = transition(local, now, self.config, action=action, connector=self.connector)
-        with self._adopt_lock:
+        with _adopt_lock:
             self._local = None if new.state == "closed" else new
         self._local_moved(f"{reason} (this process only)", now)
 
     def _drop_local(self, now: float) -> None:
-        with self._adopt_lock:
+        with _adopt_lock:
             local, self._local = self._local, None
         if local is not None:
             self._local_moved(None, now)
@@ -749,7 +767,9 @@ class CircuitBreaker:
         """Add an outcome to this process's window; the trip reason if it now trips."""
         cfg = self.config
         now = self.store.now()
-        with self._window_lock:
+        lock = self._window_lock
+        assert lock is not None  # only the count and time models keep a window
+        with lock:
             window = self._window
             window.append((now, failed, slow))
             if cfg.model == "time":
@@ -847,7 +867,7 @@ class CircuitBreaker:
           process decided. The local record is rebased on the store's version,
           so the next write carries it to the store.
         """
-        with self._adopt_lock:
+        with _adopt_lock:
             if self._overtaken(loaded, epoch):
                 return self._record
             ahead = self._ahead_of
@@ -861,7 +881,7 @@ class CircuitBreaker:
 
     def _go_local(self, record: CircuitRecord, store_version: int, reason: str | None) -> None:
         """The store refused a write: go on with ``record`` here alone, for now."""
-        with self._adopt_lock:
+        with _adopt_lock:
             if self._ahead_of is None:
                 self._ahead_of = store_version
         self._adopt(record, reason=reason, epoch=next(self._epochs))
@@ -898,7 +918,7 @@ class CircuitBreaker:
 
     def _adopt(self, record: CircuitRecord, *, epoch: int, reason: str | None = None) -> None:
         """Make ``record`` this process's view, unless a newer one was adopted meanwhile."""
-        with self._adopt_lock:
+        with _adopt_lock:
             if self._overtaken(record, epoch):
                 return
             # Numbered on completion: an operation issued from now on sees at least this.
@@ -918,8 +938,15 @@ class CircuitBreaker:
                 change = StateChange(
                     self.connector, previous, state, reason or view.reason, now, local is not None
                 )
-                self._changes.append(change)
+                self._queue_change(change)
         self._announce()
+
+    def _queue_change(self, change: StateChange) -> None:
+        """Queue ``change`` for :meth:`_announce` (the adoption lock is held)."""
+        if self._changes is None:
+            self._changes = []
+            self._announce_lock = threading.RLock()
+        self._changes.append(change)
 
     def _announce(self) -> None:
         """Tell listeners of the changes made so far, in the order they were made.
@@ -928,15 +955,19 @@ class CircuitBreaker:
         listener may call the breaker), one thread at a time, so that every
         listener sees a chain even when threads adopt records at once.
         """
-        with self._announce_lock:
+        lock = self._announce_lock
+        if lock is None:  # never a change to tell
+            return
+        with lock:
             while self._changes:
                 change = self._changes.pop(0)
                 self._tell(change)
 
     def _tell(self, change: StateChange) -> None:
         previous, state = change.old, change.new
-        if state == "closed" or (state == "open" and previous == "closed"):
-            with self._window_lock:
+        lock = self._window_lock
+        if lock is not None and (state == "closed" or (state == "open" and previous == "closed")):
+            with lock:
                 self._window.clear()
         level = logging.WARNING if state == "open" else logging.INFO
         logger.log(
@@ -947,7 +978,7 @@ class CircuitBreaker:
             state,
             change.reason or "seen in the store",
         )
-        for listener in list(self._listeners):
+        for listener in self._listeners:
             try:
                 listener(change)
             except Exception:

@@ -34,7 +34,6 @@ import os
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, Literal, ParamSpec, TypeVar
@@ -108,6 +107,7 @@ class _Shared:
     """A store's load-control steps with a per-process stand-in while it cannot be reached."""
 
     def __init__(self, store: Store, what: str) -> None:
+        self._holds = store  # so that the id keying it in _shared stays this store's
         self.store: LimitStore | None = store if isinstance(store, LimitStore) else None
         self.url = store.url
         self.faults = FaultLog(what, store.url)
@@ -147,17 +147,22 @@ class _Shared:
         return answer if answer is not None else True
 
 
-class _Local:
-    """One load-control state kept in this process, stepped under a lock."""
+#: One lock for every per-process state: a step is a few arithmetic operations, run
+#: when a retry asks and once a second, and a lock each would cost every connector.
+_local_lock = threading.Lock()
 
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.state: limit_state.State | None = None
 
-    def step(self, step: limit_state.Step[R]) -> R:
-        with self.lock:
-            self.state, answer = step(self.state, _clock.monotonic())
-        return answer
+#: The :class:`_Shared` of each (store, what): connectors on one store share it, so a
+#: store outage is logged once per burst for the store, and a connector pays nothing.
+_shared: dict[tuple[int, str], _Shared] = {}
+
+
+def _shared_for(store: Store, what: str) -> _Shared:
+    key = (id(store), what)  # the _Shared holds the store: its id stays its own
+    found = _shared.get(key)
+    if found is None:
+        found = _shared.setdefault(key, _Shared(store, what))
+    return found
 
 
 # Retry budget ------------------------------------------------------------------
@@ -178,6 +183,21 @@ class RetryBudget:
         store: the store a shared budget lives in.
     """
 
+    __slots__ = (
+        "_burst",
+        "_folded_at",
+        "_local_state",
+        "_refused_until",
+        "_shared",
+        "_unsent",
+        "calls",
+        "connector",
+        "enabled",
+        "min_per_s",
+        "ratio",
+        "window_s",
+    )
+
     def __init__(self, connector: str, settings: LimitsPolicy, store: Store) -> None:
         self.connector = connector
         self.calls = 0
@@ -185,14 +205,16 @@ class RetryBudget:
         self.min_per_s = settings.budget_min_per_s
         self.window_s = settings.budget_window_s
         self.enabled = not math.isinf(self.ratio)
-        self._local = _Local()
+        self._local_state: limit_state.State | None = None  # this process's own window
         self._folded_at = _clock.monotonic()
         self._shared = (
-            _Shared(store, "sharing the retry budget") if settings.budget_scope == "store" else None
+            _shared_for(store, "sharing the retry budget")
+            if settings.budget_scope == "store"
+            else None
         )
         self._unsent = 0
         self._refused_until = 0.0  # a shared refusal remembered (REFUSAL_MEMORY_S)
-        self._burst = _Burst(connector, "retry budget exhausted, retries refused")
+        self._burst: _Burst | None = None  # made at the first refusal: most budgets never refuse
         if self._shared is not None and self.enabled:
             _depositor.add(self)
 
@@ -208,8 +230,13 @@ class RetryBudget:
         if span > self.window_s:
             calls = round(calls * self.window_s / span)
         if calls:
-            self._local.step(self._spend(calls, retry=False))
+            self._local_step(self._spend(calls, retry=False))
         return calls
+
+    def _local_step(self, step: limit_state.Step[bool]) -> bool:
+        with _local_lock:
+            self._local_state, answer = step(self._local_state, _clock.monotonic())
+        return answer
 
     def _spend(self, calls: int, *, retry: bool) -> limit_state.Step[bool]:
         def step(state: limit_state.State | None, now: float) -> tuple[limit_state.State, bool]:
@@ -237,8 +264,11 @@ class RetryBudget:
 
     def _settle(self, granted: bool) -> bool:
         if granted:
-            self._burst.granted()
+            if self._burst is not None:
+                self._burst.granted()
         else:
+            if self._burst is None:
+                self._burst = _Burst(self.connector, "retry budget exhausted, retries refused")
             self._burst.refusal(
                 f" (more than {self.ratio:g} x calls + {self.min_per_s:g}/s "
                 f"over {self.window_s:g}s); calls end with their own error"
@@ -254,7 +284,7 @@ class RetryBudget:
         """
         if self._shared is None:
             self._fold()
-            return self._settle(self._local.step(self._spend(0, retry=True)))
+            return self._settle(self._local_step(self._spend(0, retry=True)))
         if _clock.monotonic() < self._refused_until:
             return self._settle(False)
         calls = self._fold() + self._take_unsent()
@@ -274,7 +304,7 @@ class RetryBudget:
     def _shared_answer(self, answer: object, calls: int) -> bool:
         if answer is None:  # the store failed: this process's own budget decides
             self._unsent += calls  # the store missed them: send them with the next deposit
-            answer = self._local.step(self._spend(0, retry=True))
+            answer = self._local_step(self._spend(0, retry=True))
         elif not answer:
             self._refused_until = _clock.monotonic() + REFUSAL_MEMORY_S
         return self._settle(bool(answer))
@@ -296,7 +326,7 @@ class RetryBudget:
         self.calls = 0
         self._unsent = 0
         self._refused_until = 0.0
-        self._local = _Local()
+        self._local_state = None
         self._folded_at = _clock.monotonic()
 
 
@@ -304,20 +334,26 @@ class _Depositor:
     """One background thread that sends shared budgets' call counts to their stores."""
 
     def __init__(self) -> None:
-        self._budgets: weakref.WeakSet[RetryBudget] = weakref.WeakSet()
+        # A list, not a WeakSet: the registry keeps every budget alive until
+        # forget(), and a weak reference each would cost every connector 300 bytes.
+        self._budgets: list[RetryBudget] = []
         self._lock = threading.Lock()
         self._round = threading.Lock()
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
 
     def add(self, budget: RetryBudget) -> None:
+        """Send ``budget``'s counts from now on (until :meth:`forget`)."""
         with self._lock:
-            self._budgets.add(budget)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="connector-resilience-budget", daemon=True
-                )
-                self._thread.start()
+            self._budgets.append(budget)
+            self._start()
+
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="connector-resilience-budget", daemon=True
+            )
+            self._thread.start()
 
     def _run(self) -> None:
         while True:
@@ -332,18 +368,17 @@ class _Depositor:
     def forget(self) -> None:
         """Send no more counts for the budgets known so far."""
         with self._round:
-            self._budgets = weakref.WeakSet()
+            self._budgets = []
 
     def after_fork(self) -> None:
         self._lock = threading.Lock()
         self._round = threading.Lock()
         self._wake = threading.Event()
         self._thread = None
-        budgets = list(self._budgets)
-        for budget in budgets:
+        for budget in self._budgets:
             budget.after_fork()
-        if budgets:
-            self.add(budgets[0])
+        if self._budgets:
+            self._start()
 
 
 _depositor = _Depositor()
@@ -382,7 +417,7 @@ class RateLimiter:
         self._full_at = 0.0
         self._baton: list[None] = [None]
         self._shared = (
-            _Shared(store, "sharing the rate limit") if settings.rate_scope == "store" else None
+            _shared_for(store, "sharing the rate limit") if settings.rate_scope == "store" else None
         )
         self.local = self._shared is None
         self._burst = _Burst(connector, "rate limited, calls refused")
@@ -530,7 +565,9 @@ class Bulkhead:
         self.lease_s = settings.bulkhead_lease_s
         self._new_slots()
         self._shared = (
-            _Shared(store, "sharing the bulkhead") if settings.bulkhead_scope == "store" else None
+            _shared_for(store, "sharing the bulkhead")
+            if settings.bulkhead_scope == "store"
+            else None
         )
         self.local = self._shared is None
         self._burst = _Burst(connector, "bulkhead full, calls refused")
@@ -686,6 +723,8 @@ class LoadControl:
         limiter: the rate limiter, or ``None`` when ``RATE_LIMIT_PER_S`` is unset.
         bulkhead: the bulkhead, or ``None`` when ``BULKHEAD_MAX_CONCURRENT`` is unset.
     """
+
+    __slots__ = ("budget", "bulkhead", "connector", "limiter")
 
     def __init__(self, connector: str, settings: LimitsPolicy, store: Store) -> None:
         self.connector = connector
@@ -947,12 +986,15 @@ def forget_load_controls() -> None:
     """
     with _controls_lock:
         _controls.clear()
+        _shared.clear()
     _depositor.forget()
 
 
 def _after_fork() -> None:
-    global _controls_lock  # noqa: PLW0603 - a lock held at the fork is never released in the child
+    # A lock held at the fork is never released in the child.
+    global _controls_lock, _local_lock  # noqa: PLW0603
     _controls_lock = threading.Lock()
+    _local_lock = threading.Lock()
     for control in list(_controls.values()):
         if control.bulkhead is not None:
             control.bulkhead.after_fork()

@@ -166,6 +166,10 @@ def engine_options(
     )
 
 
+#: Most functions are decorated with the defaults: they share these options.
+_DEFAULT_OPTIONS: Final = engine_options()
+
+
 @overload
 def resilient(connector: staticmethod[P, R], /) -> staticmethod[P, R]: ...
 
@@ -327,8 +331,8 @@ def resilient(
         name: value
         for name, value in given.items()
         if name in _DEFAULTS and value is not _DEFAULTS[name]
-    }
-    options = engine_options(
+    } or _NO_SETTINGS
+    built = engine_options(
         retry_on=retry_on,
         retry_on_result=retry_on_result,
         failure_on=failure_on,
@@ -349,6 +353,7 @@ def resilient(
         fallback=fallback,
         attempt_timeout_s=attempt_timeout_s,
     )
+    options = _DEFAULT_OPTIONS if built == _DEFAULT_OPTIONS else built
 
     def decorate(fn: Any) -> Any:
         # A static or class method: decorate the function inside, keep the wrapper.
@@ -412,6 +417,8 @@ def _check_target(fn: object) -> None:
 
 #: ``@resilient``'s keyword options and their defaults.
 _DEFAULTS: Final[dict[str, Any]] = resilient.__kwdefaults__ or {}
+#: What a function decorated with the defaults changed: nothing (shared, never mutated).
+_NO_SETTINGS: Final[dict[str, Any]] = {}
 
 
 class _RetryWith:
@@ -534,7 +541,7 @@ def _sync_wrapper(fn: Callable[P, R], engines: EngineCache) -> Callable[P, R]:
                         bulkhead.wake()
 
     outer: Any = wrapper
-    outer.statistics = RetryStatistics(lambda: last)
+    outer.statistics = RetryStatistics.of_closure(wrapper, "last")
     return cast(Callable[P, R], outer)
 
 
@@ -656,7 +663,7 @@ def _async_wrapper(
                         bulkhead.wake()
 
     outer: Any = wrapper
-    outer.statistics = RetryStatistics(lambda: last)
+    outer.statistics = RetryStatistics.of_closure(wrapper, "last")
     return cast(Callable[P, Awaitable[R]], outer)
 
 

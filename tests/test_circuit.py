@@ -330,6 +330,26 @@ def test_store_fault_falls_back_to_local_state_and_logs_once(
     assert any("works again" in r.getMessage() for r in caplog.records)
 
 
+def test_a_store_outage_is_one_burst_for_every_breaker_on_the_store(
+    clock: testing.FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The fault log belongs to the store: ten connectors failing on it are one
+    # outage, logged once, and one recovery.
+    store = FailingCircuitStore("memory://failing-many")
+    caplog.set_level(logging.WARNING, logger="connector_resilience.store")
+    breakers = [CircuitBreaker(f"api-{i}", policy=_policy(), store=store) for i in range(10)]
+    for breaker in breakers:
+        _fail(breaker, 1)
+    failed = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert len(failed) == 1
+    assert "memory://failing-many" in failed[0].getMessage()
+    store.down = False
+    for breaker in breakers:
+        _fail(breaker, 1)
+    recovered = [r for r in caplog.records if "works again" in r.getMessage()]
+    assert len(recovered) == 1
+
+
 class ReorderingStore(MemoryStore):
     """A memory store where one read runs before a write yet answers after it.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -534,3 +535,38 @@ def test_rejections_are_counted_exactly_in_few_records(waits: list[float]) -> No
     rejected = [r for r in _records(policy) if r.status == "rejected"]
     assert sum(r.calls for r in rejected) == 500
     assert len(rejected) <= 2  # one per flush, not one per call
+
+
+def test_first_calls_racing_in_threads_share_one_breaker_and_count_once() -> None:
+    # The first call builds the function's engine; threads making it at once
+    # must end up on one breaker, each call counted once.
+    threads = 8
+    policy = _policy(circuit={"failures_to_open": threads, "cooldown_s": 60})
+    start = threading.Barrier(threads)
+    calls = Flaky(failures=threads)
+
+    @resilient("racing-first-calls", policy=policy, max_attempts=1)
+    def call() -> str:
+        return str(calls())
+
+    failed: list[BaseException] = []
+
+    def first_call() -> None:
+        start.wait(timeout=10)
+        try:
+            call()
+        except ConnectionError as exc:
+            failed.append(exc)
+
+    workers = [threading.Thread(target=first_call) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=30)
+    assert len(failed) == threads
+    # One breaker heard all eight failures: it is open now, for every thread.
+    with pytest.raises(CircuitOpenError):
+        call()
+    assert calls.calls == threads
+    totals = summarize("racing-first-calls", policy=policy)
+    assert (totals.total_calls, totals.errors, totals.rejected) == (threads, threads, 1)

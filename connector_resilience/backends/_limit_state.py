@@ -17,7 +17,9 @@ from typing import Any, Final, NamedTuple, TypeVar
 #: The budget's window is kept as this many slots; an old slot drops out whole.
 BUDGET_SLOTS: Final = 10
 
-State = dict[str, Any]
+#: A key's load-control state, JSON-ready: a mapping for buckets and leases, a flat
+#: sequence of integers for a retry budget (see :func:`spend_budget`).
+State = Any
 
 
 class TokenGrant(NamedTuple):
@@ -46,7 +48,7 @@ class LeaseGrant(NamedTuple):
 
 
 def spend_budget(
-    state: Mapping[str, Any] | None,
+    state: State | None,
     now: float,
     *,
     calls: int,
@@ -61,13 +63,17 @@ def spend_budget(
     ``ratio * calls + min_per_s * window_s`` (Finagle's rule); ``ratio`` 0
     allows none. Returns the new state and whether the retry was granted
     (True when none was asked for).
+
+    The state is a flat sequence ``(slot, calls, retries, slot, calls, retries, ...)``
+    (a list once stored as JSON), oldest slot first: a connector's budget costs
+    every store a few integers, where a mapping of lists cost it hundreds of bytes.
+    The earlier form, ``{"slots": [[slot, calls, retries], ...]}``, is still read.
     """
     slot_s = window_s / BUDGET_SLOTS
     current = math.floor(now / slot_s)
     oldest = current - BUDGET_SLOTS + 1
     slots: dict[int, list[int]] = {}
-    for entry in (state or {}).get("slots", ()):
-        index, seen, spent = int(entry[0]), int(entry[1]), int(entry[2])
+    for index, seen, spent in _budget_slots(state):
         if index >= oldest:
             slots[index] = [seen, spent]
     mine = slots.setdefault(current, [0, 0])
@@ -80,7 +86,28 @@ def spend_budget(
         granted = ratio > 0 and total_retries + 1 <= allowance
         if granted:
             mine[1] += 1
-    return {"slots": [[i, seen, spent] for i, (seen, spent) in sorted(slots.items())]}, granted
+    flat = tuple(number for index in sorted(slots) for number in (index, *slots[index]))
+    return flat, granted
+
+
+def _budget_slots(state: State | None) -> list[tuple[int, int, int]]:
+    """``(slot, calls, retries)`` of a stored budget; none if it is absent or unreadable.
+
+    Unreadable counters (a hand-edited file, say) start afresh: they are
+    seconds old, and a budget that forgets them is only stricter for a moment.
+    """
+    if not state:
+        return []
+    try:
+        if isinstance(state, Mapping):  # the earlier form
+            return [(int(e[0]), int(e[1]), int(e[2])) for e in state.get("slots", ())]
+        numbers = [int(n) for n in state]
+    except (TypeError, ValueError, IndexError, AttributeError):
+        return []
+    if len(numbers) % 3:
+        return []
+    it = iter(numbers)
+    return list(zip(it, it, it, strict=True))
 
 
 def bucket_shape(rate_per_s: float, burst: float) -> tuple[float, float]:

@@ -669,7 +669,9 @@ class SqliteStore(limit_state.LimitSteps):
                 state = json.loads(row[0]) if row else None
             except PARSE_ERRORS:
                 state = None  # seconds-old counters: starting afresh is harmless
-            new_state, answer = step(state if isinstance(state, dict) else None, _clock.wall())
+            new_state, answer = step(
+                state if isinstance(state, dict | list) else None, _clock.wall()
+            )
             try:
                 conn.execute(
                     "INSERT INTO load_control (key, data) VALUES (?, ?) "
