@@ -267,7 +267,8 @@ class HttpCalls(Generic[S, C, R]):
             own_s=own_s,
             bounded=bounded,
             direct=self._direct and not bounded,
-            guards=engine.load.admits or engine.fallback is not None,
+            # OAUTH2_REQUIRED without tokens=: no request goes out without a usable token.
+            guards=engine.load.admits or engine.fallback is not None or engine.gate is not None,
         )
         with self._lock:
             if len(self._routes) < _MAX_ROUTES:
@@ -560,6 +561,8 @@ class HttpCalls(Generic[S, C, R]):
             self.call_sync, route.method, route.host, route.port, request, context, send
         )
         try:
+            if engine.gate is not None:  # raises TokenRequiredError: nothing is sent
+                engine.gate()
             if engine.admission is not None and control.admits:
                 return engine.admission.call(flow)
             return flow()
@@ -591,6 +594,8 @@ class HttpCalls(Generic[S, C, R]):
             self.call_async, route.method, route.host, route.port, request, context, send
         )
         try:
+            if engine.gate is not None:  # a store read, maybe over the network: in a thread
+                await asyncio.to_thread(engine.gate)
             if engine.admission is not None and control.admits:
                 return await engine.admission.acall(flow)
             return await flow()

@@ -17,6 +17,8 @@ import pytest
 
 from connector_resilience import CircuitOpenError, RateLimitExceededError, summarize, testing
 from connector_resilience.backends import AggregateStore, store_for_policy
+from connector_resilience.errors import TokenRequiredError
+from connector_resilience.oauth2 import save_token
 from connector_resilience.policy import Policy
 from tests.http_clients import KINDS, Driver
 from tests.http_server import Action, FaultServer, fault_server
@@ -511,6 +513,21 @@ class CountingTokens:
 
     async def arefresh_after_unauthorized(self, rejected_access_token: str) -> str:
         return self.refresh_after_unauthorized(rejected_access_token)
+
+
+async def test_oauth2_required_without_tokens_sends_nothing_until_a_token_is_stored(
+    make: Make, server: FaultServer, waits: list[float]
+) -> None:
+    # OAUTH2_REQUIRED with no tokens= on the adapter: as @resilient does, no
+    # request leaves without a usable token in the store.
+    policy = _policy(oauth={"required": True})
+    client = make("crm", policy=policy)
+    with pytest.raises(TokenRequiredError, match="crm"):
+        await client.request("GET", server.url + "/me")
+    assert server.hits("/me") == 0
+    save_token("crm", {"access_token": "stored", "expires_in": 3600}, policy=policy)
+    assert (await client.request("GET", server.url + "/me")).status == 200
+    assert server.hits("/me") == 1
 
 
 async def test_a_401_refreshes_once_and_repeats_the_attempt(
