@@ -121,6 +121,9 @@ def test_health_of_one_connector_per_operation_and_errors_by_type(filled: str) -
 def test_window_limits_what_health_sees(shared_store_url: str) -> None:
     with testing.FakeClock(start=time.time() - 7200):
         Connectors(shared_store_url).run(search=0, inventory=0)
+    # Write the minute and hour rows of two hours ago now, not at the writer's next
+    # tick, which may come after the CLI has read (the 24 h summary reads hour rows).
+    flush_metrics()
     close_all_stores()
     result = run_cli("--store", shared_store_url, "--json", "--window", "600", "health")
     billing = {c["connector"]: c for c in json.loads(result.stdout)["connectors"]}["billing"]
