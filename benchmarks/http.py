@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import multiprocessing.connection
+import os
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -153,6 +154,24 @@ async def _burst(fetch: Fetch, n: int) -> tuple[float, float]:
     return done / (time.perf_counter() - wall), done / max(1e-9, time.process_time() - cpu)
 
 
+def _pin_apart(server_pid: int | None) -> set[int] | None:
+    """The server on one core, this client on the others; the client's old cores, or None.
+
+    Unpinned, the scheduler moves both processes between the cores as it likes,
+    and a client that shares a core with the server now and then is slower for
+    it: one subject's round may pay for it and the next not. Apart, every subject
+    meets the same conditions.
+    """
+    if server_pid is None or not hasattr(os, "sched_setaffinity"):
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        return None
+    os.sched_setaffinity(server_pid, {cores[-1]})
+    os.sched_setaffinity(0, set(cores[:-1]))
+    return set(cores)
+
+
 def run_http(ctx: Context) -> None:
     """Requests/s of each client against the same local server, interleaved."""
     need("aiohttp", "aiohttp")
@@ -160,6 +179,7 @@ def run_http(ctx: Context) -> None:
     parent, child = mp.Pipe()
     server = mp.Process(target=_serve, args=(child,), daemon=True)
     server.start()
+    pinned = _pin_apart(server.pid)
     loop = asyncio.new_event_loop()
     try:
         if not parent.poll(30):
@@ -187,6 +207,8 @@ def run_http(ctx: Context) -> None:
         close_loop(loop)
         server.terminate()
         server.join(timeout=5)
+        if pinned is not None:
+            os.sched_setaffinity(0, pinned)
     cpu_based = clock_name() == "cpu"
     wall = {name: [w for w, _ in values] for name, values in both.items()}
     cpu = {name: [c for _, c in values] for name, values in both.items()}
