@@ -476,7 +476,9 @@ def _measure_family(
         n = max(200, 4 * concurrency, int(rate * (0.1 if ctx.quick else 0.5)))
         n += -n % concurrency
         ctx.log(f"http {family} c={concurrency}: {len(clients)} clients x {n} requests")
-        rounds = interleaved(list(clients), lambda role: burst(role, n), ctx.repeats)
+        # Twice the usual rounds: a request is a round trip through two processes on
+        # a shared machine, and the ratios these rounds give are the targets.
+        rounds = interleaved(list(clients), lambda role: burst(role, n), 2 * ctx.repeats)
     finally:
         for client in clients.values():
             if hasattr(client, "aclose"):
