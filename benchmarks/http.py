@@ -292,6 +292,8 @@ def _subject_names(family: str) -> dict[str, str]:
     """Role -> row name for one family."""
     _, bare, ours, peer = next(f for f in FAMILIES if f[0] == family)
     names = {"bare": bare, "ours": f"{ours}, memory://", "ours_jsonl": f"{ours}, default JSONL"}
+    if family == "aiohttp":  # the floor under any middleware: aiohttp's own machinery
+        names["noop"] = NOOP
     if peer is not None:
         names["peer"] = {
             "httpx-retries": "httpx-retries RetryTransport",
@@ -320,6 +322,7 @@ def _async_clients(ctx: Context, family: str, url: str, concurrency: int) -> dic
             return aiohttp.ClientSession(connector=connector, middlewares=middlewares)
 
         clients["bare"] = session()
+        clients["noop"] = session(_noop_middleware)
         for role, store in (("ours", "memory"), ("ours_jsonl", "jsonl")):
             policy = _http_policy(ctx, store)
             clients[role] = session(glue.ResilienceMiddleware("http", policy=policy))
@@ -571,6 +574,11 @@ def _run_clients(ctx: Context, url: str) -> None:
                                 f"{Stat.of(chosen[reference]).fmt(0)} {basis}; wall clock: ratio "
                                 f"{ratio_stat(wall[role], wall[reference]).fmt(3)}"
                             )
+                            if reference == "bare" and "noop" in chosen:
+                                target.detail += (
+                                    "; a no-op middleware (aiohttp's own machinery): ratio "
+                                    f"{ratio_stat(chosen['noop'], chosen['bare']).fmt(3)}"
+                                )
                         else:
                             target.why_not = missing.get(reference, "not measured")
     finally:
