@@ -218,8 +218,10 @@ class HttpCalls(Generic[S, C, R]):
         self._engines: dict[tuple[str, str | None], Engine] = {}
         self._routes: dict[tuple[str, str, int | None], _Route] = {}
         self._lock = threading.Lock()
-        # The admission under way per (breaker, event loop): see _admit_async.
+        # The admission under way per (breaker, event loop), and per breaker for
+        # threads: see _admit_async and _admit_sync.
         self._looking: dict[tuple[CircuitBreaker, asyncio.AbstractEventLoop], asyncio.Event] = {}
+        self._looking_locks: dict[CircuitBreaker | None, threading.RLock] = {}
 
     # Engines and routes ------------------------------------------------------
 
@@ -271,11 +273,17 @@ class HttpCalls(Generic[S, C, R]):
             direct=self._direct and not bounded,
             # OAUTH2_REQUIRED without tokens=: no request goes out without a usable token.
             guards=engine.load.admits or engine.fallback is not None or engine.gate is not None,
+            looking=self._looking_lock(engine.breaker),
         )
         with self._lock:
             if len(self._routes) < _MAX_ROUTES:
                 route = self._routes.setdefault(key, route)
         return route
+
+    def _looking_lock(self, breaker: CircuitBreaker | None) -> threading.RLock:
+        """The lock of the store look under way for ``breaker`` (shared by its routes)."""
+        with self._lock:
+            return self._looking_locks.setdefault(breaker, threading.RLock())
 
     # The flow, sync and async ------------------------------------------------
 
@@ -401,17 +409,36 @@ class HttpCalls(Generic[S, C, R]):
     # What the first attempt needs off its hot path -------------------------------
 
     def _admit_sync(self, route: _Route, breaker: CircuitBreaker, now: float) -> str | None:
-        """The breaker's admission (a probe id, or ``None``); raises the refusal."""
+        """The breaker's admission (a probe id, or ``None``); raises the refusal. One look at a time.
+
+        As in :meth:`_admit_async`: when the cached state goes stale, one
+        thread reads the store (a file read and parse for JSONL, during which
+        the other threads run on) and the others wait for its answer instead
+        of each reading too. The lock is re-entrant: a state-change listener
+        that sends a request through this adapter from the looking thread
+        goes on.
+        """
         engine = route.engine
-        if now < breaker.refuse_until:
-            rejection = breaker.rejection()
-            engine.rejected(rejection, route.labels)
-            raise rejection
+        looking = route.looking
+        while True:
+            if now < breaker.refuse_until:
+                rejection = breaker.rejection()
+                engine.rejected(rejection, route.labels)
+                raise rejection
+            if now < breaker.admit_until:  # another thread's look found it closed
+                return None
+            if looking.acquire(blocking=False):
+                break
+            with looking:  # a look is under way: its answer is ours too
+                pass
+            now = _clock.perf()
         try:
             return breaker.acquire()
         except CircuitOpenError as exc:
             engine.rejected(exc, route.labels)
             raise
+        finally:
+            looking.release()
 
     async def _admit_async(self, route: _Route, breaker: CircuitBreaker, now: float) -> str | None:
         """:meth:`_admit_sync` without blocking the event loop on store I/O; one look at a time.
@@ -658,6 +685,8 @@ class _Route:
         direct: an attempt is the adapter's context called with the request
             (the adapter said so, and no timeout of ours applies).
         guards: load control wraps the flow (a rate limiter, a bulkhead, a fallback).
+        looking: held by the thread reading the breaker's state from the store
+            (shared by every route of the breaker).
         settled: status -> the series a first-attempt success goes to (``None``:
             metrics off), for the statuses that settle a call whatever the
             headers say; filled as they are seen.
@@ -676,6 +705,7 @@ class _Route:
     bounded: bool
     direct: bool
     guards: bool
+    looking: threading.RLock
     settled: dict[int, Series | None] = field(default_factory=dict)
 
     def timeout_s(self, began: float) -> float | None:

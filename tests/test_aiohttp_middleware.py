@@ -5,10 +5,8 @@ Every check counts requests on the server side.
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import logging
-import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -18,8 +16,7 @@ from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
 
 from connector_resilience import CircuitBreaker, CircuitOpenError, summarize, testing
 from connector_resilience.aiohttp import ResilienceMiddleware
-from connector_resilience.backends import CircuitRecord, store_for_policy
-from connector_resilience.backends.memory import MemoryStore
+from connector_resilience.backends import store_for_policy
 from connector_resilience.policy import Policy
 from tests.http_server import Action, FaultServer, fault_server
 
@@ -230,60 +227,6 @@ async def test_breaker_opens_then_rejects_without_server_hits(
     assert len(rejected) == 5
     summary = summarize("api", policy=policy)
     assert (summary.total_calls, summary.attempts, summary.rejected) == (2, 4, 5)
-
-
-class CountingStore(MemoryStore):
-    """A memory store that counts its breaker reads (from worker threads too)."""
-
-    def __init__(self) -> None:
-        super().__init__("memory://counting")
-        self.reads = 0
-        self._count_lock = threading.Lock()
-
-    def get_circuit(self, connector: str) -> CircuitRecord | None:
-        with self._count_lock:
-            self.reads += 1
-        return super().get_circuit(connector)
-
-
-async def test_a_stale_breaker_is_read_once_for_concurrent_requests(server: FaultServer) -> None:
-    policy = _policy(circuit={"sync_interval_s": 30})
-    store = CountingStore()
-    middleware = ResilienceMiddleware("api", policy=policy, store=store)
-    with testing.FakeClock() as clock:
-        async with _session(server, middleware) as session:
-            async with session.get("/") as response:  # the breaker's state is cached
-                assert response.status == 200
-            clock.advance(31)  # and now stale: the next request looks at the store
-            before = store.reads
-
-            async def status() -> int:
-                async with session.get("/") as response:
-                    return response.status
-
-            assert await asyncio.gather(*(status() for _ in range(16))) == [200] * 16
-    assert store.reads - before == 1
-    assert server.hits() == 17
-
-
-async def test_requests_waiting_on_a_look_obey_what_it_found(server: FaultServer) -> None:
-    policy = _policy(circuit={"sync_interval_s": 30, "failures_to_open": 1, "cooldown_s": 3600})
-    store = CountingStore()
-    middleware = ResilienceMiddleware("api", policy=policy, store=store)
-    with testing.FakeClock() as clock:
-        async with _session(server, middleware) as session:
-            async with session.get("/") as response:  # "closed", cached
-                assert response.status == 200
-            # Another process opens the circuit; this one sees it once its cache is stale.
-            CircuitBreaker("api", policy=policy, store=store).record_failure()
-            clock.advance(31)
-            before = store.reads
-            outcomes = await asyncio.gather(
-                *(session.get("/") for _ in range(8)), return_exceptions=True
-            )
-    assert all(isinstance(o, CircuitOpenError) for o in outcomes), outcomes
-    assert store.reads - before == 1
-    assert server.hits() == 1
 
 
 async def test_half_open_probe_recovers_the_circuit(server: FaultServer) -> None:

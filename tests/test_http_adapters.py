@@ -7,16 +7,25 @@ faults. Every count is taken on the server side.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
 
-from connector_resilience import CircuitOpenError, RateLimitExceededError, summarize, testing
-from connector_resilience.backends import AggregateStore, store_for_policy
+from connector_resilience import (
+    CircuitBreaker,
+    CircuitOpenError,
+    RateLimitExceededError,
+    summarize,
+    testing,
+)
+from connector_resilience.backends import AggregateStore, CircuitRecord, store_for_policy
+from connector_resilience.backends.memory import MemoryStore
 from connector_resilience.errors import TokenRequiredError
 from connector_resilience.oauth2 import save_token
 from connector_resilience.policy import Policy
@@ -388,6 +397,71 @@ async def test_breaker_per_host(
         await client.request("GET", server.url + "/")
     elsewhere = other_server.url.replace("127.0.0.1", "localhost")
     assert (await client.request("GET", elsewhere + "/")).status == 200
+
+
+class HeldReadStore(MemoryStore):
+    """A memory store that counts its breaker reads and can hold the first one.
+
+    Once :meth:`hold` is called, the first read waits until ``others`` more
+    reads have begun or ``at_most_s`` has passed: requests that each read the
+    store pile up in it, requests that wait for one read do not (and cost
+    the test ``at_most_s``).
+    """
+
+    def __init__(self) -> None:
+        super().__init__("memory://held-reads")
+        self.reads = 0
+        self._state = threading.Condition()
+        self._hold: tuple[int, float] | None = None
+
+    def hold(self, *, others: int, at_most_s: float) -> None:
+        with self._state:
+            self.reads = 0
+            self._hold = (others, at_most_s)
+
+    def get_circuit(self, connector: str) -> CircuitRecord | None:
+        with self._state:
+            self.reads += 1
+            self._state.notify_all()
+            if self._hold is not None and self.reads == 1:
+                others, at_most_s = self._hold
+                self._state.wait_for(lambda: self.reads > others, timeout=at_most_s)
+        return super().get_circuit(connector)
+
+
+async def test_a_stale_breaker_is_read_once_for_concurrent_requests(
+    make: Make, server: FaultServer
+) -> None:
+    store = HeldReadStore()
+    client = make(policy=_policy(circuit={"sync_interval_s": 30}), store=store)
+    with testing.FakeClock() as clock:
+        assert (await client.request("GET", server.url + "/")).status == 200  # cached
+        clock.advance(31)  # and now stale: the next request reads the store
+        store.hold(others=3, at_most_s=0.5)
+        answers = await asyncio.gather(*(client.request("GET", server.url + "/") for _ in range(4)))
+    assert [a.status for a in answers] == [200] * 4
+    assert store.reads == 1
+    assert server.hits() == 5
+
+
+async def test_requests_waiting_on_a_breaker_read_obey_what_it_found(
+    make: Make, server: FaultServer
+) -> None:
+    store = HeldReadStore()
+    policy = _policy(circuit={"sync_interval_s": 30, "failures_to_open": 1, "cooldown_s": 3600})
+    client = make(policy=policy, store=store)
+    with testing.FakeClock() as clock:
+        assert (await client.request("GET", server.url + "/")).status == 200  # "closed", cached
+        # Another process opens the circuit; this one sees it once its cache is stale.
+        CircuitBreaker("api", policy=policy, store=store).record_failure()
+        clock.advance(31)
+        store.hold(others=3, at_most_s=0.5)
+        outcomes = await asyncio.gather(
+            *(client.request("GET", server.url + "/") for _ in range(4)), return_exceptions=True
+        )
+    assert all(isinstance(o, CircuitOpenError) for o in outcomes), outcomes
+    assert store.reads == 1
+    assert server.hits() == 1
 
 
 # Metrics ---------------------------------------------------------------------------
