@@ -25,13 +25,14 @@ import random
 import re
 import threading
 from collections.abc import Collection, Mapping
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
 from connector_resilience import _clock
 from connector_resilience.retry import parse_retry_after
 
 __all__ = [
+    "DEFAULT_PORTS",
     "DEFAULT_RETRY_STATUSES",
     "IDEMPOTENT_METHODS",
     "KEYED_METHODS",
@@ -290,13 +291,15 @@ def is_transient_error(
 # Origins, ports, timeouts ---------------------------------------------------------
 
 
-_DEFAULT_PORTS: dict[str, int] = {"https": 443, "http": 80, "wss": 443, "ws": 80}
+#: The port a URL of a lower-case scheme means when it names none (read-only);
+#: an adapter on a request's hot path reads it before calling :func:`default_port`.
+DEFAULT_PORTS: Final[Mapping[str, int]] = {"https": 443, "http": 80, "wss": 443, "ws": 80}
 
 
 def default_port(scheme: str) -> int | None:
     """The port a URL of ``scheme`` means when it names none."""
-    port = _DEFAULT_PORTS.get(scheme)
-    return port if port is not None else _DEFAULT_PORTS.get(scheme.lower())
+    port = DEFAULT_PORTS.get(scheme)
+    return port if port is not None else DEFAULT_PORTS.get(scheme.lower())
 
 
 def origin(scheme: str, host: str, port: int | None) -> str:

@@ -409,7 +409,7 @@ class HttpCalls(Generic[S, C, R]):
     # What the first attempt needs off its hot path -------------------------------
 
     def _admit_sync(self, route: _Route, breaker: CircuitBreaker, now: float) -> str | None:
-        """The breaker's admission (a probe id, or ``None``); raises the refusal. One look at a time.
+        """The breaker's admission (a probe id, or ``None``), one look at a time; raises refusals.
 
         As in :meth:`_admit_async`: when the cached state goes stale, one
         thread reads the store (a file read and parse for JSONL, during which

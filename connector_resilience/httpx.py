@@ -30,6 +30,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from connector_resilience._http import (
+    DEFAULT_PORTS,
     DEFAULT_RETRY_STATUSES,
     IDEMPOTENT_METHODS,
     AuthOrigins,
@@ -117,6 +118,12 @@ def _origin(url: httpx.URL) -> str:
     return origin(url.scheme, url.host, url.port)
 
 
+def _port(url: httpx.URL) -> int | None:
+    """The port a request goes to (httpx gives ``None`` for the scheme's default)."""
+    port = url.port
+    return port if port is not None else DEFAULT_PORTS.get(url.scheme) or default_port(url.scheme)
+
+
 #: An inner transport's ``handle_request`` or ``handle_async_request``.
 _Send = Callable[[Any], Any]
 
@@ -192,6 +199,9 @@ class ResilientTransport(*_BASES):  # type: ignore[misc]
         self.connector = connector
         self._tokens = tokens
         self._given = transport
+        # The given transport's sends, looked up once rather than on every request.
+        self._given_send: _Send | None = getattr(transport, "handle_request", None)
+        self._given_asend: _Send | None = getattr(transport, "handle_async_request", None)
         self._defaults: dict[tuple[str, bool], Any] = {}  # (flavour, async) -> transport
         self._calls: HttpCalls[httpx.Request, _Send, httpx.Response] = HttpCalls(
             connector,
@@ -266,30 +276,26 @@ class ResilientTransport(*_BASES):  # type: ignore[misc]
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` with retries, the breaker, metrics and auth (``httpx.Client``)."""
-        inner = self._given
-        if inner is None:
-            inner = self._inner(request, False)
-        plain = getattr(inner, "handle_request", None)
+        plain = self._given_send
         if plain is None:
-            raise TypeError(f"{inner!r} is an async transport; use it with httpx.AsyncClient")
+            inner = self._given if self._given is not None else self._inner(request, False)
+            plain = getattr(inner, "handle_request", None)
+            if plain is None:
+                raise TypeError(f"{inner!r} is an async transport; use it with httpx.AsyncClient")
         url = request.url
-        return self._calls.call_sync(
-            request.method, url.host, url.port or default_port(url.scheme), request, plain
-        )
+        return self._calls.call_sync(request.method, url.host, _port(url), request, plain)
 
     def handle_async_request(self, request: httpx.Request) -> Awaitable[httpx.Response]:
         """Send ``request`` with retries, the breaker, metrics and auth (``httpx.AsyncClient``)."""
         # The flow's coroutine itself, not one awaiting it: a coroutine less per request.
-        inner = self._given
-        if inner is None:
-            inner = self._inner(request, True)
-        plain = getattr(inner, "handle_async_request", None)
+        plain = self._given_asend
         if plain is None:
-            raise TypeError(f"{inner!r} is a sync transport; use it with httpx.Client")
+            inner = self._given if self._given is not None else self._inner(request, True)
+            plain = getattr(inner, "handle_async_request", None)
+            if plain is None:
+                raise TypeError(f"{inner!r} is a sync transport; use it with httpx.Client")
         url = request.url
-        return self._calls.call_async(
-            request.method, url.host, url.port or default_port(url.scheme), request, plain
-        )
+        return self._calls.call_async(request.method, url.host, _port(url), request, plain)
 
     def _attempt(
         self, request: httpx.Request, plain: _Send, timeout_s: float | None

@@ -251,6 +251,9 @@ class ResilientAdapter(HTTPAdapter):
             max_retries=_NO_URLLIB3_RETRIES,
             pool_block=pool_block,
         )
+        # The send this adapter wraps (HTTPAdapter's, or the next class's in a
+        # subclass's MRO), found once: super() on every attempt is a lookup each.
+        self._plain_send: Callable[..., requests.Response] = super().send
 
     def __repr__(self) -> str:
         return f"ResilientAdapter({self.connector!r})"
@@ -291,14 +294,13 @@ class ResilientAdapter(HTTPAdapter):
         tokens = self._tokens
         if tokens is not None:
             return self._authenticated(tokens, request, (stream, timeout, verify, cert, proxies))
-        response: requests.Response = super().send(request, stream, timeout, verify, cert, proxies)
-        return response
+        return self._plain_send(request, stream, timeout, verify, cert, proxies)
 
     def _authenticated(
         self, tokens: SyncTokenSource, request: requests.PreparedRequest, options: _SendOptions
     ) -> requests.Response:
         """One attempt with the token for an allowed origin (a 401: refreshed once)."""
-        once = functools.partial(HTTPAdapter.send, self, request, *options)
+        once = functools.partial(self._plain_send, request, *options)
         scheme, host, port = _where(request.url or "")
         if not self._calls.rules.auth_origins.allows(origin(scheme, host, port), self.connector):
             request.headers.pop("Authorization", None)
