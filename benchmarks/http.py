@@ -148,10 +148,27 @@ async def _burst(fetch: Fetch, n: int) -> tuple[float, float]:
             if status != 200:
                 raise RuntimeError(f"server answered {status}")
 
+    _settle()
     wall, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    _settle()  # timed: the round's own metrics, written
     done = per * CONCURRENCY
     return done / (time.perf_counter() - wall), done / max(1e-9, time.process_time() - cpu)
+
+
+def _settle() -> None:
+    """Write every metric buffered so far, in this thread (a no-op with nothing buffered).
+
+    Called untimed before a round and timed at its end: a subject pays for
+    writing its own metrics, and never for what the subject before it left to
+    the background writer (whose CPU time, counted for the whole process,
+    would otherwise land in whichever round runs next).
+    """
+    try:
+        from connector_resilience import flush_metrics
+    except ImportError:  # the bare clients alone, without the library
+        return
+    flush_metrics()
 
 
 def _pin_apart(server_pid: int | None) -> set[int] | None:
@@ -228,7 +245,9 @@ def run_http(ctx: Context) -> None:
         note=(
             f"{CONCURRENCY} concurrent workers, GET / with a 2-byte body read in full; the "
             "server runs in its own process. Our middleware runs as shipped: retries, breaker, "
-            "a metric per attempt written by the background thread (its CPU time is counted). "
+            "a metric per attempt written by the background thread (its CPU time is counted); "
+            "each round ends by writing what it buffered, timed, so no subject's writing lands "
+            "in the next subject's round. "
             "Wall-clock rates swing with whatever else the shared machine runs; the verdicts "
             f"use {basis}, which only this client's own work can change."
         ),
@@ -418,8 +437,10 @@ async def _async_burst(client: Any, url: str, n: int, concurrency: int) -> tuple
             if status != 200:
                 raise RuntimeError(f"server answered {status}")
 
+    _settle()
     wall, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
+    _settle()  # timed: the round's own metrics, written
     done = per * concurrency
     return done / (time.perf_counter() - wall), done / max(1e-9, time.process_time() - cpu)
 
@@ -437,12 +458,14 @@ def _sync_burst(
             if _status(response) != 200:
                 raise RuntimeError(f"server answered {_status(response)}")
 
+    _settle()
     wall, cpu = time.perf_counter(), time.process_time()
     if concurrency == 1:
         worker()
     else:
         for future in [pool.submit(worker) for _ in range(concurrency)]:
             future.result()
+    _settle()  # timed: the round's own metrics, written
     done = per * concurrency
     return done / (time.perf_counter() - wall), done / max(1e-9, time.process_time() - cpu)
 
@@ -513,7 +536,9 @@ def _run_clients(ctx: Context, url: str) -> None:
             "GET / with a 2-byte body read in full, against the same local aiohttp server "
             "in its own process. Sync clients run their workers in threads. Each family's "
             "subjects take turns in interleaved rounds; CPU is the client process's, every "
-            "thread (the metrics writer too). The peers retry like us on the failure path "
+            "thread (the metrics writer too); each round ends by writing the metrics it "
+            "buffered, timed, so none of it lands in the next subject's round. The peers "
+            "retry like us on the failure path "
             "(3 attempts); on this success path they only add their bookkeeping."
         ),
     )
