@@ -97,7 +97,7 @@ def _scenarios(scratch: Path) -> dict[str, Callable[[], Loop]]:
     load = {"limits": {"rate_per_s": 1e9, "rate_burst": 1e9, "bulkhead_max_concurrent": 1_000_000}}
     zero = subjects._ZERO_WAIT  # the retry budget off: every call retries
 
-    def middleware(kind: str) -> Loop:
+    def middleware(kind: str, **options: Any) -> Loop:
         import aiohttp
         from yarl import URL
 
@@ -122,7 +122,9 @@ def _scenarios(scratch: Path) -> dict[str, Callable[[], Loop]]:
             if kind == "ours":
                 from connector_resilience.aiohttp import ResilienceMiddleware
 
-                mw: Any = ResilienceMiddleware("bench", policy=subjects.our_policy(ctx, "memory"))
+                mw: Any = ResilienceMiddleware(
+                    "bench", policy=subjects.our_policy(ctx, "memory"), **options
+                )
             elif kind == "interlock":
                 from interlock.integrations.aiohttp import CircuitBreakerMiddleware
 
@@ -177,6 +179,7 @@ def _scenarios(scratch: Path) -> dict[str, Callable[[], Loop]]:
         ),
         "middleware": lambda: middleware("ours"),
         "middleware-interlock": lambda: middleware("interlock"),
+        "middleware-nometrics": lambda: middleware("ours", metrics=False),
         "middleware-none": lambda: middleware("none"),
         **_http_scenarios(ctx),
     }
