@@ -118,12 +118,6 @@ def _origin(url: httpx.URL) -> str:
     return origin(url.scheme, url.host, url.port)
 
 
-def _port(url: httpx.URL) -> int | None:
-    """The port a request goes to (httpx gives ``None`` for the scheme's default)."""
-    port = url.port
-    return port if port is not None else DEFAULT_PORTS.get(url.scheme) or default_port(url.scheme)
-
-
 #: An inner transport's ``handle_request`` or ``handle_async_request``.
 _Send = Callable[[Any], Any]
 
@@ -283,7 +277,10 @@ class ResilientTransport(*_BASES):  # type: ignore[misc]
             if plain is None:
                 raise TypeError(f"{inner!r} is an async transport; use it with httpx.AsyncClient")
         url = request.url
-        return self._calls.call_sync(request.method, url.host, _port(url), request, plain)
+        port = url.port  # None: the scheme's default
+        if port is None:
+            port = DEFAULT_PORTS.get(url.scheme) or default_port(url.scheme)
+        return self._calls.call_sync(request.method, url.host, port, request, plain)
 
     def handle_async_request(self, request: httpx.Request) -> Awaitable[httpx.Response]:
         """Send ``request`` with retries, the breaker, metrics and auth (``httpx.AsyncClient``)."""
@@ -295,7 +292,10 @@ class ResilientTransport(*_BASES):  # type: ignore[misc]
             if plain is None:
                 raise TypeError(f"{inner!r} is a sync transport; use it with httpx.Client")
         url = request.url
-        return self._calls.call_async(request.method, url.host, _port(url), request, plain)
+        port = url.port  # None: the scheme's default
+        if port is None:
+            port = DEFAULT_PORTS.get(url.scheme) or default_port(url.scheme)
+        return self._calls.call_async(request.method, url.host, port, request, plain)
 
     def _attempt(
         self, request: httpx.Request, plain: _Send, timeout_s: float | None
