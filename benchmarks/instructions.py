@@ -275,7 +275,7 @@ def _http_scenarios(ctx: Any) -> dict[str, Callable[[], Loop]]:
 
         return _without_gc(_sync_loop(get))
 
-    def transport(kind: str, *, is_async: bool) -> Loop:
+    def transport(kind: str, *, is_async: bool, metrics: bool = True) -> Loop:
         # The transport alone, over an inner one that hands back one response:
         # what the adapter adds, without the client's own (much larger) cost.
         import httpx
@@ -294,7 +294,7 @@ def _http_scenarios(ctx: Any) -> dict[str, Callable[[], Loop]]:
         if kind == "ours":
             from connector_resilience.httpx import ResilientTransport
 
-            outer = ResilientTransport("bench", transport=Inner(), policy=policy())
+            outer = ResilientTransport("bench", transport=Inner(), policy=policy(), metrics=metrics)
         elif kind == "retries":
             import httpx_retries
 
@@ -305,7 +305,7 @@ def _http_scenarios(ctx: Any) -> dict[str, Callable[[], Loop]]:
             return _without_gc(_async_loop(lambda: outer.handle_async_request(request)))
         return _without_gc(_sync_loop(lambda: outer.handle_request(request)))
 
-    def adapter(kind: str) -> Loop:
+    def adapter(kind: str, *, metrics: bool = True) -> Loop:
         # The adapter alone: HTTPAdapter.send underneath hands back one response.
         import requests
 
@@ -321,13 +321,17 @@ def _http_scenarios(ctx: Any) -> dict[str, Callable[[], Loop]]:
         class Ours(ResilientAdapter, Canned):
             pass
 
-        mounted = Ours("bench", policy=policy()) if kind == "ours" else Canned()
+        mounted = Ours("bench", policy=policy(), metrics=metrics) if kind == "ours" else Canned()
         prepared = requests.Request("GET", _CANNED_URL).prepare()
         options: dict[str, Any] = {"stream": False, "timeout": None, "verify": True}
         return _without_gc(_sync_loop(lambda: mounted.send(prepared, **options)))
 
     return {
         "http-transport-sync": lambda: transport("ours", is_async=False),
+        # The flow alone, without the metric record (metrics=False).
+        "http-transport-sync-nometrics": lambda: transport("ours", is_async=False, metrics=False),
+        "http-transport-async-nometrics": lambda: transport("ours", is_async=True, metrics=False),
+        "http-adapter-nometrics": lambda: adapter("ours", metrics=False),
         "http-transport-sync-bare": lambda: transport("bare", is_async=False),
         "http-transport-async": lambda: transport("ours", is_async=True),
         "http-transport-async-bare": lambda: transport("bare", is_async=True),
