@@ -133,8 +133,6 @@ class CallSpec:
 
 
 _NO_SPEC = CallSpec()
-#: An engine without metrics has no series (nor a ``record_success`` to use it).
-_NO_SERIES = Series("", "")
 #: Series an engine keeps for the labels of its successes (HTTP method, host,
 #: port, status): a handful in practice.
 _MAX_LABELLED_SERIES = 64
@@ -195,7 +193,6 @@ class Engine:
     __slots__ = (
         "_by_labels",
         "_fold_at",
-        "_keep_up_at",
         "_keep_up_every_s",
         "_rejection",
         "admission",
@@ -210,6 +207,7 @@ class Engine:
         "fallback",
         "gate",
         "ignore",
+        "keep_up_at",
         "labels",
         "load",
         "max_attempts",
@@ -217,7 +215,6 @@ class Engine:
         "options",
         "plans_every_attempt",
         "policy",
-        "record_success",
         "rejections",
         "retry_result",
         "rows",
@@ -267,13 +264,13 @@ class Engine:
         self._fold_at = buffer.fold_at if buffer is not None else 0
         # Successes ask the buffer whether the writer fell behind this often.
         self._keep_up_every_s = buffer.keep_up_every_s if buffer is not None else 0.0
-        self._keep_up_at = 0.0
+        #: A success past this perf-counter time calls :meth:`keep_up`.
+        self.keep_up_at = 0.0
         # An open circuit's hot path appends this one tuple (nothing to build).
         self._rejection = (connector, operation, self.labels, "CircuitOpenError")
-        #: The hot path of a first-attempt success: append ``(start, end, series)``
-        #: (perf-counter times); the writer thread derives duration and time.
-        self.record_success = buffer.record_success if buffer is not None else None
-        self.series = buffer.series(connector, operation, self.labels) if buffer else _NO_SERIES
+        #: The hot path of a first-attempt success: ``series.pending.append(end - start)``
+        #: and ``series.last = end`` (perf-counter times; ``None`` with metrics off).
+        self.series = buffer.series(connector, operation, self.labels) if buffer else None
         self._by_labels: dict[int, tuple[Mapping[str, str], Series]] | None = None
         # OAUTH2_REQUIRED without tokens=: refuse to call out with no usable token.
         self.gate: Callable[[], object] | None = None
@@ -354,21 +351,17 @@ class Engine:
         """Record a first-attempt success; True if the breaker must hear of it.
 
         ``start`` and ``end`` are ``_clock.perf`` times: the writer thread
-        derives the duration and the wall-clock time, so a success reads no
-        clock here.
+        derives the wall-clock time, so a success reads no clock here.
         """
-        self.budget.calls += 1
-        record = self.record_success
-        series = self.series if labels is None else self._labelled_series(labels)
-        if record is not None and series is not None:
-            record((start, end, series))
-            if end >= self._keep_up_at:  # now and then: has the writer fallen behind?
-                self._keep_up_at = end + self._keep_up_every_s
-                self._keep_up()
-        else:  # labels made per call, past the bound: a full row
+        if labels is None:
+            return self.succeeded_in(self.series, start, end, probe)
+        series = self._labelled_series(labels)
+        if series is None and self.rows is not None:  # labels made per call, past the bound
+            self.budget.calls += 1
             self.row((end - start) * 1000.0, "ok", None, 1, True, labels=labels)
-        breaker = self.breaker
-        return breaker is not None and (probe is not None or not breaker.success_is_trivial)
+            breaker = self.breaker
+            return breaker is not None and (probe is not None or not breaker.success_is_trivial)
+        return self.succeeded_in(series, start, end, probe)
 
     def series_for(self, labels: Mapping[str, str]) -> Series | None:
         """The series successes with ``labels`` go to, for a caller that keeps it.
@@ -384,17 +377,31 @@ class Engine:
         """:meth:`succeeded` into a series the caller keeps (see :meth:`series_for`).
 
         ``series`` is ``None`` when metrics are off. The HTTP adapters keep one
-        per route and status, so that a success is one append.
+        per route and status, so that a success is one append. (``@resilient``'s
+        wrappers do the same inline, see :mod:`connector_resilience.resilient`.)
         """
         self.budget.calls += 1
-        record = self.record_success
-        if record is not None and series is not None:
-            record((start, end, series))
-            if end >= self._keep_up_at:  # as succeeded does: has the writer fallen behind?
-                self._keep_up_at = end + self._keep_up_every_s
-                self._keep_up()
+        if series is not None:
+            buffer = self.buffer
+            if series.owner is buffer or (buffer is not None and buffer.adopt(series)):
+                series.pending.append(end - start)
+                series.last = end
+            elif buffer is not None:  # a series another store's buffer takes: a full row
+                labels = series.labels
+                self.row((end - start) * 1000.0, "ok", None, 1, True, labels=labels)
+            if end >= self.keep_up_at:  # now and then: has the writer fallen behind?
+                self.keep_up(end)
         breaker = self.breaker
         return breaker is not None and (probe is not None or not breaker.success_is_trivial)
+
+    def keep_up(self, now: float) -> None:
+        """Fold what calls buffered if the writer fell behind; look again in a while.
+
+        Successes call it when ``now`` (a perf-counter time) passes
+        :attr:`keep_up_at`.
+        """
+        self.keep_up_at = now + self._keep_up_every_s
+        self._keep_up()
 
     def _labelled_series(self, labels: Mapping[str, str]) -> Series | None:
         """The series of a labels mapping the caller keeps (the HTTP rules cache theirs).
@@ -409,9 +416,9 @@ class Engine:
         entry = known.get(id(labels))
         if entry is not None and entry[0] is labels:
             return entry[1]
-        if self.record_success is None or len(known) >= _MAX_LABELLED_SERIES:
+        if self.buffer is None or len(known) >= _MAX_LABELLED_SERIES:
             return None
-        series = Series(self.connector, self.operation, labels)
+        series = self.buffer.series(self.connector, self.operation, labels)
         known[id(labels)] = (labels, series)
         return series
 

@@ -527,8 +527,16 @@ def _sync_wrapper(fn: Callable[P, R], engines: EngineCache) -> Callable[P, R]:
                 )
                 return cast(R, run_sync(plan, fn, args, kwargs, engine))
             last = SUCCEEDED
-            if engine.succeeded(start, end, probe):
-                assert breaker is not None
+            # Engine.succeeded_in, inline (a call less on every success): count the
+            # call for the retry budget, buffer the duration in the series.
+            engine.budget.calls += 1
+            series = engine.series
+            if series is not None:
+                series.pending.append(end - start)
+                series.last = end
+                if end >= engine.keep_up_at:  # now and then: has the writer fallen behind?
+                    engine.keep_up(end)
+            if breaker is not None and (probe is not None or not breaker.success_is_trivial):
                 breaker.report(probe, "success", duration_ms=(end - start) * 1000.0)
             return result
         finally:
@@ -649,8 +657,15 @@ def _async_wrapper(
                 )
                 return cast(R, await run_async(plan, call, args, kwargs, engine))
             last = SUCCEEDED
-            if engine.succeeded(start, end, probe):
-                assert breaker is not None
+            # Engine.succeeded_in, inline, as in the sync wrapper.
+            engine.budget.calls += 1
+            series = engine.series
+            if series is not None:
+                series.pending.append(end - start)
+                series.last = end
+                if end >= engine.keep_up_at:  # now and then: has the writer fallen behind?
+                    engine.keep_up(end)
+            if breaker is not None and (probe is not None or not breaker.success_is_trivial):
                 await breaker.areport(probe, "success", duration_ms=(end - start) * 1000.0)
             return result
         finally:

@@ -196,8 +196,8 @@ def test_an_aggregated_row_no_store_can_encode_is_left_out_and_counted(tmp_path:
     store = JsonlStore.from_url(f"jsonl://{tmp_path / 'state'}")
     buffer = MetricsBuffer(store, flush_interval_s=3600, max_pending=1000)
     start = _clock.perf()
-    buffer.successes.append((start, start + 0.001, Series("api", "get")))
-    buffer.successes.append((start, start + 0.001, Series("api", "get", {"host": "bad\udc80"})))
+    buffer.record_success(Series("api", "get"), 0.001, start + 0.001)
+    buffer.record_success(Series("api", "get", {"host": "bad\udc80"}), 0.001, start + 0.001)
     assert buffer.flush()
     assert buffer.unwritable == 1
     (row,) = store.read_aggregates(resolution=1, since=0)
@@ -259,7 +259,7 @@ def test_percentiles_through_decorated_calls_are_within_one_percent() -> None:
     values = recorded_latencies()
     start = _clock.perf() - 1.0
     for v in values:
-        buffer.successes.append((start, start + v / 1000.0, series))
+        buffer.record_success(series, v / 1000.0, start + v / 1000.0)
     buffer.flush()
     summary = summarize("api", store=store, policy=_policy())
     exact = sorted(values)
@@ -294,7 +294,7 @@ def test_a_closed_interval_is_written_without_waiting_for_the_flush_timer() -> N
     series = Series("api", "get")
     with testing.FakeClock(start=T0 + 0.1) as clock:
         start = _clock.perf()
-        buffer.successes.append((start, start + 0.001, series))
+        buffer.record_success(series, 0.001, start + 0.001)
         buffer.tick()  # the interval is open: nothing to write, and the timer is far off
         assert store.read_aggregates(resolution=1, since=0) == []
         clock.advance(0.5)
@@ -317,7 +317,7 @@ def test_past_the_pending_bound_the_oldest_calls_are_dropped_counted_and_reporte
     start = _clock.perf()
     caplog.set_level(logging.WARNING)
     for _ in range(150):  # the deque's hard cap is 2 x 100: all of these are still there
-        buffer.successes.append((start, start + 0.001, series))
+        buffer.record_success(series, 0.001, start + 0.001)
     assert flush_metrics()
     summary = summarize("api", policy=policy)
     assert (summary.attempts, summary.dropped) == (100, 50)
@@ -364,14 +364,13 @@ def test_calls_from_many_threads_at_full_speed_are_all_counted_none_dropped() ->
 
 
 def test_the_writer_drops_the_excess_while_calls_append_and_counts_every_one() -> None:
-    # The writer thread takes the oldest attempts past the bound while calls keep
-    # appending: each one ends up aggregated or counted as dropped, none is lost,
-    # and the writer does not fail (it once iterated the deque as it changed).
+    # The writer thread takes a series' durations, and drops the oldest past the
+    # bound, while calls keep appending to it: each one ends up aggregated or
+    # counted as dropped, none is lost or taken twice, and the writer does not
+    # fail (it once iterated the deque it took from as it changed).
     store = open_store("memory://agg-excess-while-appending")
     buffer = MetricsBuffer(store, flush_interval_s=3600, max_pending=10**6, pending_max=100)
-    series = Series("api", "get")
-    hard_cap = buffer.successes.maxlen
-    assert hard_cap is not None
+    series = buffer.series("api", "get", None)
     appended = 0
     done = threading.Event()
 
@@ -380,8 +379,8 @@ def test_the_writer_drops_the_excess_while_calls_append_and_counts_every_one() -
         start = _clock.perf()
         deadline = time.monotonic() + 20
         while appended < 30_000 and time.monotonic() < deadline:
-            if len(buffer.successes) < hard_cap - 10:  # never past the hard cap
-                buffer.successes.append((start, start + 0.001, series))
+            if len(series.pending) < 400:  # as calls' own keep_up would bound it
+                buffer.record_success(series, 0.001, start + 0.001)
                 appended += 1
         done.set()
 
@@ -389,8 +388,8 @@ def test_the_writer_drops_the_excess_while_calls_append_and_counts_every_one() -
         thread = threading.Thread(target=calls)
         thread.start()
         while not done.is_set():
-            if len(buffer.successes) > 150:  # past the bound of 100: the excess path
-                buffer.drain()  # raised when it iterated the deque while calls appended
+            if len(series.pending) > 150:  # past the bound of 100: the excess path
+                buffer.drain()
         thread.join(timeout=30)
     assert buffer.flush()
     summary = summarize("api", store=store, policy=_policy())
@@ -427,7 +426,7 @@ def test_a_store_down_too_long_drops_rows_and_reports_them_when_back() -> None:
     buffer = MetricsBuffer(store, flush_interval_s=3600, max_pending=1)
     start = _clock.perf()
     for operation in ("a", "b", "c"):  # three keys: three rows, one may wait
-        buffer.successes.append((start, start + 0.001, Series("api", operation)))
+        buffer.record_success(Series("api", operation), 0.001, start + 0.001)
     assert buffer.flush() is False
     store.down = False
     assert buffer.flush() is True

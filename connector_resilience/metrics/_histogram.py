@@ -20,8 +20,6 @@ import math
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from operator import itemgetter, sub
-from typing import Any
 
 __all__ = [
     "MIN_MS",
@@ -29,7 +27,7 @@ __all__ = [
     "LatencyHistogram",
     "bucket_of",
     "count_buckets",
-    "count_intervals",
+    "count_seconds",
     "value_of",
 ]
 
@@ -64,12 +62,8 @@ def count_buckets(durations_ms: Sequence[float]) -> Counter[int]:
     return _count_ordered(ordered, 1.0)
 
 
-def count_intervals(rows: Sequence[Sequence[Any]]) -> Counter[int]:
-    """Bucket counts of ``row[1] - row[0]`` perf-counter seconds, as milliseconds.
-
-    ``rows`` are the buffer's ``(start, end, ...)`` tuples.
-    """
-    seconds = list(map(sub, map(_SECOND, rows), map(_FIRST, rows)))
+def count_seconds(seconds: list[float]) -> Counter[int]:
+    """Bucket counts of durations given in seconds (sorted in place: the caller's own list)."""
     seconds.sort()
     return _count_ordered(seconds, 1000.0)
 
@@ -97,10 +91,6 @@ def _count_ordered(values: list[float], scale: float) -> Counter[int]:
         counts[index] += j - i
         i = j
     return counts
-
-
-_FIRST = itemgetter(0)
-_SECOND = itemgetter(1)
 
 
 class LatencyHistogram:
