@@ -456,7 +456,17 @@ def _sync_wrapper(fn: Callable[P, R], engines: EngineCache) -> Callable[P, R]:
             try:
                 limiter = admission.limiter
                 if limiter is not None:
-                    if limiter.local:
+                    grant = None
+                    ahead = limiter.ahead
+                    if ahead:  # a token the limiter took ahead: no baton, no arithmetic
+                        try:
+                            ahead.pop()
+                            grant = GRANTED_NOW
+                        except IndexError:  # another thread took the last one
+                            pass
+                    if grant is not None:
+                        pass
+                    elif limiter.local:
                         grant = limiter.take_locally(admission.token_wait, start)
                     else:  # asks the store
                         grant = limiter.take(admission.token_wait)
@@ -584,7 +594,17 @@ def _async_wrapper(
             try:
                 limiter = admission.limiter
                 if limiter is not None:
-                    if limiter.local:
+                    grant = None
+                    ahead = limiter.ahead
+                    if ahead:  # a token the limiter took ahead: no baton, no arithmetic
+                        try:
+                            ahead.pop()
+                            grant = GRANTED_NOW
+                        except IndexError:  # another thread took the last one
+                            pass
+                    if grant is not None:
+                        pass
+                    elif limiter.local:
                         grant = limiter.take_locally(admission.token_wait, start)
                     else:  # asks the store
                         grant = await limiter.atake(admission.token_wait)

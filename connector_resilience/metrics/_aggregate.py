@@ -232,7 +232,7 @@ class Aggregator:
         for key, labels, seconds, ts in sorted(batches, key=_batch_ts):
             self._roll_to(ts)
             entry = self._entry(fine, key, labels)
-            entry.counts.update(count_seconds(seconds))
+            count_seconds(seconds, entry.counts)
             entry.attempts += len(seconds)
             entry.finals += len(seconds)
             if ts > entry.last_ts:  # noqa: PLR1730 - as add_rows does
