@@ -439,6 +439,7 @@ def _sync_wrapper(fn: Callable[P, R], engines: EngineCache) -> Callable[P, R]:
     # What the latest call did: a closure cell, the cheapest store there is
     # (fn.statistics).
     last: CallStats = NEVER_CALLED
+    positional: Callable[..., R] = fn  # fn, for a call without keywords
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -514,7 +515,8 @@ def _sync_wrapper(fn: Callable[P, R], engines: EngineCache) -> Callable[P, R]:
                 return cast(R, run_sync(plan, fn, args, kwargs, engine))
             last = FIRST_ATTEMPT
             try:
-                result = fn(*args, **kwargs)
+                # Without keywords, no ``**kwargs``: that spelling copies the dict.
+                result = fn(*args, **kwargs) if kwargs else positional(*args)
             except BaseException as exc:
                 last = stats = [1, 0.0, "running", None]  # new_stats(), inline: a call less
                 plan = engine.plan(
@@ -627,7 +629,7 @@ def _async_wrapper(
                 last = refused_stats(exc)
                 raise
         # Each attempt cut short by the engine's timeout, if it has one.
-        call = fn if engine.attempt_timeout_s is None else timed
+        call: Callable[..., Awaitable[R]] = fn if engine.attempt_timeout_s is None else timed
         try:
             if engine.gate is not None:
                 await asyncio.to_thread(engine.gate)  # a store read, maybe over the network
@@ -654,7 +656,8 @@ def _async_wrapper(
                 return cast(R, await run_async(plan, call, args, kwargs, engine))
             last = FIRST_ATTEMPT
             try:
-                result = await call(*args, **kwargs)
+                # Without keywords, no ``**kwargs``: that spelling copies the dict.
+                result = await (call(*args, **kwargs) if kwargs else call(*args))
             except BaseException as exc:
                 last = stats = [1, 0.0, "running", None]  # new_stats(), inline: a call less
                 plan = engine.plan(

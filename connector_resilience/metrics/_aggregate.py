@@ -41,6 +41,8 @@ HOUR_S = 3600.0
 #: seconds, wall-clock time stamping them all).
 SuccessBatch = tuple["_Key", "Mapping[str, str] | None", "list[float]", float]
 _batch_ts = itemgetter(3)
+#: At most this many durations wait to be bucketed (32 bytes each: about 3 MB).
+_UNCOUNTED_MAX = 100_000
 
 # What a key is: (connector, operation, status, frozen labels or None).
 _Key = tuple[str, str, str, "frozenset[tuple[str, str]] | None"]
@@ -126,6 +128,7 @@ class _Entry:
         "operation",
         "retried",
         "status",
+        "uncounted",
     )
 
     def __init__(
@@ -145,9 +148,22 @@ class _Entry:
         self.dropped = 0
         self.last_ts = 0.0
         self.counts: Counter[int] = Counter()
+        #: Durations (seconds) not in ``counts`` yet: bucketing costs per bucket,
+        #: so an interval's successes are bucketed once, not at every tick.
+        self.uncounted: list[float] | None = None
         self.errors: Counter[str] | None = None
 
+    def settle(self) -> int:
+        """Bucket the uncounted durations into ``counts``; return how many there were."""
+        uncounted = self.uncounted
+        if uncounted is None:
+            return 0
+        self.uncounted = None
+        count_seconds(uncounted, self.counts)
+        return len(uncounted)
+
     def merge(self, other: _Entry) -> None:
+        other.settle()
         self.attempts += other.attempts
         self.finals += other.finals
         self.retried += other.retried
@@ -160,6 +176,7 @@ class _Entry:
             self.errors.update(other.errors)
 
     def row(self, start: float, resolution: float) -> CallAggregate:
+        self.settle()
         return CallAggregate(
             ts=start,
             resolution=resolution,
@@ -211,6 +228,8 @@ class Aggregator:
         #: Keys closed early because a tier had ``max_keys`` keys.
         self.evicted = 0
         self._evicting = False
+        # Durations waiting in the fine tier's entries to be bucketed (_Entry.uncounted).
+        self._uncounted = 0
 
     def __len__(self) -> int:
         return sum(len(t.entries) for t in self._tiers)
@@ -228,11 +247,18 @@ class Aggregator:
         whole batch (its series' latest success). Batches are taken in the
         order of their ``ts``, so that the intervals roll forward once.
         """
-        fine = self._tiers[0]
         for key, labels, seconds, ts in sorted(batches, key=_batch_ts):
             self._roll_to(ts)
-            entry = self._entry(fine, key, labels)
-            count_seconds(seconds, entry.counts)
+            entry = self._entry(self._tiers[0], key, labels)
+            if entry.uncounted is None:
+                entry.uncounted = seconds  # the caller's own list
+            else:
+                entry.uncounted += seconds
+            self._uncounted += len(seconds)
+            if self._uncounted > _UNCOUNTED_MAX:  # bounded memory: bucket them now
+                self._uncounted = 0
+                for each in self._tiers[0].entries.values():
+                    each.settle()
             entry.attempts += len(seconds)
             entry.finals += len(seconds)
             if ts > entry.last_ts:  # noqa: PLR1730 - as add_rows does
@@ -382,8 +408,10 @@ class Aggregator:
             self._emit(level, key, entry)
         if not early:
             tier.start = None
-        if level == 0 and len(entries) < self.max_keys:
-            self._evicting = False
+        if level == 0:
+            self._uncounted = 0  # every fine entry was settled as it was emitted
+            if len(entries) < self.max_keys:
+                self._evicting = False
 
     def _roll_to(self, ts: float) -> None:
         fine = self._tiers[0]
