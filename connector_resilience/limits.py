@@ -28,6 +28,7 @@ that the server asked for a pause.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
 import os
@@ -594,13 +595,15 @@ class Bulkhead:
 
     A slot is a holder id: a lease in the store, or ``""`` for a slot of this
     process's own cap (the whole bulkhead per process, the stand-in while a
-    shared one's store is down). This process's free slots are a list of
-    tokens: ``list.pop`` and ``list.append`` are atomic, so taking and giving
-    back a slot needs no lock; only a call that waits for one uses a
-    condition. A slot is made the first time no free one is left (under a
-    lock, up to the cap), so the list grows only as long as the most calls
-    ever in flight, not as long as the cap (a list the garbage collector
-    would walk).
+    shared one's store is down). This process's free slots are a deque of
+    tokens: ``pop`` and ``append`` are atomic, so taking and giving back a
+    slot needs no lock; only a call that waits for one uses a condition. A
+    deque, not a list: a list emptied by a pop and refilled by an append is
+    reallocated both times (one slot in use, the common case), a deque keeps
+    its block. A slot is made the first time no free one is left (under a
+    lock, up to the cap), so the deque grows only as long as the most calls
+    ever in flight, not as long as the cap (a container the garbage
+    collector would walk).
 
     Args:
         connector: the connector's name.
@@ -628,7 +631,7 @@ class Bulkhead:
         self._burst = _Burst(connector, "bulkhead full, calls refused")
 
     def _new_slots(self) -> None:
-        self.free: list[None] = []
+        self.free: collections.deque[None] = collections.deque()
         self._made = 0
         self._making = threading.Lock()
         self._freed = threading.Condition()
@@ -860,10 +863,9 @@ class Admission:
     never blocks), else a lease in the store.
 
     ``@resilient``'s wrappers admit a call in their own frame, an admitted
-    call's hot path being a token and a slot: they take the token from
-    :attr:`limiter` (``take_locally`` at the clock reading they start with, or
-    ``take``, which asks the store), hand any grant other than
-    ``GRANTED_NOW`` to :meth:`not_now`, pop a free slot from
+    call's hot path being a token and a slot: they pop a token taken ahead
+    from ``limiter.ahead`` and else call :meth:`token` (or :meth:`atoken`)
+    with the clock reading they start with, pop a free slot from
     ``bulkhead.free`` when the bulkhead is local, and else call :meth:`slot`;
     the rules themselves stay in :class:`RateLimiter` and :class:`Bulkhead`.
 
@@ -931,6 +933,42 @@ class Admission:
         if bulkhead is None:
             return None
         return "" if bulkhead.local and bulkhead.try_local() else await self.aslot()
+
+    def token(self, now: float) -> float:
+        """A call's token when none taken ahead was left; returns the call's start time.
+
+        ``now`` is the call's ``_clock.perf()`` reading, returned as it is
+        unless the token was waited for or asked of the store (then the
+        clock is read again: that time is not the call's).
+
+        Raises:
+            RateLimitExceededError: no token within the wait allowed (counted).
+        """
+        limiter = self.limiter
+        assert limiter is not None
+        if limiter.local:
+            grant = limiter.take_locally(self.token_wait, now)
+        else:
+            grant = limiter.take(self.token_wait)
+            now = _clock.perf()
+        if grant is not GRANTED_NOW:  # a refusal, or a token for later
+            self.not_now(grant)
+            now = _clock.perf()
+        return now
+
+    async def atoken(self, now: float) -> float:
+        """:meth:`token` for coroutines: neither a wait nor the store blocks the loop."""
+        limiter = self.limiter
+        assert limiter is not None
+        if limiter.local:
+            grant = limiter.take_locally(self.token_wait, now)
+        else:
+            grant = await limiter.atake(self.token_wait)
+            now = _clock.perf()
+        if grant is not GRANTED_NOW:
+            await self.anot_now(grant)
+            now = _clock.perf()
+        return now
 
     def not_now(self, grant: TokenGrant) -> None:
         """A grant that is no token for now: refuse, or wait until the token is due.

@@ -53,7 +53,6 @@ from connector_resilience.errors import (
     RateLimitExceededError,
     fast_circuit_open_error,
 )
-from connector_resilience.limits import GRANTED_NOW
 from connector_resilience.policy import Policy
 from connector_resilience.retry import exception_predicate
 
@@ -457,24 +456,15 @@ def _sync_wrapper(fn: Callable[P, R], engines: EngineCache) -> Callable[P, R]:
             try:
                 limiter = admission.limiter
                 if limiter is not None:
-                    grant = None
-                    ahead = limiter.ahead
-                    if ahead:  # a token the limiter took ahead: no baton, no arithmetic
-                        try:
-                            ahead.pop()
-                            grant = GRANTED_NOW
-                        except IndexError:  # another thread took the last one
-                            pass
-                    if grant is not None:
-                        pass
-                    elif limiter.local:
-                        grant = limiter.take_locally(admission.token_wait, start)
-                    else:  # asks the store
-                        grant = limiter.take(admission.token_wait)
-                        start = perf()
-                    if grant is not GRANTED_NOW:  # a refusal, or a token for later
-                        admission.not_now(grant)
-                        start = perf()
+                    taken = True
+                    try:
+                        limiter.ahead.pop()  # a token taken ahead: no baton, no arithmetic
+                    except IndexError:
+                        taken = False
+                    if not taken:  # none (left): the limiter decides (outside the handler,
+                        start = admission.token(
+                            start
+                        )  # so a refusal is not chained to the IndexError)
                 bulkhead = admission.bulkhead
                 if bulkhead is not None:
                     if bulkhead.local:
@@ -596,24 +586,15 @@ def _async_wrapper(
             try:
                 limiter = admission.limiter
                 if limiter is not None:
-                    grant = None
-                    ahead = limiter.ahead
-                    if ahead:  # a token the limiter took ahead: no baton, no arithmetic
-                        try:
-                            ahead.pop()
-                            grant = GRANTED_NOW
-                        except IndexError:  # another thread took the last one
-                            pass
-                    if grant is not None:
-                        pass
-                    elif limiter.local:
-                        grant = limiter.take_locally(admission.token_wait, start)
-                    else:  # asks the store
-                        grant = await limiter.atake(admission.token_wait)
-                        start = perf()
-                    if grant is not GRANTED_NOW:  # a refusal, or a token for later
-                        await admission.anot_now(grant)
-                        start = perf()
+                    taken = True
+                    try:
+                        limiter.ahead.pop()  # a token taken ahead: no baton, no arithmetic
+                    except IndexError:
+                        taken = False
+                    if not taken:  # none (left): the limiter decides (outside the handler,
+                        start = await admission.atoken(
+                            start
+                        )  # so a refusal is not chained to the IndexError)
                 bulkhead = admission.bulkhead
                 if bulkhead is not None:
                     if bulkhead.local:
