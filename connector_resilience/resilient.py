@@ -461,10 +461,10 @@ def _sync_wrapper(fn: Callable[P, R], engines: EngineCache) -> Callable[P, R]:
                         limiter.ahead.pop()  # a token taken ahead: no baton, no arithmetic
                     except IndexError:
                         taken = False
-                    if not taken:  # none (left): the limiter decides (outside the handler,
-                        start = admission.token(
-                            start
-                        )  # so a refusal is not chained to the IndexError)
+                    # None (left): the limiter decides, outside the handler (a refusal
+                    # chained to the IndexError would show it in the traceback).
+                    if not taken:
+                        start = admission.token(start)
                 bulkhead = admission.bulkhead
                 if bulkhead is not None:
                     if bulkhead.local:
@@ -591,10 +591,10 @@ def _async_wrapper(
                         limiter.ahead.pop()  # a token taken ahead: no baton, no arithmetic
                     except IndexError:
                         taken = False
-                    if not taken:  # none (left): the limiter decides (outside the handler,
-                        start = await admission.atoken(
-                            start
-                        )  # so a refusal is not chained to the IndexError)
+                    # None (left): the limiter decides, outside the handler (a refusal
+                    # chained to the IndexError would show it in the traceback).
+                    if not taken:
+                        start = await admission.atoken(start)
                 bulkhead = admission.bulkhead
                 if bulkhead is not None:
                     if bulkhead.local:
