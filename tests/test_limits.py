@@ -224,6 +224,7 @@ def test_no_token_within_the_wait_raises_without_calling_out() -> None:
     assert flaky.calls == 2
     error = caught.value
     assert error.connector == "limited"
+    assert error.__context__ is None  # not chained to how the wrapper looked for a token
     assert error.retry_at is not None
     assert before < error.retry_at <= time.time() + 0.5  # one token every 0.5 s
     assert "limited" in str(error)
