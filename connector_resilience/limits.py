@@ -621,6 +621,7 @@ class Bulkhead:
         self.limit = settings.bulkhead_max_concurrent
         self.max_wait_s = settings.bulkhead_max_wait_s
         self.lease_s = settings.bulkhead_lease_s
+        self.free: collections.deque[None] = collections.deque()
         self._new_slots()
         self._shared = (
             _shared_for(store, "sharing the bulkhead")
@@ -631,7 +632,7 @@ class Bulkhead:
         self._burst = _Burst(connector, "bulkhead full, calls refused")
 
     def _new_slots(self) -> None:
-        self.free: collections.deque[None] = collections.deque()
+        self.free.clear()  # the same deque: Admission.free keeps it
         self._made = 0
         self._making = threading.Lock()
         self._freed = threading.Condition()
@@ -866,7 +867,7 @@ class Admission:
     call's hot path being a token and a slot: they pop a token taken ahead
     from ``limiter.ahead`` and else call :meth:`token` (or :meth:`atoken`)
     with the clock reading they start with, pop a free slot from
-    ``bulkhead.free`` when the bulkhead is local, and else call :meth:`slot`;
+    :attr:`free` when the bulkhead is local, and else call :meth:`slot`;
     the rules themselves stay in :class:`RateLimiter` and :class:`Bulkhead`.
 
     Args:
@@ -877,6 +878,9 @@ class Admission:
     Attributes:
         limiter: the connector's rate limiter, or ``None``.
         bulkhead: the connector's bulkhead, or ``None``.
+        free: a local bulkhead's free slots (pop one to take a slot, append
+            ``None`` to give it back, then :meth:`Bulkhead.wake` a waiter if
+            ``bulkhead.waiting``), else ``None``.
         token_wait: the longest a call may wait for its token.
     """
 
@@ -890,6 +894,8 @@ class Admission:
         self.control = control
         self.limiter = control.limiter
         self.bulkhead = control.bulkhead
+        #: The local bulkhead's free slots (``bulkhead.free``), else ``None``.
+        self.free = self.bulkhead.free if self.bulkhead and self.bulkhead.local else None
         self._refused = refused
 
         def bound(wait_s: float) -> float:

@@ -467,9 +467,10 @@ def _sync_wrapper(fn: Callable[P, R], engines: EngineCache) -> Callable[P, R]:
                         start = admission.token(start)
                 bulkhead = admission.bulkhead
                 if bulkhead is not None:
-                    if bulkhead.local:
+                    free = admission.free  # a local bulkhead's free slots
+                    if free is not None:
                         try:
-                            bulkhead.free.pop()  # atomic: unless another thread took the last
+                            free.pop()  # atomic: unless another thread took the last
                             slot = ""
                         except IndexError:
                             pass
@@ -597,9 +598,10 @@ def _async_wrapper(
                         start = await admission.atoken(start)
                 bulkhead = admission.bulkhead
                 if bulkhead is not None:
-                    if bulkhead.local:
+                    free = admission.free  # a local bulkhead's free slots
+                    if free is not None:
                         try:
-                            bulkhead.free.pop()  # atomic: unless another thread took the last
+                            free.pop()  # atomic: unless another thread took the last
                             slot = ""
                         except IndexError:
                             pass
