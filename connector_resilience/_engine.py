@@ -192,8 +192,6 @@ class Engine:
     # an engine per connector stays small.
     __slots__ = (
         "_by_labels",
-        "_fold_at",
-        "_keep_up_every_s",
         "_rejection",
         "admission",
         "attempt_timeout_s",
@@ -215,9 +213,7 @@ class Engine:
         "options",
         "plans_every_attempt",
         "policy",
-        "rejections",
         "retry_result",
-        "rows",
         "series",
         "should_retry",
         "stop",
@@ -259,17 +255,13 @@ class Engine:
         self.labels = dict(options.labels) if options.labels else None
         buffer = buffer_for(store, view) if options.metrics else None
         self.buffer = buffer
-        self.rows = buffer.rows if buffer is not None else None
-        self.rejections = buffer.rejections if buffer is not None else None
-        self._fold_at = buffer.fold_at if buffer is not None else 0
-        # Successes ask the buffer whether the writer fell behind this often.
-        self._keep_up_every_s = buffer.keep_up_every_s if buffer is not None else 0.0
         #: A success past this perf-counter time calls :meth:`keep_up`.
         self.keep_up_at = 0.0
-        # An open circuit's hot path appends this one tuple (nothing to build).
-        self._rejection = (connector, operation, self.labels, "CircuitOpenError")
+        # An open circuit's hot path appends this one tuple (nothing to build),
+        # made at the first rejection: most connectors never see one.
+        self._rejection: tuple[str, str, Mapping[str, str] | None, str] | None = None
         #: The hot path of a first-attempt success: ``series.pending.append(end - start)``
-        #: and ``series.last = end`` (perf-counter times; ``None`` with metrics off).
+        #: (perf-counter times; ``None`` with metrics off).
         self.series = buffer.series(connector, operation, self.labels) if buffer else None
         self._by_labels: dict[int, tuple[Mapping[str, str], Series]] | None = None
         # OAUTH2_REQUIRED without tokens=: refuse to call out with no usable token.
@@ -319,8 +311,9 @@ class Engine:
         *,
         labels: Mapping[str, str] | None = None,
     ) -> None:
-        rows = self.rows
-        if rows is not None:
+        buffer = self.buffer
+        if buffer is not None:
+            rows = buffer.rows
             rows.append(
                 (
                     _clock.wall(),
@@ -334,12 +327,8 @@ class Engine:
                     labels,
                 )
             )
-            if len(rows) >= self._fold_at:
-                self._keep_up()
-
-    def _keep_up(self) -> None:
-        assert self.buffer is not None
-        self.buffer.keep_up()
+            if len(rows) >= buffer.fold_at:
+                buffer.keep_up()
 
     def succeeded(
         self,
@@ -356,7 +345,7 @@ class Engine:
         if labels is None:
             return self.succeeded_in(self.series, start, end, probe)
         series = self._labelled_series(labels)
-        if series is None and self.rows is not None:  # labels made per call, past the bound
+        if series is None and self.buffer is not None:  # labels made per call, past the bound
             self.budget.calls += 1
             self.row((end - start) * 1000.0, "ok", None, 1, True, labels=labels)
             breaker = self.breaker
@@ -385,7 +374,6 @@ class Engine:
             buffer = self.buffer
             if series.owner is buffer or (buffer is not None and buffer.adopt(series)):
                 series.pending.append(end - start)
-                series.last = end
             elif buffer is not None:  # a series another store's buffer takes: a full row
                 labels = series.labels
                 self.row((end - start) * 1000.0, "ok", None, 1, True, labels=labels)
@@ -400,8 +388,10 @@ class Engine:
         Successes call it when ``now`` (a perf-counter time) passes
         :attr:`keep_up_at`.
         """
-        self.keep_up_at = now + self._keep_up_every_s
-        self._keep_up()
+        buffer = self.buffer
+        if buffer is not None:
+            self.keep_up_at = now + buffer.keep_up_every_s
+            buffer.keep_up()
 
     def _labelled_series(self, labels: Mapping[str, str]) -> Series | None:
         """The series of a labels mapping the caller keeps (the HTTP rules cache theirs).
@@ -425,15 +415,19 @@ class Engine:
     def rejected(self, exc: CircuitOpenError, labels: Mapping[str, str] | None = None) -> None:
         # The hot path of an open circuit: one append; the buffer counts them and
         # writes one record per (operation, labels) per flush.
-        rejections = self.rejections
-        if rejections is not None:
-            rejections.append(
-                self._rejection
-                if not labels
-                else (self.connector, self.operation, labels, "CircuitOpenError")
-            )
-            if len(rejections) >= self._fold_at:
-                self._keep_up()
+        buffer = self.buffer
+        if buffer is not None:
+            rejections = buffer.rejections
+            if labels:
+                rejections.append((self.connector, self.operation, labels, "CircuitOpenError"))
+            else:
+                rejection = self._rejection
+                if rejection is None:
+                    rejection = (self.connector, self.operation, self.labels, "CircuitOpenError")
+                    self._rejection = rejection
+                rejections.append(rejection)
+            if len(rejections) >= buffer.fold_at:
+                buffer.keep_up()
         if self.tracer is not None:
             self.tracer.rejected(exc, labels or self.labels)
         hook = self.options.on_reject
@@ -442,11 +436,11 @@ class Engine:
 
     def refused(self, kind: Refusal, labels: Mapping[str, str] | None = None) -> None:
         """Count a load-control refusal (or a fallback used) in the metrics."""
-        rejections = self.rejections
-        if rejections is not None:
-            rejections.append((self.connector, self.operation, labels or self.labels, kind))
-            if len(rejections) >= self._fold_at:
-                self._keep_up()
+        buffer = self.buffer
+        if buffer is not None:
+            buffer.rejections.append((self.connector, self.operation, labels or self.labels, kind))
+            if len(buffer.rejections) >= buffer.fold_at:
+                buffer.keep_up()
 
     def wants_fallback(self, exc: BaseException) -> bool:
         """Whether ``exc`` ends the call in the fallback: a refusal, or retries that ran out."""

@@ -438,7 +438,6 @@ def _sync_wrapper(fn: Callable[P, R], engines: EngineCache) -> Callable[P, R]:
     # What the latest call did: a closure cell, the cheapest store there is
     # (fn.statistics).
     last: CallStats = NEVER_CALLED
-    positional: Callable[..., R] = fn  # fn, for a call without keywords
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -507,7 +506,7 @@ def _sync_wrapper(fn: Callable[P, R], engines: EngineCache) -> Callable[P, R]:
             last = FIRST_ATTEMPT
             try:
                 # Without keywords, no ``**kwargs``: that spelling copies the dict.
-                result = fn(*args, **kwargs) if kwargs else positional(*args)
+                result = fn(*args, **kwargs) if kwargs else fn(*args)  # type: ignore[call-arg]
             except BaseException as exc:
                 last = stats = [1, 0.0, "running", None]  # new_stats(), inline: a call less
                 plan = engine.plan(
@@ -536,7 +535,6 @@ def _sync_wrapper(fn: Callable[P, R], engines: EngineCache) -> Callable[P, R]:
             series = engine.series
             if series is not None:
                 series.pending.append(end - start)
-                series.last = end
                 if end >= engine.keep_up_at:  # now and then: has the writer fallen behind?
                     engine.keep_up(end)
             if breaker is not None and (probe is not None or not breaker.success_is_trivial):
@@ -668,7 +666,6 @@ def _async_wrapper(
             series = engine.series
             if series is not None:
                 series.pending.append(end - start)
-                series.last = end
                 if end >= engine.keep_up_at:  # now and then: has the writer fallen behind?
                     engine.keep_up(end)
             if breaker is not None and (probe is not None or not breaker.success_is_trivial):

@@ -305,9 +305,9 @@ def test_a_closed_interval_is_written_without_waiting_for_the_flush_timer() -> N
 
 
 def test_a_tick_per_fine_interval_keeps_each_success_in_its_own_interval() -> None:
-    # A success buffers its duration and its series' latest end; a tick stamps
-    # what it takes with that end. The writer ticks at least once per fine
-    # interval, so each of these lands in the interval it was made in.
+    # A success buffers its duration; a tick stamps what it takes with the time
+    # it took it. The writer ticks at least once per fine interval, so each of
+    # these lands in the interval it was made in.
     store = MemoryStore("memory://stamped-per-tick")
     buffer = MetricsBuffer(store, flush_interval_s=3600, max_pending=1000, interval_s=0.5)
     series = buffer.series("api", "get", None)
@@ -324,7 +324,7 @@ def test_a_tick_per_fine_interval_keeps_each_success_in_its_own_interval() -> No
 
 def test_successes_wait_at_most_one_tick_late() -> None:
     # Without a tick between them, two successes either side of an interval's end
-    # are both stamped with the later one's end: the earlier is counted one
+    # are both stamped when the next tick takes them: the earlier is counted one
     # interval late (the bound docs/metrics-and-health.md states), never lost.
     store = MemoryStore("memory://stamped-late")
     buffer = MetricsBuffer(store, flush_interval_s=3600, max_pending=1000, interval_s=0.5)

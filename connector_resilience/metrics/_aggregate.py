@@ -42,7 +42,7 @@ HOUR_S = 3600.0
 SuccessBatch = tuple["_Key", "Mapping[str, str] | None", "list[float]", float]
 _batch_ts = itemgetter(3)
 #: At most this many durations wait to be bucketed (32 bytes each: about 3 MB).
-_UNCOUNTED_MAX = 100_000
+_UNBUCKETED_MAX = 100_000
 
 # What a key is: (connector, operation, status, frozen labels or None).
 _Key = tuple[str, str, str, "frozenset[tuple[str, str]] | None"]
@@ -60,7 +60,7 @@ def _frozen(labels: Mapping[str, str] | None) -> frozenset[tuple[str, str]] | No
 class _Owner(Protocol):
     """What takes a series' successes (the metrics buffer)."""
 
-    def orphaned(self, orphan: tuple[Any, Any, list[float], float], /) -> None:
+    def orphaned(self, orphan: tuple[Any, Any, list[float]], /) -> None:
         """Keep the pending successes of a series that is being collected."""
 
 
@@ -69,27 +69,16 @@ class Series:
 
     A first-attempt success appends its duration (perf-counter seconds, a
     float: no tuple, nothing for the garbage collector to track) to
-    :attr:`pending` and sets :attr:`last` to its end; the metrics writer takes
-    the pending durations each tick and stamps them with ``last`` (see
-    ``docs/metrics-and-health.md`` for the bound on that). The series carries
-    the key its successes aggregate under, computed once.
+    :attr:`pending`; the metrics writer takes the pending durations each tick
+    and stamps them with the time it took them (see
+    ``docs/metrics-and-health.md`` for the bound on that).
 
     Attributes:
         pending: durations in seconds not yet taken by the writer.
-        last: the perf-counter end of the latest success (0.0: none yet).
         owner: the metrics buffer that takes :attr:`pending`, once registered.
     """
 
-    __slots__ = (
-        "__weakref__",
-        "connector",
-        "key",
-        "labels",
-        "last",
-        "operation",
-        "owner",
-        "pending",
-    )
+    __slots__ = ("__weakref__", "connector", "labels", "operation", "owner", "pending")
 
     def __init__(
         self, connector: str, operation: str, labels: Mapping[str, str] | None = None
@@ -97,10 +86,13 @@ class Series:
         self.connector = connector
         self.operation = operation
         self.labels = dict(labels) if labels else None
-        self.key: _Key = (connector, operation, "ok", _frozen(self.labels))
         self.pending: list[float] = []
-        self.last = 0.0
         self.owner: _Owner | None = None
+
+    @property
+    def key(self) -> _Key:
+        """What its successes aggregate under (made when asked: a tuple each costs memory)."""
+        return (self.connector, self.operation, "ok", _frozen(self.labels))
 
     def __repr__(self) -> str:
         return f"Series({self.connector!r}, {self.operation!r})"
@@ -110,7 +102,7 @@ class Series:
         # they go to the owner's orphans, so that nothing recorded is lost.
         owner = self.owner
         if self.pending and owner is not None:
-            owner.orphaned((self.key, self.labels, self.pending, self.last))
+            owner.orphaned((self.key, self.labels, self.pending))
 
 
 class _Entry:
@@ -128,7 +120,6 @@ class _Entry:
         "operation",
         "retried",
         "status",
-        "uncounted",
     )
 
     def __init__(
@@ -148,22 +139,9 @@ class _Entry:
         self.dropped = 0
         self.last_ts = 0.0
         self.counts: Counter[int] = Counter()
-        #: Durations (seconds) not in ``counts`` yet: bucketing costs per bucket,
-        #: so an interval's successes are bucketed once, not at every tick.
-        self.uncounted: list[float] | None = None
         self.errors: Counter[str] | None = None
 
-    def settle(self) -> int:
-        """Bucket the uncounted durations into ``counts``; return how many there were."""
-        uncounted = self.uncounted
-        if uncounted is None:
-            return 0
-        self.uncounted = None
-        count_seconds(uncounted, self.counts)
-        return len(uncounted)
-
     def merge(self, other: _Entry) -> None:
-        other.settle()
         self.attempts += other.attempts
         self.finals += other.finals
         self.retried += other.retried
@@ -176,7 +154,6 @@ class _Entry:
             self.errors.update(other.errors)
 
     def row(self, start: float, resolution: float) -> CallAggregate:
-        self.settle()
         return CallAggregate(
             ts=start,
             resolution=resolution,
@@ -228,8 +205,11 @@ class Aggregator:
         #: Keys closed early because a tier had ``max_keys`` keys.
         self.evicted = 0
         self._evicting = False
-        # Durations waiting in the fine tier's entries to be bucketed (_Entry.uncounted).
-        self._uncounted = 0
+        # Successes' durations (seconds) per fine-tier key, not bucketed yet:
+        # bucketing costs per bucket, so an interval's successes are bucketed
+        # once, when it is emitted, not at every tick of the writer.
+        self._unbucketed: dict[_Key, list[float]] = {}
+        self._unbucketed_n = 0
 
     def __len__(self) -> int:
         return sum(len(t.entries) for t in self._tiers)
@@ -250,15 +230,18 @@ class Aggregator:
         for key, labels, seconds, ts in sorted(batches, key=_batch_ts):
             self._roll_to(ts)
             entry = self._entry(self._tiers[0], key, labels)
-            if entry.uncounted is None:
-                entry.uncounted = seconds  # the caller's own list
+            waiting = self._unbucketed.get(key)
+            if waiting is None:
+                self._unbucketed[key] = seconds  # the caller's own list
             else:
-                entry.uncounted += seconds
-            self._uncounted += len(seconds)
-            if self._uncounted > _UNCOUNTED_MAX:  # bounded memory: bucket them now
-                self._uncounted = 0
-                for each in self._tiers[0].entries.values():
-                    each.settle()
+                waiting += seconds
+            self._unbucketed_n += len(seconds)
+            if self._unbucketed_n > _UNBUCKETED_MAX:  # bounded memory: bucket them now
+                fine = self._tiers[0].entries
+                for waiting_key, durations in self._unbucketed.items():
+                    count_seconds(durations, fine[waiting_key].counts)
+                self._unbucketed.clear()
+                self._unbucketed_n = 0
             entry.attempts += len(seconds)
             entry.finals += len(seconds)
             if ts > entry.last_ts:  # noqa: PLR1730 - as add_rows does
@@ -387,6 +370,10 @@ class Aggregator:
         """Write ``entry`` as a row of tier ``level`` and merge it into the next tier up."""
         tier = self._tiers[level]
         start = tier.start if tier.start is not None else 0.0
+        if level == 0:
+            waiting = self._unbucketed.pop(key, None)
+            if waiting is not None:
+                count_seconds(waiting, entry.counts)
         self.closed.append(entry.row(start, tier.resolution))
         if level + 1 < len(self._tiers):
             upper = self._tiers[level + 1]
@@ -409,7 +396,7 @@ class Aggregator:
         if not early:
             tier.start = None
         if level == 0:
-            self._uncounted = 0  # every fine entry was settled as it was emitted
+            self._unbucketed_n = 0  # every fine entry was bucketed as it was emitted
             if len(entries) < self.max_keys:
                 self._evicting = False
 

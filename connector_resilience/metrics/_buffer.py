@@ -36,8 +36,8 @@ MetricRow = tuple[
     float, str, str, float, CallStatus, "str | None", int, bool, "Mapping[str, str] | None"
 ]
 #: A series' successes whose owner was collected before the writer took them:
-#: (key, labels, durations in seconds, perf-counter end of the latest).
-Orphan = tuple[Any, "Mapping[str, str] | None", "list[float]", float]
+#: (key, labels, durations in seconds).
+Orphan = tuple[Any, "Mapping[str, str] | None", "list[float]"]
 
 #: While calls keep coming, the writer aggregates what they buffered this often,
 #: so pending rows stay few whatever the call rate.
@@ -148,11 +148,11 @@ class MetricsBuffer:
     def adopt(self, series: Series) -> bool:
         """Take ``series``' successes from now on; False if another buffer takes them.
 
-        A success is then ``series.pending.append(seconds)`` and
-        ``series.last = end`` (a perf-counter time): each tick the writer
-        takes the pending durations and stamps them all with ``last``, so a
-        success may be counted in a later fine interval than its own, by at
-        most the time between two ticks (see ``docs/metrics-and-health.md``).
+        A success is then ``series.pending.append(seconds)``: each tick the
+        writer takes the pending durations and stamps them all with the time
+        it took them, so a success may be counted in a later fine interval
+        than its own, by at most the time between two ticks (see
+        ``docs/metrics-and-health.md``).
         """
         owner = series.owner
         if owner is None:
@@ -171,7 +171,6 @@ class MetricsBuffer:
         """
         if self.adopt(series):
             series.pending.append(seconds)
-            series.last = end
         else:
             wall = end + _clock.wall() - _clock.perf()
             labels = series.labels
@@ -313,14 +312,14 @@ class MetricsBuffer:
         return True
 
     def _take_successes(self) -> list[SuccessBatch]:
-        """Every series' pending durations, stamped (wall clock) with its latest success.
+        """Every series' pending durations, stamped (wall clock) with the time they were taken.
 
         Calls append on the right meanwhile: the durations are copied, then
         deleted, each in one step, so an append in between stays for the next
         tick. Past ``pending_max`` in all, the oldest of the largest batches
         are dropped and counted.
         """
-        offset = _clock.wall() - _clock.perf()
+        now = _clock.wall()
         batches: list[SuccessBatch] = []
         dead = False
         for ref in self._series:
@@ -333,14 +332,14 @@ class MetricsBuffer:
             if n:
                 seconds = pending[:n]
                 del pending[:n]
-                batches.append((series.key, series.labels, seconds, series.last + offset))
+                batches.append((series.key, series.labels, seconds, now))
         if dead:  # under the flush lock, as registering is
             self._series = [ref for ref in self._series if ref() is not None]
         orphans = self._orphans
         while orphans:
-            key, labels, seconds, last = orphans.popleft()
+            key, labels, seconds = orphans.popleft()
             if seconds:  # a tick may have taken them while the series was collected
-                batches.append((key, labels, seconds, last + offset))
+                batches.append((key, labels, seconds, now))
         excess = sum(len(batch[2]) for batch in batches) - self.pending_max
         if excess > 0:
             counts: collections.Counter[tuple[str, str]] = collections.Counter()
