@@ -261,8 +261,13 @@ class Engine:
         # made at the first rejection: most connectors never see one.
         self._rejection: tuple[str, str, Mapping[str, str] | None, str] | None = None
         #: The hot path of a first-attempt success: ``series.pending.append(end - start)``
-        #: (perf-counter times; ``None`` with metrics off).
-        self.series = buffer.series(connector, operation, self.labels) if buffer else None
+        #: (perf-counter times). ``None`` with metrics off, and with raw metrics
+        #: (``CONNECTOR_METRICS_MODE=raw``: a record per call, each with its own time).
+        self.series = (
+            buffer.series(connector, operation, self.labels)
+            if buffer is not None and buffer.mode == "aggregated"
+            else None
+        )
         self._by_labels: dict[int, tuple[Mapping[str, str], Series]] | None = None
         # OAUTH2_REQUIRED without tokens=: refuse to call out with no usable token.
         self.gate: Callable[[], object] | None = None
@@ -340,14 +345,14 @@ class Engine:
         """Record a first-attempt success; True if the breaker must hear of it.
 
         ``start`` and ``end`` are ``_clock.perf`` times: the writer thread
-        derives the wall-clock time, so a success reads no clock here.
+        stamps buffered durations, so a success reads no clock here (raw
+        metrics excepted: a record of its own, with its own time).
         """
-        if labels is None:
-            return self.succeeded_in(self.series, start, end, probe)
-        series = self._labelled_series(labels)
-        if series is None and self.buffer is not None:  # labels made per call, past the bound
+        series = self.series if labels is None else self._labelled_series(labels)
+        if series is None and self.buffer is not None:
+            # Raw metrics, or labels made per call past the bound: a full row.
             self.budget.calls += 1
-            self.row((end - start) * 1000.0, "ok", None, 1, True, labels=labels)
+            self.row((end - start) * 1000.0, "ok", None, 1, True, labels=labels or self.labels)
             breaker = self.breaker
             return breaker is not None and (probe is not None or not breaker.success_is_trivial)
         return self.succeeded_in(series, start, end, probe)
@@ -370,13 +375,13 @@ class Engine:
         wrappers do the same inline, see :mod:`connector_resilience.resilient`.)
         """
         self.budget.calls += 1
-        if series is not None:
-            buffer = self.buffer
-            if series.owner is buffer or (buffer is not None and buffer.adopt(series)):
+        buffer = self.buffer
+        if series is not None and buffer is not None:
+            # The engine has a series of its own unless metrics are raw.
+            if self.series is not None and (series.owner is buffer or buffer.adopt(series)):
                 series.pending.append(end - start)
-            elif buffer is not None:  # a series another store's buffer takes: a full row
-                labels = series.labels
-                self.row((end - start) * 1000.0, "ok", None, 1, True, labels=labels)
+            else:  # raw metrics, or a series another store's buffer takes: a full row
+                self.row((end - start) * 1000.0, "ok", None, 1, True, labels=series.labels)
             if end >= self.keep_up_at:  # now and then: has the writer fallen behind?
                 self.keep_up(end)
         breaker = self.breaker
@@ -406,7 +411,7 @@ class Engine:
         entry = known.get(id(labels))
         if entry is not None and entry[0] is labels:
             return entry[1]
-        if self.buffer is None or len(known) >= _MAX_LABELLED_SERIES:
+        if self.series is None or self.buffer is None or len(known) >= _MAX_LABELLED_SERIES:
             return None
         series = self.buffer.series(self.connector, self.operation, labels)
         known[id(labels)] = (labels, series)

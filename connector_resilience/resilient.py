@@ -537,6 +537,8 @@ def _sync_wrapper(fn: Callable[P, R], engines: EngineCache) -> Callable[P, R]:
                 series.pending.append(end - start)
                 if end >= engine.keep_up_at:  # now and then: has the writer fallen behind?
                     engine.keep_up(end)
+            elif engine.buffer is not None:  # raw metrics: a record with its own time
+                engine.row((end - start) * 1000.0, "ok", None, 1, True, labels=engine.labels)
             if breaker is not None and (probe is not None or not breaker.success_is_trivial):
                 breaker.report(probe, "success", duration_ms=(end - start) * 1000.0)
             return result
@@ -668,6 +670,8 @@ def _async_wrapper(
                 series.pending.append(end - start)
                 if end >= engine.keep_up_at:  # now and then: has the writer fallen behind?
                     engine.keep_up(end)
+            elif engine.buffer is not None:  # raw metrics: a record with its own time
+                engine.row((end - start) * 1000.0, "ok", None, 1, True, labels=engine.labels)
             if breaker is not None and (probe is not None or not breaker.success_is_trivial):
                 await breaker.areport(probe, "success", duration_ms=(end - start) * 1000.0)
             return result

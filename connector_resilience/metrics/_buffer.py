@@ -166,12 +166,12 @@ class MetricsBuffer:
     def record_success(self, series: Series, seconds: float, end: float) -> None:
         """Record one success of ``seconds`` ending at ``end`` (perf counter) in ``series``.
 
-        What an engine does inline; for callers without one. A series another
-        buffer takes is recorded as a full row here instead.
+        What an engine does inline; for callers without one. With raw metrics,
+        or for a series another buffer takes, a full row is recorded instead.
         """
-        if self.adopt(series):
+        if self.mode == "aggregated" and self.adopt(series):
             series.pending.append(seconds)
-        else:
+        else:  # raw metrics keep each call's own time; or another buffer takes the series
             wall = end + _clock.wall() - _clock.perf()
             labels = series.labels
             row = (wall, series.connector, series.operation, seconds * 1000.0, "ok")
