@@ -201,10 +201,8 @@ class Engine:
         "connector",
         "deadline_s",
         "failure_on",
-        "failure_result",
         "fallback",
         "gate",
-        "ignore",
         "keep_up_at",
         "labels",
         "load",
@@ -216,7 +214,6 @@ class Engine:
         "retry_result",
         "series",
         "should_retry",
-        "stop",
         "store",
         "tracer",
         "wait",
@@ -244,14 +241,11 @@ class Engine:
         deadline = options.deadline_s if options.deadline_s is not None else view.retry.deadline_s
         self.deadline_s = deadline
         self.wait = options.wait if options.wait is not None else _backoff_for(view)
-        self.stop = options.stop
         self.should_retry = _shared_predicate(options.retry_on)
         self.retry_result = options.retry_on_result
-        self.failure_result = options.failure_result
         self.failure_on = (
             _shared_predicate(options.failure_on) if options.failure_on is not None else None
         )
-        self.ignore = options.ignore
         self.labels = dict(options.labels) if options.labels else None
         buffer = buffer_for(store, view) if options.metrics else None
         self.buffer = buffer
@@ -455,7 +449,8 @@ class Engine:
 
     def classify(self, exc: BaseException) -> Outcome:
         """What a raised exception means to the breaker."""
-        if self.ignore and isinstance(exc, self.ignore):
+        ignore = self.options.ignore  # options' own fields: a slot each would cost memory
+        if ignore and isinstance(exc, ignore):
             return "ignore"
         if self.failure_on is not None and not self.failure_on(exc):
             return "success"
@@ -551,7 +546,8 @@ class Engine:
                 attempt_labels = _with_status(labels, value)
             if ok:
                 retry = self.retry_result is not None and bool(self.retry_result(value))
-                failed = retry or (self.failure_result is not None and self.failure_result(value))
+                failure_result = self.options.failure_result
+                failed = retry or (failure_result is not None and failure_result(value))
                 if not retry:
                     if stats is not None:
                         stats[OUTCOME] = "failure" if failed else "success"
@@ -599,7 +595,8 @@ class Engine:
                 delay = None if asked is None or asked == math.inf else max(0.0, asked)
                 if delay is not None:
                     past_deadline = deadline is not None and _clock.monotonic() + delay > deadline
-                    stopped = self.stop is not None and self.stop(
+                    stop = self.options.stop
+                    stopped = stop is not None and stop(
                         _tenacity_state(
                             attempt, value, previous, elapsed, ok=ok, idle_s=waited, target=target
                         )

@@ -396,7 +396,10 @@ class Aggregator:
         if not early:
             tier.start = None
         if level == 0:
-            self._unbucketed_n = 0  # every fine entry was bucketed as it was emitted
+            # Every fine entry was bucketed as it was emitted; a new dict, since
+            # one emptied by pops keeps its largest size.
+            self._unbucketed = {}
+            self._unbucketed_n = 0
             if len(entries) < self.max_keys:
                 self._evicting = False
 
