@@ -26,7 +26,6 @@ from connector_resilience.backends import CallAggregate, open_store
 from connector_resilience.metrics import (
     LatencyHistogram,
     MetricsBuffer,
-    Series,
     percentile,
     summarize,
 )
@@ -61,24 +60,23 @@ def run_storage(ctx: Context) -> None:
     store = open_store(f"jsonl://{folder}")
     # Writes at every tick, as the writer does once per flush interval.
     buffer = MetricsBuffer(store, flush_interval_s=1e-9, max_pending=10**9, pending_max=10**9)
-    series = Series("api", "get")
+    series = buffer.series("api", "get", None)
     durations = recorded_latencies(calls)
     # The calls' wall times, steady over ten minutes: the writer's clocks are moved
     # with them, as they would move in those ten minutes.
     timeline = _Timeline(wall0=1_800_000_000.0, perf0=1000.0)
     step = seconds / calls
-    chunk = 20_000
+    # A tick per fine interval (0.5 s) of calls, as the writer ticks at least that
+    # often: a tick stamps what it takes with the series' latest success.
+    chunk = max(1, int(0.5 / step))
     saved = (_clock.wall, _clock.perf)
     _clock.wall, _clock.perf = timeline.wall, timeline.perf
     t0 = time.process_time()
     try:
         for first in range(0, calls, chunk):
-            rows = []
-            for i in range(first, min(calls, first + chunk)):
-                end = timeline.perf0 + i * step
-                rows.append((end - durations[i] / 1000.0, end, series))
-            timeline.elapsed = rows[-1][1] - timeline.perf0
-            buffer.successes.extend(rows)
+            last = min(calls, first + chunk)
+            series.pending.extend(d / 1000.0 for d in durations[first:last])
+            timeline.elapsed = (last - 1) * step
             buffer.tick()
         buffer.stop()
     finally:
@@ -407,9 +405,8 @@ def run_percentiles(ctx: Context) -> None:
     values = recorded_latencies(200_000)
     store = open_store("memory://bench-percentiles")
     buffer = MetricsBuffer(store, flush_interval_s=3600, max_pending=10, pending_max=10**6)
-    series = Series("api", "get")
-    start = _clock.perf() - 10.0
-    buffer.successes.extend((start, start + v / 1000.0, series) for v in values)
+    series = buffer.series("api", "get", None)
+    series.pending.extend(v / 1000.0 for v in values)
     buffer.flush()
     summary = summarize("api", store=store, policy=Policy(store={"url": "memory://unused-p"}))
     exact = sorted(values)

@@ -133,8 +133,6 @@ class CallSpec:
 
 
 _NO_SPEC = CallSpec()
-#: An engine without metrics has no series (nor a ``record_success`` to use it).
-_NO_SERIES = Series("", "")
 #: Series an engine keeps for the labels of its successes (HTTP method, host,
 #: port, status): a handful in practice.
 _MAX_LABELLED_SERIES = 64
@@ -194,9 +192,6 @@ class Engine:
     # an engine per connector stays small.
     __slots__ = (
         "_by_labels",
-        "_fold_at",
-        "_keep_up_at",
-        "_keep_up_every_s",
         "_rejection",
         "admission",
         "attempt_timeout_s",
@@ -206,10 +201,9 @@ class Engine:
         "connector",
         "deadline_s",
         "failure_on",
-        "failure_result",
         "fallback",
         "gate",
-        "ignore",
+        "keep_up_at",
         "labels",
         "load",
         "max_attempts",
@@ -217,13 +211,9 @@ class Engine:
         "options",
         "plans_every_attempt",
         "policy",
-        "record_success",
-        "rejections",
         "retry_result",
-        "rows",
         "series",
         "should_retry",
-        "stop",
         "store",
         "tracer",
         "wait",
@@ -251,29 +241,27 @@ class Engine:
         deadline = options.deadline_s if options.deadline_s is not None else view.retry.deadline_s
         self.deadline_s = deadline
         self.wait = options.wait if options.wait is not None else _backoff_for(view)
-        self.stop = options.stop
         self.should_retry = _shared_predicate(options.retry_on)
         self.retry_result = options.retry_on_result
-        self.failure_result = options.failure_result
         self.failure_on = (
             _shared_predicate(options.failure_on) if options.failure_on is not None else None
         )
-        self.ignore = options.ignore
         self.labels = dict(options.labels) if options.labels else None
         buffer = buffer_for(store, view) if options.metrics else None
         self.buffer = buffer
-        self.rows = buffer.rows if buffer is not None else None
-        self.rejections = buffer.rejections if buffer is not None else None
-        self._fold_at = buffer.fold_at if buffer is not None else 0
-        # Successes ask the buffer whether the writer fell behind this often.
-        self._keep_up_every_s = buffer.keep_up_every_s if buffer is not None else 0.0
-        self._keep_up_at = 0.0
-        # An open circuit's hot path appends this one tuple (nothing to build).
-        self._rejection = (connector, operation, self.labels, "CircuitOpenError")
-        #: The hot path of a first-attempt success: append ``(start, end, series)``
-        #: (perf-counter times); the writer thread derives duration and time.
-        self.record_success = buffer.record_success if buffer is not None else None
-        self.series = buffer.series(connector, operation, self.labels) if buffer else _NO_SERIES
+        #: A success past this perf-counter time calls :meth:`keep_up`.
+        self.keep_up_at = 0.0
+        # An open circuit's hot path appends this one tuple (nothing to build),
+        # made at the first rejection: most connectors never see one.
+        self._rejection: tuple[str, str, Mapping[str, str] | None, str] | None = None
+        #: The hot path of a first-attempt success: ``series.pending.append(end - start)``
+        #: (perf-counter times). ``None`` with metrics off, and with raw metrics
+        #: (``CONNECTOR_METRICS_MODE=raw``: a record per call, each with its own time).
+        self.series = (
+            buffer.series(connector, operation, self.labels)
+            if buffer is not None and buffer.mode == "aggregated"
+            else None
+        )
         self._by_labels: dict[int, tuple[Mapping[str, str], Series]] | None = None
         # OAUTH2_REQUIRED without tokens=: refuse to call out with no usable token.
         self.gate: Callable[[], object] | None = None
@@ -322,8 +310,9 @@ class Engine:
         *,
         labels: Mapping[str, str] | None = None,
     ) -> None:
-        rows = self.rows
-        if rows is not None:
+        buffer = self.buffer
+        if buffer is not None:
+            rows = buffer.rows
             rows.append(
                 (
                     _clock.wall(),
@@ -337,12 +326,8 @@ class Engine:
                     labels,
                 )
             )
-            if len(rows) >= self._fold_at:
-                self._keep_up()
-
-    def _keep_up(self) -> None:
-        assert self.buffer is not None
-        self.buffer.keep_up()
+            if len(rows) >= buffer.fold_at:
+                buffer.keep_up()
 
     def succeeded(
         self,
@@ -354,21 +339,17 @@ class Engine:
         """Record a first-attempt success; True if the breaker must hear of it.
 
         ``start`` and ``end`` are ``_clock.perf`` times: the writer thread
-        derives the duration and the wall-clock time, so a success reads no
-        clock here.
+        stamps buffered durations, so a success reads no clock here (raw
+        metrics excepted: a record of its own, with its own time).
         """
-        self.budget.calls += 1
-        record = self.record_success
         series = self.series if labels is None else self._labelled_series(labels)
-        if record is not None and series is not None:
-            record((start, end, series))
-            if end >= self._keep_up_at:  # now and then: has the writer fallen behind?
-                self._keep_up_at = end + self._keep_up_every_s
-                self._keep_up()
-        else:  # labels made per call, past the bound: a full row
-            self.row((end - start) * 1000.0, "ok", None, 1, True, labels=labels)
-        breaker = self.breaker
-        return breaker is not None and (probe is not None or not breaker.success_is_trivial)
+        if series is None and self.buffer is not None:
+            # Raw metrics, or labels made per call past the bound: a full row.
+            self.budget.calls += 1
+            self.row((end - start) * 1000.0, "ok", None, 1, True, labels=labels or self.labels)
+            breaker = self.breaker
+            return breaker is not None and (probe is not None or not breaker.success_is_trivial)
+        return self.succeeded_in(series, start, end, probe)
 
     def series_for(self, labels: Mapping[str, str]) -> Series | None:
         """The series successes with ``labels`` go to, for a caller that keeps it.
@@ -384,17 +365,32 @@ class Engine:
         """:meth:`succeeded` into a series the caller keeps (see :meth:`series_for`).
 
         ``series`` is ``None`` when metrics are off. The HTTP adapters keep one
-        per route and status, so that a success is one append.
+        per route and status, so that a success is one append. (``@resilient``'s
+        wrappers do the same inline, see :mod:`connector_resilience.resilient`.)
         """
         self.budget.calls += 1
-        record = self.record_success
-        if record is not None and series is not None:
-            record((start, end, series))
-            if end >= self._keep_up_at:  # as succeeded does: has the writer fallen behind?
-                self._keep_up_at = end + self._keep_up_every_s
-                self._keep_up()
+        buffer = self.buffer
+        if series is not None and buffer is not None:
+            # The engine has a series of its own unless metrics are raw.
+            if self.series is not None and (series.owner is buffer or buffer.adopt(series)):
+                series.pending.append(end - start)
+            else:  # raw metrics, or a series another store's buffer takes: a full row
+                self.row((end - start) * 1000.0, "ok", None, 1, True, labels=series.labels)
+            if end >= self.keep_up_at:  # now and then: has the writer fallen behind?
+                self.keep_up(end)
         breaker = self.breaker
         return breaker is not None and (probe is not None or not breaker.success_is_trivial)
+
+    def keep_up(self, now: float) -> None:
+        """Fold what calls buffered if the writer fell behind; look again in a while.
+
+        Successes call it when ``now`` (a perf-counter time) passes
+        :attr:`keep_up_at`.
+        """
+        buffer = self.buffer
+        if buffer is not None:
+            self.keep_up_at = now + buffer.keep_up_every_s
+            buffer.keep_up()
 
     def _labelled_series(self, labels: Mapping[str, str]) -> Series | None:
         """The series of a labels mapping the caller keeps (the HTTP rules cache theirs).
@@ -409,24 +405,28 @@ class Engine:
         entry = known.get(id(labels))
         if entry is not None and entry[0] is labels:
             return entry[1]
-        if self.record_success is None or len(known) >= _MAX_LABELLED_SERIES:
+        if self.series is None or self.buffer is None or len(known) >= _MAX_LABELLED_SERIES:
             return None
-        series = Series(self.connector, self.operation, labels)
+        series = self.buffer.series(self.connector, self.operation, labels)
         known[id(labels)] = (labels, series)
         return series
 
     def rejected(self, exc: CircuitOpenError, labels: Mapping[str, str] | None = None) -> None:
         # The hot path of an open circuit: one append; the buffer counts them and
         # writes one record per (operation, labels) per flush.
-        rejections = self.rejections
-        if rejections is not None:
-            rejections.append(
-                self._rejection
-                if not labels
-                else (self.connector, self.operation, labels, "CircuitOpenError")
-            )
-            if len(rejections) >= self._fold_at:
-                self._keep_up()
+        buffer = self.buffer
+        if buffer is not None:
+            rejections = buffer.rejections
+            if labels:
+                rejections.append((self.connector, self.operation, labels, "CircuitOpenError"))
+            else:
+                rejection = self._rejection
+                if rejection is None:
+                    rejection = (self.connector, self.operation, self.labels, "CircuitOpenError")
+                    self._rejection = rejection
+                rejections.append(rejection)
+            if len(rejections) >= buffer.fold_at:
+                buffer.keep_up()
         if self.tracer is not None:
             self.tracer.rejected(exc, labels or self.labels)
         hook = self.options.on_reject
@@ -435,11 +435,11 @@ class Engine:
 
     def refused(self, kind: Refusal, labels: Mapping[str, str] | None = None) -> None:
         """Count a load-control refusal (or a fallback used) in the metrics."""
-        rejections = self.rejections
-        if rejections is not None:
-            rejections.append((self.connector, self.operation, labels or self.labels, kind))
-            if len(rejections) >= self._fold_at:
-                self._keep_up()
+        buffer = self.buffer
+        if buffer is not None:
+            buffer.rejections.append((self.connector, self.operation, labels or self.labels, kind))
+            if len(buffer.rejections) >= buffer.fold_at:
+                buffer.keep_up()
 
     def wants_fallback(self, exc: BaseException) -> bool:
         """Whether ``exc`` ends the call in the fallback: a refusal, or retries that ran out."""
@@ -449,7 +449,8 @@ class Engine:
 
     def classify(self, exc: BaseException) -> Outcome:
         """What a raised exception means to the breaker."""
-        if self.ignore and isinstance(exc, self.ignore):
+        ignore = self.options.ignore  # options' own fields: a slot each would cost memory
+        if ignore and isinstance(exc, ignore):
             return "ignore"
         if self.failure_on is not None and not self.failure_on(exc):
             return "success"
@@ -545,7 +546,8 @@ class Engine:
                 attempt_labels = _with_status(labels, value)
             if ok:
                 retry = self.retry_result is not None and bool(self.retry_result(value))
-                failed = retry or (self.failure_result is not None and self.failure_result(value))
+                failure_result = self.options.failure_result
+                failed = retry or (failure_result is not None and failure_result(value))
                 if not retry:
                     if stats is not None:
                         stats[OUTCOME] = "failure" if failed else "success"
@@ -593,7 +595,8 @@ class Engine:
                 delay = None if asked is None or asked == math.inf else max(0.0, asked)
                 if delay is not None:
                     past_deadline = deadline is not None and _clock.monotonic() + delay > deadline
-                    stopped = self.stop is not None and self.stop(
+                    stop = self.options.stop
+                    stopped = stop is not None and stop(
                         _tenacity_state(
                             attempt, value, previous, elapsed, ok=ok, idle_s=waited, target=target
                         )

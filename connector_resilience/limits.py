@@ -28,6 +28,7 @@ that the server asked for a pause.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
 import os
@@ -82,6 +83,11 @@ _DEPOSIT_INTERVAL_S: Final = 1.0
 REFUSAL_MEMORY_S: Final = 0.1
 #: How often a call waiting for a shared bulkhead slot asks again, at most.
 _SLOT_POLL_MAX_S: Final = 0.05
+#: A local rate limiter takes this share of its burst ahead at a time (see RateLimiter)...
+AHEAD_SHARE: Final = 0.01
+#: ... and at most this many tokens.
+AHEAD_MAX: Final = 256
+_NONES: Final[list[None]] = [None] * AHEAD_MAX
 
 
 class _Burst:
@@ -395,8 +401,19 @@ class RateLimiter:
         settings: the connector's load-control settings (``rate_per_s`` set).
         store: the store a shared bucket lives in.
 
+    A local bucket with a large burst takes a few tokens ahead
+    (:data:`AHEAD_SHARE` of its burst, at most :data:`AHEAD_MAX`): the calls
+    that follow pop one of them from :attr:`ahead`, without the baton or any
+    arithmetic. This is only ever stricter than the plain bucket: when the
+    tokens taken ahead are all used, the bucket counts them as taken at that
+    moment (the latest they can have been used), so at any instant it hands
+    out at most ``rate x seconds + burst`` tokens over any span of time, and
+    at worst the tokens taken ahead fewer.
+
     Attributes:
         local: the bucket is this process's own (``RATE_LIMIT_SCOPE=process``).
+        ahead: tokens taken ahead (one ``None`` each): pop one to use it. Empty
+            for a shared bucket, and for a burst too small to take any ahead.
     """
 
     def __init__(self, connector: str, settings: LimitsPolicy, store: Store) -> None:
@@ -421,6 +438,13 @@ class RateLimiter:
         )
         self.local = self._shared is None
         self._burst = _Burst(connector, "rate limited, calls refused")
+        self.ahead: list[None] = []
+        # Tokens a reservation takes ahead beside the caller's own (0: none), and
+        # while some are out, how many the batch held and the bucket before it.
+        extra = min(AHEAD_MAX, math.floor(self.burst * AHEAD_SHARE)) - 1
+        self._ahead_extra = extra if self.local and extra > 0 else 0
+        self._ahead_taken = 0
+        self._ahead_from = 0.0
 
     def _take_args(self, max_wait_s: float) -> dict[str, Any]:
         return {
@@ -434,22 +458,53 @@ class RateLimiter:
         """Reserve a token of this process's own bucket (the hot path of a local limiter).
 
         ``now`` is a ``_clock.perf()`` reading: the bucket runs on the clock
-        that times calls, so that a call's one reading serves both.
+        that times calls, so that a call's one reading serves both. A token
+        taken ahead (:attr:`ahead`) is used first.
         """
+        ahead = self.ahead
+        if ahead:
+            try:
+                ahead.pop()
+            except IndexError:  # another thread took the last one
+                pass
+            else:
+                return GRANTED_NOW
         baton = self._baton
         try:
             baton.pop()
         except IndexError:
             self._wait_for_baton()
         try:
+            full_at = self._full_at
+            while ahead:  # refilled while this thread waited for the baton
+                try:
+                    ahead.pop()
+                except IndexError:  # another thread took the last one
+                    break
+                return GRANTED_NOW
+            if self._ahead_taken:
+                # The last batch is used up, each token at the latest by now: count
+                # the batch as taken now (stricter than when its tokens went).
+                taken_at = max(self._ahead_from, now)
+                full_at = max(full_at, taken_at + self._ahead_taken * self._interval)
+                self._ahead_taken = 0
             # limit_state.reserve's rule, inlined: this runs on every call.
-            full_at = self._full_at if self._full_at > now else now
+            if full_at < now:  # noqa: PLR1730 - a compare is cheaper than max() here
+                full_at = now
             if full_at - self._tolerance <= now:
-                self._full_at = full_at + self._interval
+                extra = self._ahead_extra
+                if extra and full_at + extra * self._interval - self._tolerance <= now:
+                    # The whole batch is due now: take it, hand the extra tokens out.
+                    self._ahead_from = full_at
+                    self._ahead_taken = extra + 1
+                    self._full_at = full_at + (extra + 1) * self._interval
+                    ahead.extend(_NONES[:extra])
+                else:
+                    self._full_at = full_at + self._interval
                 grant = GRANTED_NOW
             else:
                 self._full_at, grant = limit_state.reserve(
-                    self._full_at, now, self._interval, self._tolerance, max_wait_s
+                    full_at, now, self._interval, self._tolerance, max_wait_s
                 )
         finally:
             baton.append(None)
@@ -506,6 +561,7 @@ class RateLimiter:
         except IndexError:
             self._wait_for_baton()
         try:
+            self.ahead.clear()  # no token taken ahead may go out during the pause
             self._full_at = limit_state.paused(self._full_at, now, seconds, self._tolerance)
         finally:
             self._baton.append(None)
@@ -539,13 +595,15 @@ class Bulkhead:
 
     A slot is a holder id: a lease in the store, or ``""`` for a slot of this
     process's own cap (the whole bulkhead per process, the stand-in while a
-    shared one's store is down). This process's free slots are a list of
-    tokens: ``list.pop`` and ``list.append`` are atomic, so taking and giving
-    back a slot needs no lock; only a call that waits for one uses a
-    condition. A slot is made the first time no free one is left (under a
-    lock, up to the cap), so the list grows only as long as the most calls
-    ever in flight, not as long as the cap (a list the garbage collector
-    would walk).
+    shared one's store is down). This process's free slots are a deque of
+    tokens: ``pop`` and ``append`` are atomic, so taking and giving back a
+    slot needs no lock; only a call that waits for one uses a condition. A
+    deque, not a list: a list emptied by a pop and refilled by an append is
+    reallocated both times (one slot in use, the common case), a deque keeps
+    its block. A slot is made the first time no free one is left (under a
+    lock, up to the cap), so the deque grows only as long as the most calls
+    ever in flight, not as long as the cap (a container the garbage
+    collector would walk).
 
     Args:
         connector: the connector's name.
@@ -563,6 +621,7 @@ class Bulkhead:
         self.limit = settings.bulkhead_max_concurrent
         self.max_wait_s = settings.bulkhead_max_wait_s
         self.lease_s = settings.bulkhead_lease_s
+        self.free: collections.deque[None] = collections.deque()
         self._new_slots()
         self._shared = (
             _shared_for(store, "sharing the bulkhead")
@@ -573,7 +632,7 @@ class Bulkhead:
         self._burst = _Burst(connector, "bulkhead full, calls refused")
 
     def _new_slots(self) -> None:
-        self.free: list[None] = []
+        self.free.clear()  # the same deque: Admission.free keeps it
         self._made = 0
         self._making = threading.Lock()
         self._freed = threading.Condition()
@@ -805,11 +864,10 @@ class Admission:
     never blocks), else a lease in the store.
 
     ``@resilient``'s wrappers admit a call in their own frame, an admitted
-    call's hot path being a token and a slot: they take the token from
-    :attr:`limiter` (``take_locally`` at the clock reading they start with, or
-    ``take``, which asks the store), hand any grant other than
-    ``GRANTED_NOW`` to :meth:`not_now`, pop a free slot from
-    ``bulkhead.free`` when the bulkhead is local, and else call :meth:`slot`;
+    call's hot path being a token and a slot: they pop a token taken ahead
+    from ``limiter.ahead`` and else call :meth:`token` (or :meth:`atoken`)
+    with the clock reading they start with, pop a free slot from
+    :attr:`free` when the bulkhead is local, and else call :meth:`slot`;
     the rules themselves stay in :class:`RateLimiter` and :class:`Bulkhead`.
 
     Args:
@@ -820,6 +878,9 @@ class Admission:
     Attributes:
         limiter: the connector's rate limiter, or ``None``.
         bulkhead: the connector's bulkhead, or ``None``.
+        free: a local bulkhead's free slots (pop one to take a slot, append
+            ``None`` to give it back, then :meth:`Bulkhead.wake` a waiter if
+            ``bulkhead.waiting``), else ``None``.
         token_wait: the longest a call may wait for its token.
     """
 
@@ -833,6 +894,8 @@ class Admission:
         self.control = control
         self.limiter = control.limiter
         self.bulkhead = control.bulkhead
+        #: The local bulkhead's free slots (``bulkhead.free``), else ``None``.
+        self.free = self.bulkhead.free if self.bulkhead and self.bulkhead.local else None
         self._refused = refused
 
         def bound(wait_s: float) -> float:
@@ -876,6 +939,42 @@ class Admission:
         if bulkhead is None:
             return None
         return "" if bulkhead.local and bulkhead.try_local() else await self.aslot()
+
+    def token(self, now: float) -> float:
+        """A call's token when none taken ahead was left; returns the call's start time.
+
+        ``now`` is the call's ``_clock.perf()`` reading, returned as it is
+        unless the token was waited for or asked of the store (then the
+        clock is read again: that time is not the call's).
+
+        Raises:
+            RateLimitExceededError: no token within the wait allowed (counted).
+        """
+        limiter = self.limiter
+        assert limiter is not None
+        if limiter.local:
+            grant = limiter.take_locally(self.token_wait, now)
+        else:
+            grant = limiter.take(self.token_wait)
+            now = _clock.perf()
+        if grant is not GRANTED_NOW:  # a refusal, or a token for later
+            self.not_now(grant)
+            now = _clock.perf()
+        return now
+
+    async def atoken(self, now: float) -> float:
+        """:meth:`token` for coroutines: neither a wait nor the store blocks the loop."""
+        limiter = self.limiter
+        assert limiter is not None
+        if limiter.local:
+            grant = limiter.take_locally(self.token_wait, now)
+        else:
+            grant = await limiter.atake(self.token_wait)
+            now = _clock.perf()
+        if grant is not GRANTED_NOW:
+            await self.anot_now(grant)
+            now = _clock.perf()
+        return now
 
     def not_now(self, grant: TokenGrant) -> None:
         """A grant that is no token for now: refuse, or wait until the token is due.

@@ -53,7 +53,6 @@ from connector_resilience.errors import (
     RateLimitExceededError,
     fast_circuit_open_error,
 )
-from connector_resilience.limits import GRANTED_NOW
 from connector_resilience.policy import Policy
 from connector_resilience.retry import exception_predicate
 
@@ -456,19 +455,21 @@ def _sync_wrapper(fn: Callable[P, R], engines: EngineCache) -> Callable[P, R]:
             try:
                 limiter = admission.limiter
                 if limiter is not None:
-                    if limiter.local:
-                        grant = limiter.take_locally(admission.token_wait, start)
-                    else:  # asks the store
-                        grant = limiter.take(admission.token_wait)
-                        start = perf()
-                    if grant is not GRANTED_NOW:  # a refusal, or a token for later
-                        admission.not_now(grant)
-                        start = perf()
+                    taken = True
+                    try:
+                        limiter.ahead.pop()  # a token taken ahead: no baton, no arithmetic
+                    except IndexError:
+                        taken = False
+                    # None (left): the limiter decides, outside the handler (a refusal
+                    # chained to the IndexError would show it in the traceback).
+                    if not taken:
+                        start = admission.token(start)
                 bulkhead = admission.bulkhead
                 if bulkhead is not None:
-                    if bulkhead.local:
+                    free = admission.free  # a local bulkhead's free slots
+                    if free is not None:
                         try:
-                            bulkhead.free.pop()  # atomic: unless another thread took the last
+                            free.pop()  # atomic: unless another thread took the last
                             slot = ""
                         except IndexError:
                             pass
@@ -504,7 +505,8 @@ def _sync_wrapper(fn: Callable[P, R], engines: EngineCache) -> Callable[P, R]:
                 return cast(R, run_sync(plan, fn, args, kwargs, engine))
             last = FIRST_ATTEMPT
             try:
-                result = fn(*args, **kwargs)
+                # Without keywords, no ``**kwargs``: that spelling copies the dict.
+                result = fn(*args, **kwargs) if kwargs else fn(*args)  # type: ignore[call-arg]
             except BaseException as exc:
                 last = stats = [1, 0.0, "running", None]  # new_stats(), inline: a call less
                 plan = engine.plan(
@@ -527,8 +529,17 @@ def _sync_wrapper(fn: Callable[P, R], engines: EngineCache) -> Callable[P, R]:
                 )
                 return cast(R, run_sync(plan, fn, args, kwargs, engine))
             last = SUCCEEDED
-            if engine.succeeded(start, end, probe):
-                assert breaker is not None
+            # Engine.succeeded_in, inline (a call less on every success): count the
+            # call for the retry budget, buffer the duration in the series.
+            engine.budget.calls += 1
+            series = engine.series
+            if series is not None:
+                series.pending.append(end - start)
+                if end >= engine.keep_up_at:  # now and then: has the writer fallen behind?
+                    engine.keep_up(end)
+            elif engine.buffer is not None:  # raw metrics: a record with its own time
+                engine.row((end - start) * 1000.0, "ok", None, 1, True, labels=engine.labels)
+            if breaker is not None and (probe is not None or not breaker.success_is_trivial):
                 breaker.report(probe, "success", duration_ms=(end - start) * 1000.0)
             return result
         finally:
@@ -576,19 +587,21 @@ def _async_wrapper(
             try:
                 limiter = admission.limiter
                 if limiter is not None:
-                    if limiter.local:
-                        grant = limiter.take_locally(admission.token_wait, start)
-                    else:  # asks the store
-                        grant = await limiter.atake(admission.token_wait)
-                        start = perf()
-                    if grant is not GRANTED_NOW:  # a refusal, or a token for later
-                        await admission.anot_now(grant)
-                        start = perf()
+                    taken = True
+                    try:
+                        limiter.ahead.pop()  # a token taken ahead: no baton, no arithmetic
+                    except IndexError:
+                        taken = False
+                    # None (left): the limiter decides, outside the handler (a refusal
+                    # chained to the IndexError would show it in the traceback).
+                    if not taken:
+                        start = await admission.atoken(start)
                 bulkhead = admission.bulkhead
                 if bulkhead is not None:
-                    if bulkhead.local:
+                    free = admission.free  # a local bulkhead's free slots
+                    if free is not None:
                         try:
-                            bulkhead.free.pop()  # atomic: unless another thread took the last
+                            free.pop()  # atomic: unless another thread took the last
                             slot = ""
                         except IndexError:
                             pass
@@ -599,7 +612,7 @@ def _async_wrapper(
                 last = refused_stats(exc)
                 raise
         # Each attempt cut short by the engine's timeout, if it has one.
-        call = fn if engine.attempt_timeout_s is None else timed
+        call: Callable[..., Awaitable[R]] = fn if engine.attempt_timeout_s is None else timed
         try:
             if engine.gate is not None:
                 await asyncio.to_thread(engine.gate)  # a store read, maybe over the network
@@ -626,7 +639,8 @@ def _async_wrapper(
                 return cast(R, await run_async(plan, call, args, kwargs, engine))
             last = FIRST_ATTEMPT
             try:
-                result = await call(*args, **kwargs)
+                # Without keywords, no ``**kwargs``: that spelling copies the dict.
+                result = await (call(*args, **kwargs) if kwargs else call(*args))
             except BaseException as exc:
                 last = stats = [1, 0.0, "running", None]  # new_stats(), inline: a call less
                 plan = engine.plan(
@@ -649,8 +663,16 @@ def _async_wrapper(
                 )
                 return cast(R, await run_async(plan, call, args, kwargs, engine))
             last = SUCCEEDED
-            if engine.succeeded(start, end, probe):
-                assert breaker is not None
+            # Engine.succeeded_in, inline, as in the sync wrapper.
+            engine.budget.calls += 1
+            series = engine.series
+            if series is not None:
+                series.pending.append(end - start)
+                if end >= engine.keep_up_at:  # now and then: has the writer fallen behind?
+                    engine.keep_up(end)
+            elif engine.buffer is not None:  # raw metrics: a record with its own time
+                engine.row((end - start) * 1000.0, "ok", None, 1, True, labels=engine.labels)
+            if breaker is not None and (probe is not None or not breaker.success_is_trivial):
                 await breaker.areport(probe, "success", duration_ms=(end - start) * 1000.0)
             return result
         finally:

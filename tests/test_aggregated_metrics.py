@@ -10,6 +10,7 @@ once from a fixed seed (lognormal around 20 ms, plus a 3% slow tail of
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
 import json
 import logging
@@ -196,8 +197,8 @@ def test_an_aggregated_row_no_store_can_encode_is_left_out_and_counted(tmp_path:
     store = JsonlStore.from_url(f"jsonl://{tmp_path / 'state'}")
     buffer = MetricsBuffer(store, flush_interval_s=3600, max_pending=1000)
     start = _clock.perf()
-    buffer.successes.append((start, start + 0.001, Series("api", "get")))
-    buffer.successes.append((start, start + 0.001, Series("api", "get", {"host": "bad\udc80"})))
+    buffer.record_success(Series("api", "get"), 0.001, start + 0.001)
+    buffer.record_success(Series("api", "get", {"host": "bad\udc80"}), 0.001, start + 0.001)
     assert buffer.flush()
     assert buffer.unwritable == 1
     (row,) = store.read_aggregates(resolution=1, since=0)
@@ -259,7 +260,7 @@ def test_percentiles_through_decorated_calls_are_within_one_percent() -> None:
     values = recorded_latencies()
     start = _clock.perf() - 1.0
     for v in values:
-        buffer.successes.append((start, start + v / 1000.0, series))
+        buffer.record_success(series, v / 1000.0, start + v / 1000.0)
     buffer.flush()
     summary = summarize("api", store=store, policy=_policy())
     exact = sorted(values)
@@ -294,13 +295,88 @@ def test_a_closed_interval_is_written_without_waiting_for_the_flush_timer() -> N
     series = Series("api", "get")
     with testing.FakeClock(start=T0 + 0.1) as clock:
         start = _clock.perf()
-        buffer.successes.append((start, start + 0.001, series))
+        buffer.record_success(series, 0.001, start + 0.001)
         buffer.tick()  # the interval is open: nothing to write, and the timer is far off
         assert store.read_aggregates(resolution=1, since=0) == []
         clock.advance(0.5)
         buffer.tick()  # it ended: written now, not an hour later
     (row,) = store.read_aggregates(resolution=1, since=0)
     assert (row.ts, row.resolution, row.attempts) == (T0, 0.5, 1)
+
+
+def test_a_tick_per_fine_interval_keeps_each_success_in_its_own_interval() -> None:
+    # A success buffers its duration; a tick stamps what it takes with the time
+    # it took it. The writer ticks at least once per fine interval, so each of
+    # these lands in the interval it was made in.
+    store = MemoryStore("memory://stamped-per-tick")
+    buffer = MetricsBuffer(store, flush_interval_s=3600, max_pending=1000, interval_s=0.5)
+    series = buffer.series("api", "get", None)
+    with testing.FakeClock(start=T0 + 0.1) as clock:
+        for made in range(1, 5):  # 1, 2, 3 and 4 successes in four intervals
+            for _ in range(made):
+                buffer.record_success(series, 0.001, _clock.perf())
+            buffer.tick()
+            clock.advance(0.5)
+        buffer.flush()
+    rows = sorted(store.read_aggregates(resolution=0.5, since=0), key=lambda r: r.ts)
+    assert [(r.ts - T0, r.attempts) for r in rows] == [(0.0, 1), (0.5, 2), (1.0, 3), (1.5, 4)]
+
+
+def test_successes_wait_at_most_one_tick_late() -> None:
+    # Without a tick between them, two successes either side of an interval's end
+    # are both stamped when the next tick takes them: the earlier is counted one
+    # interval late (the bound docs/metrics-and-health.md states), never lost.
+    store = MemoryStore("memory://stamped-late")
+    buffer = MetricsBuffer(store, flush_interval_s=3600, max_pending=1000, interval_s=0.5)
+    series = buffer.series("api", "get", None)
+    with testing.FakeClock(start=T0 + 0.4) as clock:
+        buffer.record_success(series, 0.001, _clock.perf())
+        clock.advance(0.2)  # this buffer is no process buffer: nothing drains it
+        buffer.record_success(series, 0.001, _clock.perf())
+        buffer.flush()
+    (row,) = store.read_aggregates(resolution=0.5, since=0)
+    assert (row.ts - T0, row.attempts) == (0.5, 2)
+
+
+def test_successes_of_a_collected_series_are_still_written() -> None:
+    # A decorated function (its engine, its series) collected before the writer
+    # took its successes: they go to the buffer's orphans and are written.
+    store = MemoryStore("memory://orphans")
+    buffer = MetricsBuffer(store, flush_interval_s=3600, max_pending=1000)
+    series = buffer.series("api", "gone", None)
+    for _ in range(3):
+        buffer.record_success(series, 0.002, _clock.perf())
+    del series
+    gc.collect()
+    assert buffer.pending() == 3
+    assert buffer.flush()
+    (row,) = store.read_aggregates(resolution=1, since=0)
+    assert (row.operation, row.attempts) == ("gone", 3)
+
+
+def test_a_series_another_buffer_takes_is_recorded_as_a_row() -> None:
+    first = MetricsBuffer(MemoryStore("memory://owner-a"), flush_interval_s=3600, max_pending=10)
+    second_store = MemoryStore("memory://owner-b")
+    second = MetricsBuffer(second_store, flush_interval_s=3600, max_pending=10)
+    series = first.series("api", "get", None)
+    second.record_success(series, 0.001, _clock.perf())
+    assert (len(series.pending), len(second.rows)) == (0, 1)
+    assert second.flush()
+    (row,) = second_store.read_aggregates(resolution=1, since=0)
+    assert row.attempts == 1
+
+
+def test_buffered_successes_are_written_at_interpreter_exit(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/exit.db"
+    script = (
+        "from connector_resilience import Policy, resilient\n"
+        f"policy = Policy(store={{'url': {url!r}, 'flush_interval_s': 3600}})\n"
+        "fn = resilient('exit', policy=policy)(lambda: 1)\n"
+        "for _ in range(250): fn()\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    summary = summarize("exit", policy=Policy(store={"url": url}))
+    assert summary.total_calls == 250
 
 
 # Bounded memory --------------------------------------------------------------------
@@ -317,7 +393,7 @@ def test_past_the_pending_bound_the_oldest_calls_are_dropped_counted_and_reporte
     start = _clock.perf()
     caplog.set_level(logging.WARNING)
     for _ in range(150):  # the deque's hard cap is 2 x 100: all of these are still there
-        buffer.successes.append((start, start + 0.001, series))
+        buffer.record_success(series, 0.001, start + 0.001)
     assert flush_metrics()
     summary = summarize("api", policy=policy)
     assert (summary.attempts, summary.dropped) == (100, 50)
@@ -364,14 +440,13 @@ def test_calls_from_many_threads_at_full_speed_are_all_counted_none_dropped() ->
 
 
 def test_the_writer_drops_the_excess_while_calls_append_and_counts_every_one() -> None:
-    # The writer thread takes the oldest attempts past the bound while calls keep
-    # appending: each one ends up aggregated or counted as dropped, none is lost,
-    # and the writer does not fail (it once iterated the deque as it changed).
+    # The writer thread takes a series' durations, and drops the oldest past the
+    # bound, while calls keep appending to it: each one ends up aggregated or
+    # counted as dropped, none is lost or taken twice, and the writer does not
+    # fail (it once iterated the deque it took from as it changed).
     store = open_store("memory://agg-excess-while-appending")
     buffer = MetricsBuffer(store, flush_interval_s=3600, max_pending=10**6, pending_max=100)
-    series = Series("api", "get")
-    hard_cap = buffer.successes.maxlen
-    assert hard_cap is not None
+    series = buffer.series("api", "get", None)
     appended = 0
     done = threading.Event()
 
@@ -380,8 +455,8 @@ def test_the_writer_drops_the_excess_while_calls_append_and_counts_every_one() -
         start = _clock.perf()
         deadline = time.monotonic() + 20
         while appended < 30_000 and time.monotonic() < deadline:
-            if len(buffer.successes) < hard_cap - 10:  # never past the hard cap
-                buffer.successes.append((start, start + 0.001, series))
+            if len(series.pending) < 400:  # as calls' own keep_up would bound it
+                buffer.record_success(series, 0.001, start + 0.001)
                 appended += 1
         done.set()
 
@@ -389,8 +464,8 @@ def test_the_writer_drops_the_excess_while_calls_append_and_counts_every_one() -
         thread = threading.Thread(target=calls)
         thread.start()
         while not done.is_set():
-            if len(buffer.successes) > 150:  # past the bound of 100: the excess path
-                buffer.drain()  # raised when it iterated the deque while calls appended
+            if len(series.pending) > 150:  # past the bound of 100: the excess path
+                buffer.drain()
         thread.join(timeout=30)
     assert buffer.flush()
     summary = summarize("api", store=store, policy=_policy())
@@ -427,7 +502,7 @@ def test_a_store_down_too_long_drops_rows_and_reports_them_when_back() -> None:
     buffer = MetricsBuffer(store, flush_interval_s=3600, max_pending=1)
     start = _clock.perf()
     for operation in ("a", "b", "c"):  # three keys: three rows, one may wait
-        buffer.successes.append((start, start + 0.001, Series("api", operation)))
+        buffer.record_success(Series("api", operation), 0.001, start + 0.001)
     assert buffer.flush() is False
     store.down = False
     assert buffer.flush() is True

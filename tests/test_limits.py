@@ -7,8 +7,12 @@ Every function counts its own calls, so "without calling out" is checked, not as
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import pickle
+import random
+import sys
 import threading
 import time
 import warnings
@@ -23,12 +27,24 @@ from connector_resilience import (
     BulkheadFullError,
     Policy,
     RateLimitExceededError,
+    _clock,
     resilient,
     summarize,
     testing,
 )
 from connector_resilience.errors import StoreWarning
 from connector_resilience.limits import REFUSAL_MEMORY_S, load_control_for
+
+
+@contextlib.contextmanager
+def _fine_thread_switching() -> Iterator[None]:
+    """Let threads take turns every few microseconds, so their steps interleave finely."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
 
 
 @pytest.fixture
@@ -208,6 +224,7 @@ def test_no_token_within_the_wait_raises_without_calling_out() -> None:
     assert flaky.calls == 2
     error = caught.value
     assert error.connector == "limited"
+    assert error.__context__ is None  # not chained to how the wrapper looked for a token
     assert error.retry_at is not None
     assert before < error.retry_at <= time.time() + 0.5  # one token every 0.5 s
     assert "limited" in str(error)
@@ -259,6 +276,100 @@ def test_threads_racing_for_tokens_get_exactly_the_burst() -> None:
         thread.join(30)
     assert len(went_out) == 50
     assert len(refused) == 8 * 500 - 50
+
+
+def _limiter(connector: str, *, rate_per_s: float, burst: float) -> Any:
+    policy = _policy(rate_per_s=rate_per_s, rate_burst=burst, rate_max_wait_s=0)
+    limiter = load_control_for(connector, policy=policy, store=_store(policy)).limiter
+    assert limiter is not None
+    assert limiter.local
+    return limiter
+
+
+def _most_in_any_span(times: list[float], rate_per_s: float) -> float:
+    """The largest ``count - rate x span`` over every span [times[i], times[j]]."""
+    # count(i..j) - rate x (t_j - t_i) = (j + 1 - rate t_j) - (i - rate t_i): for each
+    # i, the best j >= i is the suffix maximum of the first term.
+    worst = -math.inf
+    best_end = -math.inf
+    for i in range(len(times) - 1, -1, -1):
+        best_end = max(best_end, i + 1 - rate_per_s * times[i])
+        worst = max(worst, best_end - (i - rate_per_s * times[i]))
+    return worst
+
+
+def test_tokens_taken_ahead_never_exceed_the_rate_over_any_span_plus_the_burst() -> None:
+    # A burst of 10,000: the bucket takes 100 tokens at a time ahead. Calls come in
+    # floods, steadily faster than the rate, after long idle spells (a batch taken
+    # just before one, its tokens used just after: the case that would overspend
+    # if they counted from when they were taken), and at random.
+    rate, burst = 1000.0, 10_000.0
+    limiter = _limiter("ahead-spans", rate_per_s=rate, burst=burst)
+    rng = random.Random(7)
+    moments: list[float] = [100.0] * 25_000  # a flood: twice the burst at once
+    t = 100.0
+    for _ in range(10_000):  # twice the rate for 5 s
+        t += 0.5 / rate
+        moments.append(t)
+    floods: list[float] = []
+    for _ in range(20):  # one call, idle for 60 s (the bucket refills), then a flood
+        t += 60.0
+        moments.append(t)
+        t += 60.0
+        moments.extend([t] * 12_000)
+        floods.append(t)
+    for _ in range(20_000):
+        t += rng.expovariate(rate * 1.5)
+        moments.append(t)
+    granted: list[float] = []
+    took_ahead = 0
+    for now in moments:
+        if limiter.take_locally(0.0, now).granted:
+            granted.append(now)
+        took_ahead = max(took_ahead, len(limiter.ahead))
+    assert took_ahead == 99  # the batches were taken: this checks them
+    assert _most_in_any_span(granted, rate) <= burst + 1e-6
+    # Stricter by at most the tokens taken ahead: a flood after an idle spell gets
+    # nearly the whole burst.
+    assert granted.count(100.0) == burst
+    assert all(burst - 100 <= granted.count(flood) <= burst for flood in floods)
+
+
+def test_threads_racing_for_tokens_taken_ahead_get_exactly_the_burst() -> None:
+    # As test_threads_racing_for_tokens_get_exactly_the_burst, with a burst large
+    # enough for the bucket to take 50 tokens at a time ahead.
+    policy = _policy(rate_per_s=0.001, rate_burst=5000, rate_max_wait_s=0)
+    went_out: list[int] = []
+    call = resilient("raced-ahead", policy=policy)(lambda: went_out.append(1))
+    refused: list[int] = []
+    start = threading.Barrier(8)
+
+    def hammer() -> None:
+        start.wait()
+        for _ in range(1000):
+            try:
+                call()
+            except RateLimitExceededError:
+                refused.append(1)
+
+    with _fine_thread_switching():
+        threads = [threading.Thread(target=hammer) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    assert len(went_out) == 5000
+    assert len(refused) == 8 * 1000 - 5000
+
+
+def test_a_pause_drops_the_tokens_taken_ahead() -> None:
+    limiter = _limiter("ahead-paused", rate_per_s=1000.0, burst=10_000.0)
+    now = 50.0
+    assert limiter.take_locally(0.0, now).granted
+    assert limiter.ahead  # taken ahead
+    limiter.pause(30.0)
+    assert not limiter.ahead
+    assert not limiter.take_locally(0.0, _clock.perf()).granted
 
 
 def test_retries_take_tokens_too(waits: list[float]) -> None:

@@ -18,27 +18,31 @@ from __future__ import annotations
 
 import logging
 import math
-import operator
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from operator import itemgetter
-from typing import Any
+from typing import Any, Protocol
 
 from connector_resilience.backends import CallAggregate, CallStatus
 from connector_resilience.metrics._histogram import (
     LatencyHistogram,
     count_buckets,
-    count_intervals,
+    count_seconds,
 )
 
-__all__ = ["HOUR_S", "MINUTE_S", "Aggregator", "Series", "resolutions_for"]
+__all__ = ["HOUR_S", "MINUTE_S", "Aggregator", "Series", "SuccessBatch", "resolutions_for"]
 
 logger = logging.getLogger("connector_resilience.metrics")
 
 MINUTE_S = 60.0
 HOUR_S = 3600.0
 
-_series_of = itemgetter(2)
+#: One series' successes taken by the writer: (series key, labels, durations in
+#: seconds, wall-clock time stamping them all).
+SuccessBatch = tuple["_Key", "Mapping[str, str] | None", "list[float]", float]
+_batch_ts = itemgetter(3)
+#: At most this many durations wait to be bucketed (32 bytes each: about 3 MB).
+_UNBUCKETED_MAX = 100_000
 
 # What a key is: (connector, operation, status, frozen labels or None).
 _Key = tuple[str, str, str, "frozenset[tuple[str, str]] | None"]
@@ -53,14 +57,28 @@ def _frozen(labels: Mapping[str, str] | None) -> frozenset[tuple[str, str]] | No
     return frozenset(labels.items()) if labels else None
 
 
+class _Owner(Protocol):
+    """What takes a series' successes (the metrics buffer)."""
+
+    def orphaned(self, orphan: tuple[Any, Any, list[float]], /) -> None:
+        """Keep the pending successes of a series that is being collected."""
+
+
 class Series:
     """What one decorated function records successes into: its connector, operation and labels.
 
-    The hot path appends ``(start, end, series)``; the series carries the key
-    its successes aggregate under, computed once.
+    A first-attempt success appends its duration (perf-counter seconds, a
+    float: no tuple, nothing for the garbage collector to track) to
+    :attr:`pending`; the metrics writer takes the pending durations each tick
+    and stamps them with the time it took them (see
+    ``docs/metrics-and-health.md`` for the bound on that).
+
+    Attributes:
+        pending: durations in seconds not yet taken by the writer.
+        owner: the metrics buffer that takes :attr:`pending`, once registered.
     """
 
-    __slots__ = ("connector", "key", "labels", "operation")
+    __slots__ = ("__weakref__", "connector", "labels", "operation", "owner", "pending")
 
     def __init__(
         self, connector: str, operation: str, labels: Mapping[str, str] | None = None
@@ -68,10 +86,23 @@ class Series:
         self.connector = connector
         self.operation = operation
         self.labels = dict(labels) if labels else None
-        self.key: _Key = (connector, operation, "ok", _frozen(self.labels))
+        self.pending: list[float] = []
+        self.owner: _Owner | None = None
+
+    @property
+    def key(self) -> _Key:
+        """What its successes aggregate under (made when asked: a tuple each costs memory)."""
+        return (self.connector, self.operation, "ok", _frozen(self.labels))
 
     def __repr__(self) -> str:
         return f"Series({self.connector!r}, {self.operation!r})"
+
+    def __del__(self) -> None:
+        # Collected (its engine was) with durations the writer has not taken:
+        # they go to the owner's orphans, so that nothing recorded is lost.
+        owner = self.owner
+        if self.pending and owner is not None:
+            owner.orphaned((self.key, self.labels, self.pending))
 
 
 class _Entry:
@@ -174,6 +205,11 @@ class Aggregator:
         #: Keys closed early because a tier had ``max_keys`` keys.
         self.evicted = 0
         self._evicting = False
+        # Successes' durations (seconds) per fine-tier key, not bucketed yet:
+        # bucketing costs per bucket, so an interval's successes are bucketed
+        # once, when it is emitted, not at every tick of the writer.
+        self._unbucketed: dict[_Key, list[float]] = {}
+        self._unbucketed_n = 0
 
     def __len__(self) -> int:
         return sum(len(t.entries) for t in self._tiers)
@@ -184,36 +220,32 @@ class Aggregator:
 
     # Input -------------------------------------------------------------------
 
-    def add_successes(self, batch: Sequence[tuple[float, float, Series]], offset: float) -> None:
-        """First-attempt successes: ``(start, end, series)`` on the perf counter.
+    def add_durations(self, batches: Sequence[SuccessBatch]) -> None:
+        """First-attempt successes, a batch per series: ``(series key, labels, seconds, ts)``.
 
-        ``offset`` turns a perf-counter time into wall-clock time.
+        ``seconds`` are durations in seconds; ``ts`` (wall clock) stamps the
+        whole batch (its series' latest success). Batches are taken in the
+        order of their ``ts``, so that the intervals roll forward once.
         """
-        if not batch:
-            return
-        self._roll_to(batch[0][1] + offset)
-        first = batch[0][2]
-        if first is batch[-1][2] and operator.countOf(map(_series_of, batch), first) == len(batch):
-            groups: Iterable[tuple[Series, Sequence[tuple[float, float, Series]]]] = (
-                (batch[0][2], batch),
-            )
-        else:
-            by_series: dict[Series, list[tuple[float, float, Series]]] = {}
-            get = by_series.get
-            for row in batch:
-                found = get(row[2])
-                if found is None:
-                    by_series[row[2]] = found = []
-                found.append(row)
-            groups = by_series.items()
-        fine = self._tiers[0]
-        for series, rows in groups:
-            entry = self._entry(fine, series.key, series.labels)
-            entry.counts.update(count_intervals(rows))
-            entry.attempts += len(rows)
-            entry.finals += len(rows)
-            last = rows[-1][1] + offset
-            entry.last_ts = max(entry.last_ts, last)
+        for key, labels, seconds, ts in sorted(batches, key=_batch_ts):
+            self._roll_to(ts)
+            entry = self._entry(self._tiers[0], key, labels)
+            waiting = self._unbucketed.get(key)
+            if waiting is None:
+                self._unbucketed[key] = seconds  # the caller's own list
+            else:
+                waiting += seconds
+            self._unbucketed_n += len(seconds)
+            if self._unbucketed_n > _UNBUCKETED_MAX:  # bounded memory: bucket them now
+                fine = self._tiers[0].entries
+                for waiting_key, durations in self._unbucketed.items():
+                    count_seconds(durations, fine[waiting_key].counts)
+                self._unbucketed.clear()
+                self._unbucketed_n = 0
+            entry.attempts += len(seconds)
+            entry.finals += len(seconds)
+            if ts > entry.last_ts:  # noqa: PLR1730 - as add_rows does
+                entry.last_ts = ts
 
     def add_rows(self, batch: Sequence[tuple[Any, ...]]) -> None:
         """Full metric rows: ``(ts, connector, operation, duration_ms, status, error,
@@ -338,6 +370,10 @@ class Aggregator:
         """Write ``entry`` as a row of tier ``level`` and merge it into the next tier up."""
         tier = self._tiers[level]
         start = tier.start if tier.start is not None else 0.0
+        if level == 0:
+            waiting = self._unbucketed.pop(key, None)
+            if waiting is not None:
+                count_seconds(waiting, entry.counts)
         self.closed.append(entry.row(start, tier.resolution))
         if level + 1 < len(self._tiers):
             upper = self._tiers[level + 1]
@@ -359,8 +395,13 @@ class Aggregator:
             self._emit(level, key, entry)
         if not early:
             tier.start = None
-        if level == 0 and len(entries) < self.max_keys:
-            self._evicting = False
+        if level == 0:
+            # Every fine entry was bucketed as it was emitted; a new dict, since
+            # one emptied by pops keeps its largest size.
+            self._unbucketed = {}
+            self._unbucketed_n = 0
+            if len(entries) < self.max_keys:
+                self._evicting = False
 
     def _roll_to(self, ts: float) -> None:
         fine = self._tiers[0]

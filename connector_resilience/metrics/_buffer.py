@@ -9,6 +9,7 @@ import operator
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from itertools import repeat
 from typing import Any, Literal, TypeVar
@@ -22,7 +23,7 @@ from connector_resilience.backends import (
     CallStatus,
     Store,
 )
-from connector_resilience.metrics._aggregate import Aggregator, Series
+from connector_resilience.metrics._aggregate import Aggregator, Series, SuccessBatch
 from connector_resilience.policy import Policy
 
 logger = logging.getLogger("connector_resilience.metrics")
@@ -34,8 +35,9 @@ MetricsMode = Literal["aggregated", "raw"]
 MetricRow = tuple[
     float, str, str, float, CallStatus, "str | None", int, bool, "Mapping[str, str] | None"
 ]
-# A first-attempt success of a decorated call: (start, end, series), perf-counter times.
-SuccessRow = tuple[float, float, Series]
+#: A series' successes whose owner was collected before the writer took them:
+#: (key, labels, durations in seconds).
+Orphan = tuple[Any, "Mapping[str, str] | None", "list[float]"]
 
 #: While calls keep coming, the writer aggregates what they buffered this often,
 #: so pending rows stay few whatever the call rate.
@@ -47,14 +49,16 @@ _IDLE_TICK_S = 0.5
 class MetricsBuffer:
     """Metrics waiting to be written to one store, by a background thread.
 
-    Appending a tuple to ``successes`` (a decorated call's first-attempt
-    success), ``rows`` (any other attempt) or ``rejections`` is the whole
-    cost a call pays. In the default aggregated mode the writer thread folds
-    them into one row per key per interval (:mod:`._aggregate`); in raw mode
-    it writes one :class:`CallRecord` per attempt.
+    Appending a float to its :class:`Series`' ``pending`` list (a first-attempt
+    success, see :meth:`series`), a tuple to ``rows`` (any other attempt) or
+    to ``rejections`` is the whole cost a call pays. In the default aggregated
+    mode the writer thread folds them into one row per key per interval
+    (:mod:`._aggregate`); in raw mode it writes one :class:`CallRecord` per
+    attempt.
 
-    Memory is bounded: past ``pending_max`` buffered attempts (the writer
-    could not keep up) the oldest are dropped; past ``max_pending`` rows
+    Memory is bounded: calls fold what is buffered themselves when the
+    writer falls behind (:meth:`keep_up`); past ``pending_max`` buffered
+    attempts the writer still finds, the oldest are dropped; past ``max_pending`` rows
     waiting for an unreachable store, the oldest are dropped. Both are counted
     in ``dropped``, logged once per burst, and written on the next rows of
     their connector so that :func:`summarize` reports them. A record or row
@@ -81,9 +85,11 @@ class MetricsBuffer:
         # reached only if the writer cannot run at all.
         hard = 2 * pending_max
         self.rows: collections.deque[MetricRow] = collections.deque(maxlen=hard)
-        self.successes: collections.deque[SuccessRow] = collections.deque(maxlen=hard)
-        #: ``successes.append``, made once: every engine on this buffer shares it.
-        self.record_success = self.successes.append
+        # The series whose successes this buffer takes: weak references (a series
+        # lives as long as its engine), so each tick walks the live ones. A series
+        # collected with durations still pending hands them to _orphans first.
+        self._series: list[weakref.ref[Series]] = []
+        self._orphans: collections.deque[Orphan] = collections.deque()
         # (connector, operation, labels, why) per refused call; counted at flush.
         self.rejections: collections.deque[tuple[str, str, Mapping[str, str] | None, str]] = (
             collections.deque(maxlen=hard)
@@ -99,6 +105,7 @@ class MetricsBuffer:
         self.aggregator = (
             Aggregator(interval_s=interval_s, max_keys=max_keys) if aggregates else None
         )
+        self._fine_s = interval_s
         #: Attempts measured but not kept (full buffer, store down too long).
         self.dropped = 0
         #: Records or rows the store cannot hold at all (left out of their batch).
@@ -130,11 +137,49 @@ class MetricsBuffer:
         self._last_write = time.monotonic()
 
     def series(self, connector: str, operation: str, labels: Mapping[str, str] | None) -> Series:
-        """A :class:`Series` for a decorated function to append its successes with.
+        """A :class:`Series` for a decorated function to append its successes to.
 
         Series of the same (connector, operation, labels) aggregate together.
         """
-        return Series(connector, operation, labels)
+        series = Series(connector, operation, labels)
+        self.adopt(series)
+        return series
+
+    def adopt(self, series: Series) -> bool:
+        """Take ``series``' successes from now on; False if another buffer takes them.
+
+        A success is then ``series.pending.append(seconds)``: each tick the
+        writer takes the pending durations and stamps them all with the time
+        it took them, so a success may be counted in a later fine interval
+        than its own, by at most the time between two ticks (see
+        ``docs/metrics-and-health.md``).
+        """
+        owner = series.owner
+        if owner is None:
+            with self._flush_lock:
+                if series.owner is None:
+                    series.owner = self
+                    self._series.append(weakref.ref(series))
+            owner = series.owner
+        return owner is self
+
+    def record_success(self, series: Series, seconds: float, end: float) -> None:
+        """Record one success of ``seconds`` ending at ``end`` (perf counter) in ``series``.
+
+        What an engine does inline; for callers without one. With raw metrics,
+        or for a series another buffer takes, a full row is recorded instead.
+        """
+        if self.mode == "aggregated" and self.adopt(series):
+            series.pending.append(seconds)
+        else:  # raw metrics keep each call's own time; or another buffer takes the series
+            wall = end + _clock.wall() - _clock.perf()
+            labels = series.labels
+            row = (wall, series.connector, series.operation, seconds * 1000.0, "ok")
+            self.rows.append((*row, None, 1, True, labels))  # type: ignore[arg-type]
+
+    def orphaned(self, orphan: Orphan) -> None:
+        """Keep the pending successes of a series collected before the writer took them."""
+        self._orphans.append(orphan)
 
     def start(self) -> None:
         """Start the background writer (idempotent)."""
@@ -145,7 +190,10 @@ class MetricsBuffer:
             self._thread.start()
 
     def _run(self) -> None:
-        timeout = min(self.flush_interval_s, _IDLE_TICK_S)
+        # Successes are stamped with their series' latest end when a tick takes
+        # them: ticking at least once per fine interval keeps that within one.
+        idle = min(self.flush_interval_s, _IDLE_TICK_S, self._fine_s)
+        timeout = idle
         while not self._stopped:
             self._wake.wait(timeout)
             self._wake.clear()
@@ -154,7 +202,7 @@ class MetricsBuffer:
             except Exception:  # never let the writer die: it is every call's only outlet
                 logger.exception("metrics writer failed; it carries on")
                 busy = False
-            timeout = _BUSY_TICK_S if busy else min(self.flush_interval_s, _IDLE_TICK_S)
+            timeout = min(_BUSY_TICK_S, idle) if busy else idle
 
     def tick(self) -> bool:
         """Aggregate what is buffered; write when the flush interval says so.
@@ -197,10 +245,19 @@ class MetricsBuffer:
         ``pending_max`` and nothing is dropped whatever the call rate: the
         calls that make the work pay for it, and only when the writer cannot.
         """
-        if len(self.successes) + len(self.rows) + len(self.rejections) < self.fold_at:
+        if self._buffered() < self.fold_at:
             return
         with self._flush_lock:
             self._drain()
+
+    def _buffered(self) -> int:
+        """Attempts calls buffered that the writer has not taken yet."""
+        pending = len(self.rows) + len(self.rejections)
+        for ref in self._series.copy():  # a copy: another thread may register one
+            series = ref()
+            if series is not None:
+                pending += len(series.pending)
+        return pending + sum(len(orphan[2]) for orphan in self._orphans.copy())
 
     def pending(self) -> int:
         """Attempts (or raw records) measured but not yet taken by the store."""
@@ -208,13 +265,7 @@ class MetricsBuffer:
         if self.aggregator is not None:
             aggregated += sum(row.attempts for row in self.aggregator.closed)
             aggregated += self.aggregator.open_attempts()
-        return (
-            len(self.rows)
-            + len(self.successes)
-            + len(self.rejections)
-            + sum(r.calls for r in self._retry)
-            + aggregated
-        )
+        return self._buffered() + sum(r.calls for r in self._retry) + aggregated
 
     def drain(self) -> None:
         """Aggregate what calls buffered so far, without writing."""
@@ -231,8 +282,7 @@ class MetricsBuffer:
 
     def _drain(self) -> bool:
         """Move what calls buffered into the aggregator (or into raw records)."""
-        offset = _clock.wall() - _clock.perf()
-        successes = self._take(self.successes, _success_key)
+        successes = self._take_successes()
         rows = self._take(self.rows, _row_key)
         rejected = self._count_rejections()
         if not (successes or rows or rejected):
@@ -240,19 +290,15 @@ class MetricsBuffer:
         aggregator = self.aggregator
         if aggregator is None:
             # Raw: observers hear of these once the store took them (_write_raw).
-            self._retry.extend(_success_record(r, offset) for r in successes)
+            self._retry.extend(_success_records(successes))
             self._retry.extend(CallRecord(*row) for row in rows)
             self._retry.extend(rejected)
             return True
         if _observers:
             # Aggregated: observers (the exporters) count every attempt exactly,
             # from the records as they are folded into rows.
-            _notify(
-                [_success_record(r, offset) for r in successes]
-                + [CallRecord(*row) for row in rows]
-                + rejected
-            )
-        aggregator.add_successes(successes, offset)
+            _notify(_success_records(successes) + [CallRecord(*row) for row in rows] + rejected)
+        aggregator.add_durations(successes)
         aggregator.add_rows(rows)
         for r in rejected:
             aggregator.add_rejections(
@@ -264,6 +310,49 @@ class MetricsBuffer:
                 why=r.error or "CircuitOpenError",
             )
         return True
+
+    def _take_successes(self) -> list[SuccessBatch]:
+        """Every series' pending durations, stamped (wall clock) with the time they were taken.
+
+        Calls append on the right meanwhile: the durations are copied, then
+        deleted, each in one step, so an append in between stays for the next
+        tick. Past ``pending_max`` in all, the oldest of the largest batches
+        are dropped and counted.
+        """
+        now = _clock.wall()
+        batches: list[SuccessBatch] = []
+        dead = False
+        for ref in self._series:
+            series = ref()
+            if series is None:
+                dead = True
+                continue
+            pending = series.pending
+            n = len(pending)
+            if n:
+                seconds = pending[:n]
+                del pending[:n]
+                batches.append((series.key, series.labels, seconds, now))
+        if dead:  # under the flush lock, as registering is
+            self._series = [ref for ref in self._series if ref() is not None]
+        orphans = self._orphans
+        while orphans:
+            key, labels, seconds = orphans.popleft()
+            if seconds:  # a tick may have taken them while the series was collected
+                batches.append((key, labels, seconds, now))
+        excess = sum(len(batch[2]) for batch in batches) - self.pending_max
+        if excess > 0:
+            counts: collections.Counter[tuple[str, str]] = collections.Counter()
+            for key, _, seconds, _ in sorted(batches, key=_batch_size, reverse=True):
+                cut = min(excess, len(seconds))
+                del seconds[:cut]
+                counts[(key[0], key[1])] += cut
+                excess -= cut
+                if not excess:
+                    break
+            self._count_dropped(counts, "calls came faster than the writer could aggregate")
+            batches = [batch for batch in batches if batch[2]]
+        return batches
 
     def _take(self, pending: collections.deque[Any], key: Callable[[Any], tuple[str, str]]) -> Any:
         """Everything in ``pending``, oldest first, past the bound dropped and counted."""
@@ -425,7 +514,11 @@ class MetricsBuffer:
     def reset_after_fork(self) -> None:
         """Forget what the parent buffered (the parent writes it) and restart the writer."""
         self.rows.clear()
-        self.successes.clear()
+        for ref in self._series:
+            series = ref()
+            if series is not None:
+                series.pending.clear()
+        self._orphans.clear()
         self.rejections.clear()
         self._retry = []
         self._waiting = []
@@ -441,28 +534,21 @@ class MetricsBuffer:
         self.start()
 
 
-def _success_key(row: SuccessRow) -> tuple[str, str]:
-    series = row[2]
-    return (series.connector, series.operation)
+def _batch_size(batch: SuccessBatch) -> int:
+    return len(batch[2])
 
 
 def _row_key(row: MetricRow) -> tuple[str, str]:
     return (row[1], row[2])
 
 
-def _success_record(row: SuccessRow, offset: float) -> CallRecord:
-    start, end, series = row
-    return CallRecord(
-        end + offset,
-        series.connector,
-        series.operation,
-        (end - start) * 1000.0,
-        "ok",
-        None,
-        1,
-        True,
-        series.labels,
-    )
+def _success_records(batches: Sequence[SuccessBatch]) -> list[CallRecord]:
+    """One record per success (raw mode, observers), at its batch's time."""
+    return [
+        CallRecord(ts, key[0], key[1], seconds * 1000.0, "ok", None, 1, True, labels)
+        for key, labels, durations, ts in batches
+        for seconds in durations
+    ]
 
 
 _Row = TypeVar("_Row", CallRecord, CallAggregate)
