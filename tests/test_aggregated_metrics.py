@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -48,6 +48,7 @@ from connector_resilience.metrics import (
 )
 from connector_resilience.metrics._window import spans
 from connector_resilience.policy import Policy
+from tests._threads import fine_thread_switching
 
 T0 = 1_700_000_000.0  # a whole hour since the epoch
 
@@ -401,17 +402,6 @@ def test_past_the_pending_bound_the_oldest_calls_are_dropped_counted_and_reporte
     assert any("dropping metrics" in r.getMessage() for r in caplog.records)
 
 
-@contextlib.contextmanager
-def _fine_thread_switching() -> Iterator[None]:
-    """Let threads take turns every few microseconds, so their steps interleave finely."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(before)
-
-
 def test_calls_from_many_threads_at_full_speed_are_all_counted_none_dropped() -> None:
     # A small bound: past it the writer thread alone could never keep up with
     # four threads calling flat out, and the deque's hard cap (2 x 200) would lose calls.
@@ -428,7 +418,7 @@ def test_calls_from_many_threads_at_full_speed_are_all_counted_none_dropped() ->
         for _ in range(per_thread):
             fetch()
 
-    with _fine_thread_switching():
+    with fine_thread_switching():
         threads = [threading.Thread(target=caller) for _ in range(4)]
         for thread in threads:
             thread.start()
@@ -460,7 +450,7 @@ def test_the_writer_drops_the_excess_while_calls_append_and_counts_every_one() -
                 appended += 1
         done.set()
 
-    with _fine_thread_switching():
+    with fine_thread_switching():
         thread = threading.Thread(target=calls)
         thread.start()
         while not done.is_set():

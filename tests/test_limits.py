@@ -7,12 +7,10 @@ Every function counts its own calls, so "without calling out" is checked, not as
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import pickle
 import random
-import sys
 import threading
 import time
 import warnings
@@ -34,17 +32,7 @@ from connector_resilience import (
 )
 from connector_resilience.errors import StoreWarning
 from connector_resilience.limits import REFUSAL_MEMORY_S, load_control_for
-
-
-@contextlib.contextmanager
-def _fine_thread_switching() -> Iterator[None]:
-    """Let threads take turns every few microseconds, so their steps interleave finely."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(before)
+from tests._threads import fine_thread_switching
 
 
 @pytest.fixture
@@ -352,7 +340,7 @@ def test_threads_racing_for_tokens_taken_ahead_get_exactly_the_burst() -> None:
             except RateLimitExceededError:
                 refused.append(1)
 
-    with _fine_thread_switching():
+    with fine_thread_switching():
         threads = [threading.Thread(target=hammer) for _ in range(8)]
         for thread in threads:
             thread.start()
