@@ -421,11 +421,7 @@ class HttpCalls(Generic[S, C, R]):
         engine = route.engine
         looking = route.looking
         while True:
-            if now < breaker.refuse_until:
-                rejection = breaker.rejection()
-                engine.rejected(rejection, route.labels)
-                raise rejection
-            if now < breaker.admit_until:  # another thread's look found it closed
+            if _decided_by_cache(route, breaker, now):  # another thread's look found it closed
                 return None
             if looking.acquire(blocking=False):
                 break
@@ -453,11 +449,7 @@ class HttpCalls(Generic[S, C, R]):
         engine = route.engine
         key = (breaker, asyncio.get_running_loop())
         while True:
-            if now < breaker.refuse_until:
-                rejection = breaker.rejection()
-                engine.rejected(rejection, route.labels)
-                raise rejection
-            if now < breaker.admit_until:  # another request's look found it closed
+            if _decided_by_cache(route, breaker, now):  # another request's look found it closed
                 return None
             looking = self._looking.get(key)
             if looking is None:
@@ -664,6 +656,18 @@ class HttpCalls(Generic[S, C, R]):
         if status not in {429, 403}:
             return None
         return retry_at(status, response.headers, now=_clock.wall())
+
+
+def _decided_by_cache(route: _Route, breaker: CircuitBreaker, now: float) -> bool:
+    """True if the breaker's cached state admits the request at ``now``; raises its refusal.
+
+    False: the cached state is stale, so the store must be read.
+    """
+    if now < breaker.refuse_until:
+        rejection = breaker.rejection()
+        route.engine.rejected(rejection, route.labels)
+        raise rejection
+    return now < breaker.admit_until
 
 
 @dataclass(slots=True)
