@@ -95,6 +95,8 @@ def _scenarios(scratch: Path) -> dict[str, Callable[[], Loop]]:
     trip = {"circuit": {"failures_to_open": 1, "cooldown_s": 3600}, "retry": {"max_attempts": 1}}
     # Budget, rate limiter and bulkhead on, none of them ever refusing: the cost of asking.
     load = {"limits": {"rate_per_s": 1e9, "rate_burst": 1e9, "bulkhead_max_concurrent": 1_000_000}}
+    limiter = {"limits": {"rate_per_s": 1e9, "rate_burst": 1e9}}
+    bulkhead = {"limits": {"bulkhead_max_concurrent": 1_000_000}}
     zero = subjects._ZERO_WAIT  # the retry budget off: every call retries
 
     def middleware(kind: str, **options: Any) -> Loop:
@@ -163,6 +165,8 @@ def _scenarios(scratch: Path) -> dict[str, Callable[[], Loop]]:
         "success-async-tenacity": lambda: _async_loop(subjects.tenacity_retry()(subjects._aplain)),
         "success-sync-load": lambda: _sync_loop(ours("memory", subjects._plain, **load)),
         "success-async-load": lambda: _async_loop(ours("memory", subjects._aplain, **load)),
+        "success-sync-limiter": lambda: _sync_loop(ours("memory", subjects._plain, **limiter)),
+        "success-sync-bulkhead": lambda: _sync_loop(ours("memory", subjects._plain, **bulkhead)),
         "fail-once-sync": lambda: _sync_loop(ours("memory", flaky_sync(), **zero)),
         "fail-once-sync-tenacity": lambda: _sync_loop(
             subjects.tenacity_retry(zero_wait=True)(flaky_sync())

@@ -701,7 +701,7 @@ class Bulkhead:
         deadline = _clock.monotonic() + (self.max_wait_s if max_wait_s is None else max_wait_s)
         if self._shared is None:
             if not (self.try_local() or self._wait_locally(deadline)):
-                raise self._refuse(None)
+                raise self._refuse(None) from None
             if self._burst.refused:
                 self._burst.granted()
             return ""
@@ -713,7 +713,7 @@ class Bulkhead:
                 return slot
             left = deadline - _clock.monotonic()
             if left <= 0:
-                raise self._refuse(grant.free_in_s if grant is not None else None)
+                raise self._refuse(grant.free_in_s if grant is not None else None) from None
             _waits.sleep(min(delay, left))
             delay = min(delay * 2, _SLOT_POLL_MAX_S)
 
@@ -730,7 +730,7 @@ class Bulkhead:
                 return slot
             left = deadline - _clock.monotonic()
             if left <= 0:
-                raise self._refuse(grant.free_in_s if grant is not None else None)
+                raise self._refuse(grant.free_in_s if grant is not None else None) from None
             await _waits.asleep(min(delay, left))
             delay = min(delay * 2, _SLOT_POLL_MAX_S)
 
@@ -865,10 +865,12 @@ class Admission:
 
     ``@resilient``'s wrappers admit a call in their own frame, an admitted
     call's hot path being a token and a slot: they pop a token taken ahead
-    from ``limiter.ahead`` and else call :meth:`token` (or :meth:`atoken`)
+    from :attr:`ahead` and else call :meth:`token` (or :meth:`atoken`)
     with the clock reading they start with, pop a free slot from
-    :attr:`free` when the bulkhead is local, and else call :meth:`slot`;
-    the rules themselves stay in :class:`RateLimiter` and :class:`Bulkhead`.
+    :attr:`free` and else call :meth:`slot`; the rules themselves stay in
+    :class:`RateLimiter` and :class:`Bulkhead`. Those calls are made from the
+    wrapper's ``IndexError`` handler (the empty pop): their refusals are
+    raised ``from None``, so that a traceback shows the refusal alone.
 
     Args:
         control: the connector's load control (``control.admits`` true).
@@ -878,9 +880,13 @@ class Admission:
     Attributes:
         limiter: the connector's rate limiter, or ``None``.
         bulkhead: the connector's bulkhead, or ``None``.
-        free: a local bulkhead's free slots (pop one to take a slot, append
-            ``None`` to give it back, then :meth:`Bulkhead.wake` a waiter if
-            ``bulkhead.waiting``), else ``None``.
+        ahead: the rate limiter's tokens taken ahead (``limiter.ahead``),
+            ``None`` without a rate limiter.
+        free: the bulkhead's free slots: a local bulkhead's own
+            (``bulkhead.free``: pop one to take a slot, append ``None`` to
+            give it back, then :meth:`Bulkhead.wake` a waiter if
+            ``bulkhead.waiting``); for a shared bulkhead, one that stays
+            empty (every slot is leased through :meth:`slot`).
         token_wait: the longest a call may wait for its token.
     """
 
@@ -894,8 +900,11 @@ class Admission:
         self.control = control
         self.limiter = control.limiter
         self.bulkhead = control.bulkhead
-        #: The local bulkhead's free slots (``bulkhead.free``), else ``None``.
-        self.free = self.bulkhead.free if self.bulkhead and self.bulkhead.local else None
+        self.ahead = self.limiter.ahead if self.limiter else None
+        # A shared bulkhead's calls all ask the store: no slot is ever free at once.
+        self.free: collections.deque[None] = (
+            self.bulkhead.free if self.bulkhead and self.bulkhead.local else collections.deque()
+        )
         self._refused = refused
 
         def bound(wait_s: float) -> float:
@@ -983,13 +992,13 @@ class Admission:
             RateLimitExceededError: the grant is a refusal (counted).
         """
         if not grant.granted:
-            raise self._refuse_token(grant)
+            raise self._refuse_token(grant) from None
         _waits.sleep(grant.wait_s)
 
     async def anot_now(self, grant: TokenGrant) -> None:
         """:meth:`not_now` for coroutines: the wait never blocks the event loop."""
         if not grant.granted:
-            raise self._refuse_token(grant)
+            raise self._refuse_token(grant) from None
         await _waits.asleep(grant.wait_s)
 
     def slot(self) -> str:

@@ -453,27 +453,18 @@ def _sync_wrapper(fn: Callable[P, R], engines: EngineCache) -> Callable[P, R]:
         bulkhead = slot = None
         if admission is not None:
             try:
-                limiter = admission.limiter
-                if limiter is not None:
-                    taken = True
+                ahead = admission.ahead  # a local rate limiter's tokens taken ahead
+                if ahead is not None:
                     try:
-                        limiter.ahead.pop()  # a token taken ahead: no baton, no arithmetic
-                    except IndexError:
-                        taken = False
-                    # None (left): the limiter decides, outside the handler (a refusal
-                    # chained to the IndexError would show it in the traceback).
-                    if not taken:
+                        ahead.pop()  # no baton, no arithmetic
+                    except IndexError:  # none left: the limiter decides (see Admission.token)
                         start = admission.token(start)
                 bulkhead = admission.bulkhead
                 if bulkhead is not None:
-                    free = admission.free  # a local bulkhead's free slots
-                    if free is not None:
-                        try:
-                            free.pop()  # atomic: unless another thread took the last
-                            slot = ""
-                        except IndexError:
-                            pass
-                    if slot is None:  # waits for a slot, or leases one in the store
+                    try:
+                        admission.free.pop()  # atomic: unless another thread took the last
+                        slot = ""
+                    except IndexError:  # waits for a slot, or leases one in the store
                         slot = admission.slot()
                         start = perf()
             except _ADMISSION_REFUSALS as exc:
@@ -585,27 +576,18 @@ def _async_wrapper(
         bulkhead = slot = None
         if admission is not None:
             try:
-                limiter = admission.limiter
-                if limiter is not None:
-                    taken = True
+                ahead = admission.ahead  # a local rate limiter's tokens taken ahead
+                if ahead is not None:
                     try:
-                        limiter.ahead.pop()  # a token taken ahead: no baton, no arithmetic
-                    except IndexError:
-                        taken = False
-                    # None (left): the limiter decides, outside the handler (a refusal
-                    # chained to the IndexError would show it in the traceback).
-                    if not taken:
+                        ahead.pop()  # no baton, no arithmetic
+                    except IndexError:  # none left: the limiter decides (see Admission.token)
                         start = await admission.atoken(start)
                 bulkhead = admission.bulkhead
                 if bulkhead is not None:
-                    free = admission.free  # a local bulkhead's free slots
-                    if free is not None:
-                        try:
-                            free.pop()  # atomic: unless another thread took the last
-                            slot = ""
-                        except IndexError:
-                            pass
-                    if slot is None:  # waits for a slot, or leases one in the store
+                    try:
+                        admission.free.pop()  # atomic: unless another thread took the last
+                        slot = ""
+                    except IndexError:  # waits for a slot, or leases one in the store
                         slot = await admission.aslot()
                         start = perf()
             except _ADMISSION_REFUSALS as exc:

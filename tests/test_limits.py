@@ -13,6 +13,7 @@ import pickle
 import random
 import threading
 import time
+import traceback
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -212,7 +213,7 @@ def test_no_token_within_the_wait_raises_without_calling_out() -> None:
     assert flaky.calls == 2
     error = caught.value
     assert error.connector == "limited"
-    assert error.__context__ is None  # not chained to how the wrapper looked for a token
+    assert _shows_only_itself(error)  # not chained to how the wrapper looked for a token
     assert error.retry_at is not None
     assert before < error.retry_at <= time.time() + 0.5  # one token every 0.5 s
     assert "limited" in str(error)
@@ -350,6 +351,22 @@ def test_threads_racing_for_tokens_taken_ahead_get_exactly_the_burst() -> None:
     assert len(refused) == 8 * 1000 - 5000
 
 
+def test_a_refusal_once_the_tokens_taken_ahead_run_out_shows_only_itself() -> None:
+    policy = _policy(rate_per_s=0.001, rate_burst=1000, rate_max_wait_s=0)
+    call = resilient("ahead-refused", policy=policy)(lambda: "ok")
+    for _ in range(1000):
+        call()
+    with pytest.raises(RateLimitExceededError) as caught:
+        call()
+    assert _shows_only_itself(caught.value)
+
+
+def _shows_only_itself(error: BaseException) -> bool:
+    """No other exception is printed with ``error`` (such as the empty pop the wrapper tried)."""
+    printed = "".join(traceback.format_exception(error))
+    return "During handling" not in printed and "direct cause" not in printed
+
+
 def test_a_pause_drops_the_tokens_taken_ahead() -> None:
     limiter = _limiter("ahead-paused", rate_per_s=1000.0, burst=10_000.0)
     now = 50.0
@@ -422,6 +439,7 @@ def test_a_full_bulkhead_refuses_without_calling_out() -> None:
         with pytest.raises(BulkheadFullError) as caught:
             slow()
         assert caught.value.connector == "walled"
+        assert _shows_only_itself(caught.value)
         assert calls == 2
     finally:
         release.set()
@@ -430,6 +448,31 @@ def test_a_full_bulkhead_refuses_without_calling_out() -> None:
     assert slow() == "ok"  # the slots came back
     summary = summarize("walled", policy=policy)
     assert summary.refusals == {"BulkheadFullError": 1}
+
+
+def test_a_full_shared_bulkhead_refuses_and_its_leases_come_back() -> None:
+    policy = _policy(bulkhead_max_concurrent=1, bulkhead_max_wait_s=0, bulkhead_scope="store")
+    inside = threading.Event()
+    release = threading.Event()
+
+    @resilient("walled-shared", policy=policy)
+    def slow() -> str:
+        inside.set()
+        release.wait(10)
+        return "ok"
+
+    holder = threading.Thread(target=slow)
+    holder.start()
+    try:
+        assert inside.wait(10)
+        with pytest.raises(BulkheadFullError) as caught:
+            slow()
+        assert _shows_only_itself(caught.value)
+    finally:
+        release.set()
+        holder.join()
+    assert slow() == "ok"  # the lease came back
+    assert summarize("walled-shared", policy=policy).refusals == {"BulkheadFullError": 1}
 
 
 def test_a_call_waits_for_a_slot_within_its_wait() -> None:
@@ -487,8 +530,9 @@ async def test_async_full_bulkhead_refuses() -> None:
     holder = asyncio.ensure_future(fetch())
     # The first call builds the engine in a worker thread: wait for the slot, not a turn.
     await asyncio.wait_for(entered.wait(), 10)
-    with pytest.raises(BulkheadFullError):
+    with pytest.raises(BulkheadFullError) as caught:
         await asyncio.wait_for(fetch(), 10)  # refused at once, never waiting for the gate
+    assert _shows_only_itself(caught.value)
     gate.set()
     assert await holder == "ok"
 
