@@ -41,6 +41,7 @@ CASES: dict[str, Callable[[Context], None]] = {
     "burst": fleet.run_burst,
     "percentiles": fleet.run_percentiles,
     "memory": fleet.run_memory,
+    "spread": fleet.run_spread,
 }
 #: Cases that use a redis-server when one is installed.
 _REDIS_CASES = {"success", "writes"}

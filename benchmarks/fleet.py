@@ -431,6 +431,62 @@ def run_percentiles(ctx: Context) -> None:
     )
 
 
+# Calls spread over many connectors -------------------------------------------------
+
+#: How many connectors the calls of each subject are spread over, round-robin.
+SPREADS = (1, 100, 10_000)
+
+
+def run_spread(ctx: Context) -> None:
+    """CPU per call when the calls are spread over many connectors: none pays for the others.
+
+    Each subject calls its connectors in turn (a decorated function each, on
+    memory://), pausing 1 ms every 1,000 calls as a service between requests
+    does, so that each connector is called now and then, not flat out. CPU is
+    the process's, the metrics writer's included.
+    """
+    from connector_resilience import flush_metrics, resilient
+
+    policy = Policy(store={"url": "memory://bench-spread"})
+    spreads = (*SPREADS[:2], 1000) if ctx.quick else SPREADS
+    subjects: dict[str, list[Any]] = {}
+    for n in spreads:
+        fns = [resilient(f"spread-{n}-{i}", policy=policy)(lambda: 1) for i in range(n)]
+        for fn in fns:
+            fn()
+        subjects[f"{n:,} connector(s)"] = fns
+    flush_metrics()
+    calls = 20_000 if ctx.quick else 100_000
+
+    def measure(name: str) -> float:
+        cycle = itertools.cycle(subjects[name])
+        start = time.process_time()
+        for done in range(calls):
+            next(cycle)()
+            if done % 1000 == 999:
+                time.sleep(0.001)
+        flush_metrics()
+        return (time.process_time() - start) / calls * 1e6
+
+    rounds = interleaved(list(subjects), measure, 3 if ctx.quick else 5)
+    gc.unfreeze()
+    one = rounds[f"{spreads[0]:,} connector(s)"]
+    table = Table(
+        key="spread",
+        title="CPU per call, the calls spread over many connectors (us)",
+        columns=["calls spread over", "CPU us per call", "ratio to one connector"],
+        note=(
+            f"{calls:,} calls per round, round-robin over the connectors, 1 ms pause "
+            "every 1,000 calls; process CPU, the metrics writer included; "
+            "interleaved rounds, medians (min..max)."
+        ),
+    )
+    for name, values in rounds.items():
+        ratio = [v / base for v, base in zip(values, one, strict=True)]
+        table.rows.append([name, Stat.of(values).fmt(2), Stat.of(ratio).fmt(3)])
+    ctx.results.tables.append(table)
+
+
 # Memory per connector -----------------------------------------------------------------
 
 

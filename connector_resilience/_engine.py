@@ -203,7 +203,6 @@ class Engine:
         "failure_on",
         "fallback",
         "gate",
-        "keep_up_at",
         "labels",
         "load",
         "max_attempts",
@@ -249,8 +248,6 @@ class Engine:
         self.labels = dict(options.labels) if options.labels else None
         buffer = buffer_for(store, view) if options.metrics else None
         self.buffer = buffer
-        #: A success past this perf-counter time calls :meth:`keep_up`.
-        self.keep_up_at = 0.0
         # An open circuit's hot path appends this one tuple (nothing to build),
         # made at the first rejection: most connectors never see one.
         self._rejection: tuple[str, str, Mapping[str, str] | None, str] | None = None
@@ -374,23 +371,22 @@ class Engine:
             # The engine has a series of its own unless metrics are raw.
             if self.series is not None and (series.owner is buffer or buffer.adopt(series)):
                 series.pending.append(end - start)
+                if end >= series.keep_up_at:  # now and then, or the writer stopped looking
+                    buffer.look(series, end)
             else:  # raw metrics, or a series another store's buffer takes: a full row
                 self.row((end - start) * 1000.0, "ok", None, 1, True, labels=series.labels)
-            if end >= self.keep_up_at:  # now and then: has the writer fallen behind?
-                self.keep_up(end)
         breaker = self.breaker
         return breaker is not None and (probe is not None or not breaker.success_is_trivial)
 
     def keep_up(self, now: float) -> None:
-        """Fold what calls buffered if the writer fell behind; look again in a while.
+        """A success of :attr:`series` at ``now`` passed its ``keep_up_at``: tell the buffer.
 
-        Successes call it when ``now`` (a perf-counter time) passes
-        :attr:`keep_up_at`.
+        (``MetricsBuffer.look``: the writer looks at the series again, and the
+        call folds what is buffered if the writer fell behind.)
         """
-        buffer = self.buffer
-        if buffer is not None:
-            self.keep_up_at = now + buffer.keep_up_every_s
-            buffer.keep_up()
+        buffer, series = self.buffer, self.series
+        if buffer is not None and series is not None:
+            buffer.look(series, now)
 
     def _labelled_series(self, labels: Mapping[str, str]) -> Series | None:
         """The series of a labels mapping the caller keeps (the HTTP rules cache theirs).

@@ -526,7 +526,7 @@ def _sync_wrapper(fn: Callable[P, R], engines: EngineCache) -> Callable[P, R]:
             series = engine.series
             if series is not None:
                 series.pending.append(end - start)
-                if end >= engine.keep_up_at:  # now and then: has the writer fallen behind?
+                if end >= series.keep_up_at:  # now and then, or the writer stopped looking
                     engine.keep_up(end)
             elif engine.buffer is not None:  # raw metrics: a record with its own time
                 engine.row((end - start) * 1000.0, "ok", None, 1, True, labels=engine.labels)
@@ -650,7 +650,7 @@ def _async_wrapper(
             series = engine.series
             if series is not None:
                 series.pending.append(end - start)
-                if end >= engine.keep_up_at:  # now and then: has the writer fallen behind?
+                if end >= series.keep_up_at:  # now and then, or the writer stopped looking
                     engine.keep_up(end)
             elif engine.buffer is not None:  # raw metrics: a record with its own time
                 engine.row((end - start) * 1000.0, "ok", None, 1, True, labels=engine.labels)

@@ -14,6 +14,7 @@ import gc
 import itertools
 import json
 import logging
+import math
 import random
 import sqlite3
 import subprocess
@@ -353,6 +354,90 @@ def test_successes_of_a_collected_series_are_still_written() -> None:
     assert buffer.flush()
     (row,) = store.read_aggregates(resolution=1, since=0)
     assert (row.operation, row.attempts) == ("gone", 3)
+
+
+def test_an_idle_series_is_left_out_of_ticks_until_its_next_success() -> None:
+    # Ticks walk only the series calls appended to lately, so that idle
+    # connectors cost a tick nothing; a success of a rested series is taken by
+    # the next tick all the same (no flush needed).
+    store = MemoryStore("memory://idle-series")
+    buffer = MetricsBuffer(store, flush_interval_s=3600, max_pending=1000)
+    busy, idle = buffer.series("api", "busy", None), buffer.series("api", "idle", None)
+    buffer.record_success(idle, 0.001, _clock.perf())
+    buffer.tick()  # takes idle's success
+    buffer.tick()  # finds idle empty: rests it
+    assert idle.keep_up_at == -math.inf  # resting: its next success tells the buffer
+    for _ in range(3):
+        buffer.record_success(busy, 0.001, _clock.perf())
+        buffer.tick()
+    buffer.record_success(idle, 0.002, _clock.perf())
+    assert idle.keep_up_at > 0.0
+    buffer.tick()
+    assert (idle.pending, busy.pending) == ([], [])
+    assert buffer.pending() == 5  # taken by ticks, counted in the open interval
+    assert buffer.flush()
+    counts = {row.operation: row.attempts for row in store.read_aggregates(resolution=1, since=0)}
+    assert counts == {"busy": 3, "idle": 2}
+
+
+class _FilledOnceLookedAt(list[float]):
+    """A series' pending list that gets a success the moment a tick finds it empty.
+
+    The interleaving threads only sometimes hit (a call appends between the
+    tick's look at the series and the tick resting it), made certain.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.filled = False
+
+    def __len__(self) -> int:
+        n = super().__len__()
+        if not n and not self.filled:
+            self.filled = True
+            self.append(0.001)  # the racing call; it saw keep_up_at in the future
+        return n
+
+
+def test_a_success_landing_as_a_tick_rests_its_series_keeps_the_series_walked() -> None:
+    store = MemoryStore("memory://idle-landing")
+    buffer = MetricsBuffer(store, flush_interval_s=3600, max_pending=1000)
+    series = buffer.series("api", "get", None)
+    buffer.record_success(series, 0.001, _clock.perf())  # keep_up_at is now in the future
+    buffer.tick()
+    series.pending = _FilledOnceLookedAt()
+    buffer.tick()  # finds it empty, and the racing success lands
+    assert series.pending == [0.001]
+    buffer.tick()  # no further success came: the series was still walked
+    assert series.pending == []
+    assert buffer.pending() == 2
+
+
+def test_successes_racing_a_tick_that_rests_their_series_are_taken_by_later_ticks() -> None:
+    # A tick rests a series it found empty while calls append to it from other
+    # threads: every success is still taken by the ticks that follow, none is
+    # left waiting in a series the ticks no longer walk.
+    store = MemoryStore("memory://idle-race")
+    buffer = MetricsBuffer(store, flush_interval_s=3600, max_pending=10**6)
+    many = [buffer.series("api", f"op{i}", None) for i in range(20)]
+    per_thread = 3000
+
+    def calls(offset: int) -> None:
+        for i in range(per_thread):
+            series = many[(i * 7 + offset) % len(many)]
+            buffer.record_success(series, 0.001, _clock.perf())
+
+    with fine_thread_switching():
+        threads = [threading.Thread(target=calls, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        while any(thread.is_alive() for thread in threads):
+            buffer.tick()
+        for thread in threads:
+            thread.join(timeout=30)
+    buffer.tick()
+    assert [series.pending for series in many] == [[]] * len(many)
+    assert buffer.pending() == 4 * per_thread
 
 
 def test_a_series_another_buffer_takes_is_recorded_as_a_row() -> None:

@@ -76,9 +76,24 @@ class Series:
     Attributes:
         pending: durations in seconds not yet taken by the writer.
         owner: the metrics buffer that takes :attr:`pending`, once registered.
+        keep_up_at: a success past this perf-counter time tells the owner
+            (``MetricsBuffer.look``): now and then while the series is busy,
+            at once when the writer stopped looking at it (it then sets
+            minus infinity).
+        seen: how many durations :attr:`pending` held at the owner's last
+            look (the owner's count, see ``MetricsBuffer.look``).
     """
 
-    __slots__ = ("__weakref__", "connector", "labels", "operation", "owner", "pending")
+    __slots__ = (
+        "__weakref__",
+        "connector",
+        "keep_up_at",
+        "labels",
+        "operation",
+        "owner",
+        "pending",
+        "seen",
+    )
 
     def __init__(
         self, connector: str, operation: str, labels: Mapping[str, str] | None = None
@@ -88,6 +103,8 @@ class Series:
         self.labels = dict(labels) if labels else None
         self.pending: list[float] = []
         self.owner: _Owner | None = None
+        self.keep_up_at = 0.0
+        self.seen = 0
 
     @property
     def key(self) -> _Key:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import collections
 import logging
+import math
 import operator
 import os
 import threading
@@ -44,6 +45,10 @@ Orphan = tuple[Any, "Mapping[str, str] | None", "list[float]"]
 _BUSY_TICK_S = 0.05
 #: The writer looks at least this often, even when the flush interval is longer.
 _IDLE_TICK_S = 0.5
+#: A series' keep_up_at while ticks leave it out: any success passes it.
+_RESTING = -math.inf
+#: How often the writer forgets series that were collected (their weak references).
+_PRUNE_EVERY_S = 30.0
 
 
 class MetricsBuffer:
@@ -86,9 +91,18 @@ class MetricsBuffer:
         hard = 2 * pending_max
         self.rows: collections.deque[MetricRow] = collections.deque(maxlen=hard)
         # The series whose successes this buffer takes: weak references (a series
-        # lives as long as its engine), so each tick walks the live ones. A series
+        # lives as long as its engine), walked in full only to flush. A series
         # collected with durations still pending hands them to _orphans first.
         self._series: list[weakref.ref[Series]] = []
+        self._pruned_at = time.monotonic()  # when collected series were last forgotten
+        # The series calls appended to lately: what a tick walks, so that idle
+        # connectors cost nothing. A tick rests those it found empty (their
+        # keep_up_at set to _RESTING); their next success puts them back (see look).
+        self._active: list[Series] = []
+        self._activity_lock = threading.Lock()
+        # The successes series held when last looked at (see look): what calls
+        # count to know whether the writer fell behind, without walking them all.
+        self._seen_pending = 0
         self._orphans: collections.deque[Orphan] = collections.deque()
         # (connector, operation, labels, why) per refused call; counted at flush.
         self.rejections: collections.deque[tuple[str, str, Mapping[str, str] | None, str]] = (
@@ -160,8 +174,34 @@ class MetricsBuffer:
                 if series.owner is None:
                     series.owner = self
                     self._series.append(weakref.ref(series))
+                    with self._activity_lock:
+                        self._active.append(series)
             owner = series.owner
         return owner is self
+
+    def look(self, series: Series, now: float) -> None:
+        """A success of ``series`` at ``now`` (perf counter) passed ``series.keep_up_at``.
+
+        The series is walked by the writer's ticks again (a tick leaves out a
+        series it found empty), and if the series hold :attr:`fold_at`
+        successes the writer has not taken (the writer fell behind), the call
+        folds them (:meth:`keep_up`). What the series hold is known without
+        walking them: each look counts its own series' new successes, and
+        each tick starts the count again. Successes since a series' last look
+        are not counted yet: at most :attr:`keep_up_every_s` of each series'
+        calls, so at most that long of all calls.
+        """
+        # Under the lock a tick rests idle series with: an append it did not see
+        # is then either seen by its recheck, or followed by this look.
+        with self._activity_lock:
+            if series.keep_up_at == _RESTING:
+                self._active.append(series)
+            series.keep_up_at = now + self.keep_up_every_s
+            held = len(series.pending)
+            self._seen_pending += held - series.seen
+            series.seen = held
+        if self._seen_pending >= self.fold_at:
+            self.keep_up()
 
     def record_success(self, series: Series, seconds: float, end: float) -> None:
         """Record one success of ``seconds`` ending at ``end`` (perf counter) in ``series``.
@@ -171,6 +211,8 @@ class MetricsBuffer:
         """
         if self.mode == "aggregated" and self.adopt(series):
             series.pending.append(seconds)
+            if end >= series.keep_up_at:
+                self.look(series, end)
         else:  # raw metrics keep each call's own time; or another buffer takes the series
             wall = end + _clock.wall() - _clock.perf()
             labels = series.labels
@@ -212,7 +254,9 @@ class MetricsBuffer:
             comes back sooner).
         """
         with self._flush_lock:
-            busy = self._drain()
+            busy = self._drain(everyone=False)
+            if time.monotonic() - self._pruned_at >= _PRUNE_EVERY_S:
+                self._prune_series()
             closed = False
             if self.aggregator is not None:
                 self.aggregator.roll(_clock.wall())
@@ -248,16 +292,24 @@ class MetricsBuffer:
         if self._buffered() < self.fold_at:
             return
         with self._flush_lock:
-            self._drain()
+            self._drain(everyone=False)
 
-    def _buffered(self) -> int:
-        """Attempts calls buffered that the writer has not taken yet."""
+    def _buffered(self, *, everyone: bool = False) -> int:
+        """Attempts calls buffered that the writer has not taken yet (by default, lately)."""
         pending = len(self.rows) + len(self.rejections)
-        for ref in self._series.copy():  # a copy: another thread may register one
-            series = ref()
-            if series is not None:
-                pending += len(series.pending)
+        # Copies, made in one step each: another thread may register a series.
+        for series in self._everyone() if everyone else list(self._active):
+            pending += len(series.pending)
         return pending + sum(len(orphan[2]) for orphan in self._orphans.copy())
+
+    def _everyone(self) -> list[Series]:
+        """Every live series this buffer takes, idle ones too."""
+        return [series for series in map(operator.call, self._series.copy()) if series is not None]
+
+    def _prune_series(self) -> None:
+        """Forget the collected series (under the flush lock, as registering is)."""
+        self._pruned_at = time.monotonic()
+        self._series = [ref for ref in self._series if ref() is not None]
 
     def pending(self) -> int:
         """Attempts (or raw records) measured but not yet taken by the store."""
@@ -265,7 +317,7 @@ class MetricsBuffer:
         if self.aggregator is not None:
             aggregated += sum(row.attempts for row in self.aggregator.closed)
             aggregated += self.aggregator.open_attempts()
-        return self._buffered() + sum(r.calls for r in self._retry) + aggregated
+        return self._buffered(everyone=True) + sum(r.calls for r in self._retry) + aggregated
 
     def drain(self) -> None:
         """Aggregate what calls buffered so far, without writing."""
@@ -280,9 +332,13 @@ class MetricsBuffer:
 
     # Draining -----------------------------------------------------------
 
-    def _drain(self) -> bool:
-        """Move what calls buffered into the aggregator (or into raw records)."""
-        successes = self._take_successes()
+    def _drain(self, *, everyone: bool = True) -> bool:
+        """Move what calls buffered into the aggregator (or into raw records).
+
+        A writer's tick, and a call folding, take the series calls appended
+        to lately (``everyone=False``); a flush takes every series.
+        """
+        successes = self._take_successes(everyone=everyone)
         rows = self._take(self.rows, _row_key)
         rejected = self._count_rejections()
         if not (successes or rows or rejected):
@@ -311,30 +367,30 @@ class MetricsBuffer:
             )
         return True
 
-    def _take_successes(self) -> list[SuccessBatch]:
-        """Every series' pending durations, stamped (wall clock) with the time they were taken.
+    def _take_successes(self, *, everyone: bool) -> list[SuccessBatch]:
+        """The series' pending durations, stamped (wall clock) with the time they were taken.
 
         Calls append on the right meanwhile: the durations are copied, then
         deleted, each in one step, so an append in between stays for the next
         tick. Past ``pending_max`` in all, the oldest of the largest batches
-        are dropped and counted.
+        are dropped and counted. Unless ``everyone``, only the series calls
+        appended to lately are walked, and those found empty are left out of
+        the next walks until their next success.
         """
         now = _clock.wall()
         batches: list[SuccessBatch] = []
-        dead = False
-        for ref in self._series:
-            series = ref()
-            if series is None:
-                dead = True
-                continue
+        idle: list[Series] = []
+        walked = self._everyone() if everyone else list(self._active)
+        for series in walked:
             pending = series.pending
             n = len(pending)
             if n:
                 seconds = pending[:n]
                 del pending[:n]
                 batches.append((series.key, series.labels, seconds, now))
-        if dead:  # under the flush lock, as registering is
-            self._series = [ref for ref in self._series if ref() is not None]
+            elif not everyone:
+                idle.append(series)
+        self._rest(walked, idle)
         orphans = self._orphans
         while orphans:
             key, labels, seconds = orphans.popleft()
@@ -353,6 +409,24 @@ class MetricsBuffer:
             self._count_dropped(counts, "calls came faster than the writer could aggregate")
             batches = [batch for batch in batches if batch[2]]
         return batches
+
+    def _rest(self, walked: list[Series], idle: list[Series]) -> None:
+        """Start the looks' count again; leave series found empty out of the next walks."""
+        with self._activity_lock:
+            # Taken: what the looks counted is gone (a look since the walk counted
+            # successes that are still there; they count again at the next look).
+            self._seen_pending = 0
+            for series in walked:
+                series.seen = 0
+            if not idle:
+                return
+            for series in idle:
+                # Resting first, then the recheck: a success appended after the
+                # recheck reads _RESTING (or a later look's time) and looks itself.
+                series.keep_up_at = _RESTING
+                if series.pending:  # appended since the walk: it stays, and looks
+                    series.keep_up_at = 0.0
+            self._active = [series for series in self._active if series.keep_up_at != _RESTING]
 
     def _take(self, pending: collections.deque[Any], key: Callable[[Any], tuple[str, str]]) -> Any:
         """Everything in ``pending``, oldest first, past the bound dropped and counted."""
@@ -514,10 +588,8 @@ class MetricsBuffer:
     def reset_after_fork(self) -> None:
         """Forget what the parent buffered (the parent writes it) and restart the writer."""
         self.rows.clear()
-        for ref in self._series:
-            series = ref()
-            if series is not None:
-                series.pending.clear()
+        for series in self._everyone():
+            series.pending.clear()
         self._orphans.clear()
         self.rejections.clear()
         self._retry = []
@@ -528,6 +600,7 @@ class MetricsBuffer:
             )
         self._flush_lock = threading.Lock()
         self._write_lock = threading.Lock()
+        self._activity_lock = threading.Lock()
         self._wake = threading.Event()
         self._thread = None
         self._pid = os.getpid()
