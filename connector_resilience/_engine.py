@@ -157,8 +157,15 @@ def new_stats() -> list[Any]:
     return [1, 0.0, "running", None]
 
 
+#: Results that cannot carry a ``status`` (no attribute can be set on them): no
+#: lookup, which would raise and clear an AttributeError, for the common results.
+_NO_STATUS: Final = frozenset({type(None), bool, int, float, str, bytes, dict, list, tuple})
+
+
 def _with_status(labels: Mapping[str, str] | None, value: Any) -> Mapping[str, str] | None:
     """Labels plus the status code of an HTTP-like result."""
+    if type(value) in _NO_STATUS:
+        return labels
     status = getattr(value, "status", None)
     if not isinstance(status, int):
         return labels
@@ -527,8 +534,9 @@ class Engine:
         attempt = 1
         waited = 0.0
         began = _clock.monotonic() - (end - start)
-        deadlines = [d for d in (self.deadline_s, spec.deadline_s) if d is not None]
-        deadline = began + min(deadlines) if deadlines else None
+        deadline = None
+        if self.deadline_s is not None or spec.deadline_s is not None:
+            deadline = began + min(d for d in (self.deadline_s, spec.deadline_s) if d is not None)
         previous: float | None = None
         while True:
             duration_ms = (end - start) * 1000.0
@@ -556,13 +564,22 @@ class Engine:
                         True,
                         labels=attempt_labels,
                     )
-                    yield (
-                        _REPORT,
-                        probe,
-                        "failure" if failed else "success",
-                        duration_ms,
-                        _result_name(value) if failed else None,
-                    )
+                    breaker = self.breaker
+                    # A plain success the breaker need not hear of is not reported,
+                    # as on the inline path (a traced plan ends its attempt's span on it).
+                    if (
+                        failed
+                        or probe is not None
+                        or self.tracer is not None
+                        or (breaker is not None and not breaker.success_is_trivial)
+                    ):
+                        yield (
+                            _REPORT,
+                            probe,
+                            "failure" if failed else "success",
+                            duration_ms,
+                            _result_name(value) if failed else None,
+                        )
                     return value
                 error_name = _result_name(value)
                 outcome: Outcome = "failure"

@@ -783,7 +783,7 @@ class LoadControl:
         bulkhead: the bulkhead, or ``None`` when ``BULKHEAD_MAX_CONCURRENT`` is unset.
     """
 
-    __slots__ = ("budget", "bulkhead", "connector", "limiter")
+    __slots__ = ("budget", "bulkhead", "connector", "gates_retries", "limiter")
 
     def __init__(self, connector: str, settings: LimitsPolicy, store: Store) -> None:
         self.connector = connector
@@ -796,16 +796,13 @@ class LoadControl:
             if settings.bulkhead_max_concurrent is not None
             else None
         )
+        #: Whether a retry must ask first (the budget or a rate limiter is on).
+        self.gates_retries = self.budget.enabled or self.limiter is not None
 
     @property
     def admits(self) -> bool:
         """Whether a call must be admitted (a rate limiter or a bulkhead is on)."""
         return self.limiter is not None or self.bulkhead is not None
-
-    @property
-    def gates_retries(self) -> bool:
-        """Whether a retry must ask first (the budget or a rate limiter is on)."""
-        return self.budget.enabled or self.limiter is not None
 
     def pause(self, *, until: float) -> None:
         """Pause the connector's rate limiter until wall-clock ``until`` (a server asked).

@@ -129,7 +129,9 @@ def _schedule(  # noqa: PLR0917 - positional on purpose: a retry's hot path
         exponential = cap_ms
     if jitter == "proportional":
         delay = (
-            exponential * (1 + rand.uniform(-jitter_pct, jitter_pct)) if jitter_pct else exponential
+            exponential * (1 + rand.uniform(-jitter_pct, jitter_pct))
+            if jitter_pct and exponential
+            else exponential
         )
     elif jitter == "full":
         delay = rand.uniform(0, min(cap_ms, exponential))
@@ -193,6 +195,11 @@ def retry_after_from(outcome: object) -> float | None:
     ``Retry-After`` header on ``.headers`` or ``.response.headers`` (aiohttp's
     ``ClientResponseError``, httpx's and requests' errors and responses).
     """
+    bare = _bare_types.get(type(outcome))
+    if bare is None:
+        bare = _is_bare(type(outcome))
+    if bare and not getattr(outcome, "__dict__", None):
+        return None  # a plain exception (ConnectionError...): no attribute to look up
     direct = getattr(outcome, "retry_after", None)
     if direct is not None:
         return parse_retry_after(direct)
@@ -208,6 +215,21 @@ def retry_after_from(outcome: object) -> float | None:
             if isinstance(value, str):
                 return parse_retry_after(value)
     return None
+
+
+#: Per type: whether it has no class-level ``retry_after``, ``headers`` or
+#: ``response``. An instance of such a type with nothing in its ``__dict__`` carries
+#: no Retry-After, found without looking the three up (each one missing is an
+#: AttributeError raised and cleared: most of what a retry's wait cost).
+_bare_types: dict[type, bool] = {}
+_BARE_TYPES_MAX = 1000  # classes made on the fly must not grow it without bound
+
+
+def _is_bare(cls: type) -> bool:
+    bare = not any(hasattr(cls, name) for name in ("retry_after", "headers", "response"))
+    if len(_bare_types) < _BARE_TYPES_MAX:
+        _bare_types[cls] = bare
+    return bare
 
 
 class wait_backoff(wait_base):  # noqa: N801 - tenacity's naming for wait strategies

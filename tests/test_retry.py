@@ -520,6 +520,22 @@ def test_retry_after_attribute_wins_over_headers() -> None:
     assert retry_after_from(exc) == 1.0
 
 
+def test_a_plain_exception_type_still_carries_a_delay_given_to_one_instance() -> None:
+    # Known as a type with nothing to look up once seen bare: an instance given
+    # a delay later, and a type whose headers are a property, are still read.
+    assert retry_after_from(ConnectionError("bare")) is None
+    given = ConnectionError("limited")
+    given.retry_after = 3  # type: ignore[attr-defined]
+    assert retry_after_from(given) == 3.0
+
+    class PropertyHeadersError(Exception):
+        @property
+        def headers(self) -> dict[str, str]:
+            return {"Retry-After": "4"}
+
+    assert retry_after_from(PropertyHeadersError()) == 4.0
+
+
 def test_retry_after_from_a_real_aiohttp_error() -> None:
     aiohttp = pytest.importorskip("aiohttp")
     error = aiohttp.ClientResponseError(
