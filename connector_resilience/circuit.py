@@ -339,6 +339,8 @@ class CircuitBreaker:
         if rejection is not None:
             raise rejection
         self._refresh_if_stale()
+        if _clock.monotonic() < self.admit_until:  # fresh again, and closed
+            return None
         result: str | None = self._drive(self._admit_steps())
         return result
 
@@ -439,6 +441,8 @@ class CircuitBreaker:
             return None
         if _clock.monotonic() >= self._stale_at:
             await self._adrive(self._refresh_steps())
+            if _clock.monotonic() < self.admit_until:  # fresh again, and closed
+                return None
         rejection = self.plain_rejection()
         if rejection is not None:
             raise rejection
@@ -867,6 +871,11 @@ class CircuitBreaker:
           process decided. The local record is rebased on the store's version,
           so the next write carries it to the store.
         """
+        if loaded is self._record and self._unchanged_if_readopted(loaded):
+            # The very record this process holds (a memory:// store hands out its
+            # own): nothing to adopt, only the cache to call fresh again.
+            self._set_fast_flags()
+            return loaded
         with _adopt_lock:
             if self._overtaken(loaded, epoch):
                 return self._record
@@ -878,6 +887,21 @@ class CircuitBreaker:
             self._ahead_of = None
         self._adopt(loaded, epoch=epoch)
         return self._record
+
+    def _unchanged_if_readopted(self, record: CircuitRecord) -> bool:
+        """Whether adopting ``record`` again would change nothing but the cache's freshness.
+
+        A closed record with no override and no slow start stays closed
+        whatever the time; anything else may move with the clock (a cooldown
+        ends, a ramp goes on) and is adopted again.
+        """
+        return (
+            self._ahead_of is None
+            and self._seen_state == "closed"
+            and record.state == "closed"
+            and record.override is None
+            and record.ramp_until is None
+        )
 
     def _go_local(self, record: CircuitRecord, store_version: int, reason: str | None) -> None:
         """The store refused a write: go on with ``record`` here alone, for now."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing
 import random
@@ -287,6 +288,60 @@ def test_a_cached_view_is_refreshed_after_the_sync_interval(clock: testing.FakeC
     clock.advance(1.0)
     with pytest.raises(CircuitOpenError):
         reader.acquire()
+
+
+class CountingStore(MemoryStore):
+    """A memory store that counts circuit reads and notes the thread of each."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.read_in: list[threading.Thread] = []
+
+    def get_circuit(self, connector: str) -> CircuitRecord | None:
+        self.read_in.append(threading.current_thread())
+        return super().get_circuit(connector)
+
+
+def test_an_unchanged_closed_record_is_read_once_per_interval_and_still_trips(
+    clock: testing.FakeClock,
+) -> None:
+    # memory:// hands out the record the breaker already holds: the cache is
+    # called fresh again without adopting it, and nothing else changes.
+    store = CountingStore("memory://renewed")
+    breaker = CircuitBreaker("api", policy=_policy(sync_interval_s=1.0), store=store)
+    _fail(breaker, 1)  # a record of its own in the store
+    seen: list[StateChange] = []
+    breaker.add_listener(seen.append)
+    reads = len(store.read_in)
+    for _ in range(3):
+        clock.advance(1.0)
+        for _ in range(5):
+            assert breaker.acquire() is None
+    assert len(store.read_in) - reads == 3  # once per interval, not per call
+    assert seen == []
+    _fail(breaker, 2)
+    with pytest.raises(CircuitOpenError):
+        breaker.acquire()
+    assert [(c.old, c.new, c.reason) for c in seen] == [
+        ("closed", "open", "3 consecutive failures")
+    ]
+
+
+def test_an_async_breaker_reads_a_memory_store_on_the_loop_s_thread(
+    clock: testing.FakeClock,
+) -> None:
+    store = CountingStore("memory://async-read")
+    breaker = CircuitBreaker("api", policy=_policy(sync_interval_s=1.0), store=store)
+
+    async def calls() -> None:
+        for _ in range(3):
+            clock.advance(1.0)
+            assert await breaker.aacquire() is None
+
+    store.read_in.clear()
+    asyncio.run(calls())
+    assert len(store.read_in) == 3  # once per interval
+    assert set(store.read_in) == {threading.current_thread()}
 
 
 class FailingCircuitStore(MemoryStore):

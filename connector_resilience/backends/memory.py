@@ -78,6 +78,16 @@ class MemoryStore(limit_state.LimitSteps):
             self._circuits[connector] = record
             return True
 
+    async def aget_circuit(self, connector: str) -> CircuitRecord | None:
+        """:meth:`get_circuit` for coroutines: a dictionary read, no worker thread needed."""
+        return self.get_circuit(connector)
+
+    async def acompare_and_set_circuit(
+        self, connector: str, expected_version: int, record: CircuitRecord
+    ) -> bool:
+        """:meth:`compare_and_set_circuit` for coroutines (the lock is held for a dict write)."""
+        return self.compare_and_set_circuit(connector, expected_version, record)
+
     def list_circuits(self) -> dict[str, CircuitRecord]:
         """Every connector's record."""
         with self._lock:
