@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import math
 import os
 import threading
 import time
@@ -212,7 +213,7 @@ def run_demo(
         live(f"  >> circuit {change.old} -> {change.new}: {change.reason or ''}\n")
 
     breaker.add_listener(on_change)
-    started_at = time.time()
+    started_at = _on_an_interval(policy.store.metrics_interval_s)
     counts = {"ok": 0, "failed": 0, "rejected": 0}
     with FlakyService(phases_for(seconds)) as service:
         client = InventoryClient(service.url, policy=policy, store=state)
@@ -238,7 +239,7 @@ def run_demo(
             now = time.monotonic()
             if now >= next_report and not as_json:
                 # Live figures come from the store, as an operator would see them.
-                window = summarize(CONNECTOR, window_s=time.time() - started_at + 1, store=state)
+                window = summarize(CONNECTOR, window_s=_since(started_at), store=state)
                 out.write(
                     f"t={now - started:4.1f}s  service={service.phase().name:<10} "
                     f"ran={window.total_calls:<4} failed={window.errors:<3} "
@@ -248,7 +249,7 @@ def run_demo(
                 out.flush()
                 next_report = now + 1.0
             time.sleep(1.0 / rate_per_s)
-        report = health_report(CONNECTOR, window_s=time.time() - started_at + 1, store=state)
+        report = health_report(CONNECTOR, window_s=_since(started_at), store=state)
         service_counts = {"requests": service.requests, "answered_503": service.failures}
     if as_json:
         _print_json(
@@ -264,6 +265,22 @@ def run_demo(
     else:
         _print_text(report, url=url, service=service_counts, counts=counts, state=state, out=out)
     return 0
+
+
+def _on_an_interval(interval_s: float) -> float:
+    """Wait for the next whole metrics interval and return it (wall clock).
+
+    Metric rows are stamped with the start of their interval: an earlier run's
+    last rows, in the same folder, then all lie before this run's window.
+    """
+    start = math.ceil(time.time() / interval_s) * interval_s
+    time.sleep(max(0.0, start - time.time()))
+    return start
+
+
+def _since(started_at: float) -> float:
+    """The window from ``started_at`` to now, for summarize (a hair wider: float sums)."""
+    return time.time() - started_at + 1e-3
 
 
 def _print_text(
