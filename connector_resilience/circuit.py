@@ -440,7 +440,7 @@ class CircuitBreaker:
         if _clock.monotonic() < self.admit_until:
             return None
         if _clock.monotonic() >= self._stale_at:
-            await self._adrive(self._refresh_steps())
+            await self._arefresh()
             if _clock.monotonic() < self.admit_until:  # fresh again, and closed
                 return None
         rejection = self.plain_rejection()
@@ -918,10 +918,56 @@ class CircuitBreaker:
     # Cache ----------------------------------------------------------------
 
     _stale_at = 0.0
+    # Made at the first stale look (most breakers of a quiet process never need
+    # one), with the process it was made in: a lock held at a fork stays held.
+    _looking: tuple[int, threading.RLock] | None = None
+    _alooking: dict[asyncio.AbstractEventLoop, asyncio.Event] | None = None
 
     def _refresh_if_stale(self) -> None:
-        if _clock.monotonic() >= self._stale_at:
-            self._drive(self._refresh_steps())
+        """Read the store if the cache went stale: one thread looks, the others wait.
+
+        Without it, every thread calling while the store is read (a file read
+        and parse, a round trip) would read it too. Re-entrant: a listener
+        told of a change from the looking thread may use the breaker. A
+        look that left the cache stale (it raised) is made again by a waiter.
+        """
+        while _clock.monotonic() >= self._stale_at:
+            looking = self._looking_lock()
+            if looking.acquire(blocking=False):
+                try:
+                    self._drive(self._refresh_steps())
+                finally:
+                    looking.release()
+                return
+            with looking:  # a look is under way: its answer is ours too
+                pass
+
+    def _looking_lock(self) -> threading.RLock:
+        pid = os.getpid()
+        with _adopt_lock:
+            made = self._looking
+            if made is None or made[0] != pid:
+                made = self._looking = (pid, threading.RLock())
+        return made[1]
+
+    async def _arefresh(self) -> None:
+        """:meth:`_refresh_if_stale` for coroutines: one look per event loop, the others wait."""
+        looks = self._alooking
+        if looks is None:
+            looks = self._alooking = {}
+        loop = asyncio.get_running_loop()
+        while _clock.monotonic() >= self._stale_at:
+            looking = looks.get(loop)
+            if looking is not None:
+                await looking.wait()
+                continue
+            looking = looks[loop] = asyncio.Event()
+            try:
+                await self._adrive(self._refresh_steps())
+            finally:
+                del looks[loop]
+                looking.set()
+            return
 
     def _on_pushed(self, connector: str) -> None:
         """A store that pushes changes told us a breaker moved ("*": maybe any)."""

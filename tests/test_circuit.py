@@ -7,6 +7,7 @@ import logging
 import multiprocessing
 import random
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -342,6 +343,78 @@ def test_an_async_breaker_reads_a_memory_store_on_the_loop_s_thread(
     asyncio.run(calls())
     assert len(store.read_in) == 3  # once per interval
     assert set(store.read_in) == {threading.current_thread()}
+
+
+class HeldReadStore(MemoryStore):
+    """A memory store whose circuit reads wait for ``release``, counting who entered."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.release = threading.Event()
+        self.entered = threading.Semaphore(0)
+        self.reads = 0
+        self.holding = False
+
+    def get_circuit(self, connector: str) -> CircuitRecord | None:
+        if self.holding:
+            self.reads += 1
+            self.entered.release()
+            assert self.release.wait(10)
+        return super().get_circuit(connector)
+
+    async def aget_circuit(self, connector: str) -> CircuitRecord | None:
+        if self.holding:
+            self.reads += 1
+            while not self.release.is_set():
+                await asyncio.sleep(0)
+        return super().get_circuit(connector)
+
+
+def test_threads_calling_while_the_store_is_read_wait_for_that_one_read(
+    clock: testing.FakeClock,
+) -> None:
+    store = HeldReadStore("memory://one-look")
+    breaker = CircuitBreaker("api", policy=_policy(sync_interval_s=1.0), store=store)
+    assert breaker.acquire() is None
+    clock.advance(1.0)  # stale: the next call reads the store
+    store.holding = True
+    admitted: list[str | None] = []
+    threads = [
+        threading.Thread(target=lambda: admitted.append(breaker.acquire())) for _ in range(8)
+    ]
+    threads[0].start()
+    assert store.entered.acquire(timeout=10)  # the first thread is reading
+    for thread in threads[1:]:
+        thread.start()
+    # Each other thread would enter a read of its own within this bound if it made one.
+    extra, until = 0, time.monotonic() + 0.5
+    while extra < 7 and store.entered.acquire(timeout=max(0.0, until - time.monotonic())):
+        extra += 1
+    store.release.set()
+    for thread in threads:
+        thread.join(10)
+    assert (extra, store.reads) == (0, 1)
+    assert admitted == [None] * 8
+
+
+def test_tasks_calling_while_the_store_is_read_wait_for_that_one_read(
+    clock: testing.FakeClock,
+) -> None:
+    store = HeldReadStore("memory://one-alook")
+    breaker = CircuitBreaker("api", policy=_policy(sync_interval_s=1.0), store=store)
+
+    async def calls() -> list[str | None]:
+        assert await breaker.aacquire() is None
+        clock.advance(1.0)  # stale: the next call reads the store
+        store.holding = True
+        tasks = [asyncio.ensure_future(breaker.aacquire()) for _ in range(8)]
+        for _ in range(5):  # every task runs up to its first wait
+            await asyncio.sleep(0)
+        store.release.set()
+        return list(await asyncio.gather(*tasks))
+
+    assert asyncio.run(calls()) == [None] * 8
+    assert store.reads == 1
 
 
 class FailingCircuitStore(MemoryStore):
