@@ -33,6 +33,7 @@ import math
 import multiprocessing
 import multiprocessing.connection
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -513,6 +514,44 @@ def _httpx_limits(httpx: Any, concurrency: int) -> Any:
     )
 
 
+def _fill_sync_pool(client: Any, url: str, concurrency: int, pool: ThreadPoolExecutor) -> None:
+    """Make an httpx client's pool hold one connection per worker: all open at once.
+
+    However many a pool opened while warming depends on how its first
+    requests happened to overlap (26 to 42 at 64 threads, from one client to
+    the next), and httpcore's cost per request grows with that number. With
+    every worker holding a response open at the same moment, each pool holds
+    ``concurrency`` connections, and keeps them (:data:`HTTPX_KEEPALIVE_S`):
+    no later round needs more.
+    """
+    everyone = threading.Barrier(concurrency)
+
+    def hold() -> None:
+        with client.stream("GET", url) as response:
+            everyone.wait(timeout=30)
+            response.read()
+
+    for future in [pool.submit(hold) for _ in range(concurrency)]:
+        future.result()
+
+
+async def _fill_async_pool(client: Any, url: str, concurrency: int) -> None:
+    """:func:`_fill_sync_pool` for an httpx async client."""
+    opened = 0
+    everyone = asyncio.Event()
+
+    async def hold() -> None:
+        nonlocal opened
+        async with client.stream("GET", url) as response:
+            opened += 1
+            if opened == concurrency:
+                everyone.set()
+            await asyncio.wait_for(everyone.wait(), 30)
+            await response.aread()
+
+    await asyncio.gather(*(hold() for _ in range(concurrency)))
+
+
 def _status(response: Any) -> int:
     status = getattr(response, "status_code", None)
     return int(status if status is not None else response.status)
@@ -591,6 +630,12 @@ def _measure_family(
         return _sync_burst(client, url, n, concurrency, pool)
 
     try:
+        if family.startswith("httpx") and concurrency > 1:
+            for client in clients.values():
+                if is_async:
+                    loop.run_until_complete(_fill_async_pool(client, url, concurrency))
+                else:
+                    _fill_sync_pool(client, url, concurrency, pool)
         for role in clients:
             burst(role, 100)  # warm pools, engines and caches
         rate = burst("bare", 200)[0]
@@ -644,7 +689,8 @@ def _run_clients(ctx: Context, url: str) -> None:
             "(encode/httpcore#1035, fixed in the httpx2 fork): most of its CPU per request "
             "there, the same under every adapter. httpx clients keep idle connections "
             f"through the case (keepalive_expiry={HTTPX_KEEPALIVE_S:g} s, not 5 s) so that "
-            "every client holds the same number; sniffio is installed, without which "
+            "every client holds the same number, one per worker, opened at once before "
+            "the rounds; sniffio is installed, without which "
             "httpcore retries a failed import for each lock it sets up."
         ),
     )
