@@ -387,12 +387,14 @@ class ResilientAdapter(HTTPAdapter):
         """HTTPAdapter's URL form: the path, or through an HTTP proxy the whole URL.
 
         Without proxies it is the path, as HTTPAdapter's would answer, without
-        parsing the URL twice more to find that out.
+        parsing the URL twice more to find that out. A path starting ``//`` is
+        HTTPAdapter's to answer (newer requests trim the extra slashes).
         """
-        if proxies:
+        path = request.path_url
+        if proxies or path.startswith("//"):
             url: str = super().request_url(request, proxies)
             return url
-        return request.path_url
+        return path
 
     def _attempt(
         self, request: requests.PreparedRequest, options: _SendOptions, timeout_s: float | None
