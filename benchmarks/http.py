@@ -1,18 +1,39 @@
-"""Case ``http``: requests per second through each HTTP adapter against a local server.
+"""Case ``http``: client CPU per request through each HTTP adapter against a local server.
 
-The server runs in its own process (its own interpreter and event loop), so
-the client's loop only runs the client. Two tables: the aiohttp middleware
-beside its peers at concurrency 10, then every adapter (aiohttp, httpx async
-and sync, requests) beside its bare client and its peer at concurrency 1 and
-64. The subjects of one table take turns in one run.
+The server runs in its own process (its own interpreter and event loop, on a
+core of its own), so the client's process only runs the client. Two tables:
+the aiohttp middleware beside its peers at concurrency 10, then every adapter
+(aiohttp, httpx async and sync, requests) beside its bare client and its peer
+at concurrency 1 and 64.
+
+The figure is requests per CPU-second of the client process, every thread
+counted (the metrics writer's too): the work the client does per request,
+which other processes on the shared machine do not add to, as they do to the
+wall clock. Wall-clock rates are shown beside it.
+
+A *round* is one burst of the same number of requests by each subject of a
+table in turn (``concurrency`` workers, each sending its share back to back
+and reading every body in full), its order rotated from one round to the
+next; a subject's round ends by writing the metrics it buffered, timed, and
+starts with the garbage of the one before it collected, untimed. A round
+lasts about :data:`ROUND_S` of the bare client (at least a few requests per
+worker), and as many rounds as :data:`BUDGET_S` allows are run (at least
+:data:`MIN_ROUNDS`): short rounds in numbers put every subject through the
+same spells of a busy machine, and a ratio is taken per round (each subject
+against the bare client of the same round), its median reported with the
+interval the median lies in at 95% confidence. A second bare client in every
+table (*the noise floor*) measures what the method itself cannot resolve:
+its ratio to the bare client would be 1.000 on a quiet machine.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import multiprocessing
 import multiprocessing.connection
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +53,16 @@ from benchmarks._core import (
 )
 
 CONCURRENCY = 10
+#: A round's length, in seconds of the bare client (quick runs: a third of it).
+ROUND_S = 0.25
+#: Seconds of rounds per table and concurrency (quick runs: a quarter of it).
+BUDGET_S = 30.0
+#: Rounds per table at least, however slow a client (quick runs: 4).
+MIN_ROUNDS = 12
+#: Rounds per table at most.
+MAX_ROUNDS = 60
 BARE = "bare ClientSession"
+BARE_AGAIN = "a second bare ClientSession (the noise floor)"
 OURS = "ResilienceMiddleware, memory://"
 OURS_JSONL = "ResilienceMiddleware, default JSONL"
 RETRY_CLIENT = "aiohttp-retry RetryClient"
@@ -92,6 +122,9 @@ async def _clients(ctx: Context, url: str) -> tuple[dict[str, Fetch], dict[str, 
     bare = aiohttp.ClientSession(connector=connector())
     closers.append(bare)
     fetches[BARE] = via(bare)
+    again = aiohttp.ClientSession(connector=connector())
+    closers.append(again)
+    fetches[BARE_AGAIN] = via(again)
     # What aiohttp's middleware machinery itself costs: the floor for any middleware.
     noop = aiohttp.ClientSession(connector=connector(), middlewares=(_noop_middleware,))
     closers.append(noop)
@@ -132,6 +165,43 @@ async def _clients(ctx: Context, url: str) -> tuple[dict[str, Fetch], dict[str, 
     except UnavailableError as exc:
         missing[INTERLOCK] = str(exc)
     return fetches, missing, closers
+
+
+def _plan(ctx: Context, subjects: int, rate: float, n_min: int) -> tuple[int, int]:
+    """Requests per round and rounds for ``subjects`` clients, the bare one doing ``rate``/s.
+
+    A round is about :data:`ROUND_S` of the bare client and at least ``n_min``
+    requests; rounds fill :data:`BUDGET_S`, within :data:`MIN_ROUNDS` ..
+    :data:`MAX_ROUNDS`.
+    """
+    round_s, budget_s = (ROUND_S / 3, BUDGET_S / 4) if ctx.quick else (ROUND_S, BUDGET_S)
+    n = max(n_min, int(rate * round_s))
+    rounds = int(budget_s * rate / (n * subjects))
+    return n, max(4 if ctx.quick else MIN_ROUNDS, min(MAX_ROUNDS, rounds))
+
+
+def median_interval(values: list[float]) -> tuple[float, float]:
+    """The interval the median of ``values`` lies in at about 95% confidence.
+
+    Distribution-free: the order statistics around the middle rank that a
+    binomial(n, 1/2) count of values below the median reaches with 95%
+    probability (normal approximation; the extremes for fewer than 6 values).
+    """
+    data = sorted(v for v in values if math.isfinite(v))
+    n = len(data)
+    if n == 0:
+        return (math.nan, math.nan)
+    half = 0.98 * math.sqrt(n)
+    low = max(0, math.floor(n / 2 - half))
+    high = min(n - 1, math.ceil(n / 2 + half) - 1)
+    return data[low], data[high]
+
+
+def _ratio_detail(numerators: list[float], denominators: list[float]) -> str:
+    low, high = median_interval(
+        [a / b for a, b in zip(numerators, denominators, strict=False) if b > 0]
+    )
+    return f"median's 95% interval {low:.3f}..{high:.3f}"
 
 
 async def _burst(fetch: Fetch, n: int) -> tuple[float, float]:
@@ -207,8 +277,7 @@ def run_http(ctx: Context) -> None:
             for fetch in fetches.values():
                 loop.run_until_complete(_burst(fetch, 200))  # warm pools and caches
             rate = loop.run_until_complete(_burst(fetches[BARE], 400))[0]
-            n = max(200, int(rate * (0.15 if ctx.quick else 0.3)))
-            rounds_n = ctx.repeats * 2
+            n, rounds_n = _plan(ctx, len(fetches), rate, 4 * CONCURRENCY)
             ctx.log(f"http: {len(fetches)} clients, {rounds_n} rounds of {n} requests")
             both = interleaved(
                 list(fetches),
@@ -283,8 +352,14 @@ def run_http(ctx: Context) -> None:
             target.ratio = ratio_stat(rounds[ours], rounds[reference])
             target.detail = (
                 f"{Stat.of(rounds[ours]).fmt(0)} vs {Stat.of(rounds[reference]).fmt(0)} {basis}; "
+                f"{_ratio_detail(rounds[ours], rounds[reference])}; "
                 f"wall clock: ratio {ratio_stat(wall[ours], wall[reference]).fmt(3)}"
             )
+            if BARE_AGAIN in rounds and reference == BARE:
+                target.detail += (
+                    f"; the noise floor ({BARE_AGAIN} vs {BARE}): ratio "
+                    f"{ratio_stat(rounds[BARE_AGAIN], rounds[BARE]).fmt(3)}"
+                )
         else:
             gone = ours if ours not in rounds else reference
             target.why_not = f"{gone}: {missing.get(gone, 'not measured')}"
@@ -310,7 +385,12 @@ FAMILIES: tuple[tuple[str, str, str, str | None], ...] = (
 def _subject_names(family: str) -> dict[str, str]:
     """Role -> row name for one family."""
     _, bare, ours, peer = next(f for f in FAMILIES if f[0] == family)
-    names = {"bare": bare, "ours": f"{ours}, memory://", "ours_jsonl": f"{ours}, default JSONL"}
+    names = {
+        "bare": bare,
+        "bare_again": f"a second {bare.removeprefix('bare ')} (the noise floor)",
+        "ours": f"{ours}, memory://",
+        "ours_jsonl": f"{ours}, default JSONL",
+    }
     if family == "aiohttp":  # the floor under any middleware: aiohttp's own machinery
         names["noop"] = NOOP
     if peer is not None:
@@ -341,6 +421,7 @@ def _async_clients(ctx: Context, family: str, url: str, concurrency: int) -> dic
             return aiohttp.ClientSession(connector=connector, middlewares=middlewares)
 
         clients["bare"] = session()
+        clients["bare_again"] = session()
         clients["noop"] = session(_noop_middleware)
         for role, store in (("ours", "memory"), ("ours_jsonl", "jsonl")):
             policy = _http_policy(ctx, store)
@@ -348,14 +429,13 @@ def _async_clients(ctx: Context, family: str, url: str, concurrency: int) -> dic
         return clients
     httpx = need("httpx", "httpx")
     glue = need("connector_resilience.httpx", "connector-resilience[httpx]")
-    limits = httpx.Limits(
-        max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2
-    )
+    limits = _httpx_limits(httpx, concurrency)
 
     def inner() -> Any:
         return httpx.AsyncHTTPTransport(limits=limits)
 
     clients["bare"] = httpx.AsyncClient(transport=inner())
+    clients["bare_again"] = httpx.AsyncClient(transport=inner())
     for role, store in (("ours", "memory"), ("ours_jsonl", "jsonl")):
         policy = _http_policy(ctx, store)
         transport = glue.ResilientTransport("http", transport=inner(), policy=policy)
@@ -384,6 +464,7 @@ def _sync_clients(ctx: Context, family: str, concurrency: int) -> dict[str, Any]
             return s
 
         clients["bare"] = session(requests.adapters.HTTPAdapter(pool_maxsize=size))
+        clients["bare_again"] = session(requests.adapters.HTTPAdapter(pool_maxsize=size))
         for role, store in (("ours", "memory"), ("ours_jsonl", "jsonl")):
             policy = _http_policy(ctx, store)
             clients[role] = session(glue.ResilientAdapter("http", policy=policy, pool_maxsize=size))
@@ -394,14 +475,13 @@ def _sync_clients(ctx: Context, family: str, concurrency: int) -> dict[str, Any]
         return clients
     httpx = need("httpx", "httpx")
     glue = need("connector_resilience.httpx", "connector-resilience[httpx]")
-    limits = httpx.Limits(
-        max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2
-    )
+    limits = _httpx_limits(httpx, concurrency)
 
     def inner() -> Any:
         return httpx.HTTPTransport(limits=limits)
 
     clients["bare"] = httpx.Client(transport=inner())
+    clients["bare_again"] = httpx.Client(transport=inner())
     for role, store in (("ours", "memory"), ("ours_jsonl", "jsonl")):
         policy = _http_policy(ctx, store)
         clients[role] = httpx.Client(
@@ -414,6 +494,62 @@ def _sync_clients(ctx: Context, family: str, concurrency: int) -> dict[str, Any]
     except UnavailableError as exc:
         clients["peer"] = exc
     return clients
+
+
+#: How long an httpx client keeps an idle connection here (httpx's default: 5 s).
+#: httpcore's pool walks every connection it holds on each request event, so
+#: its cost per request grows with how many it holds. Kept for 5 s only, the
+#: connections a round opens expire or not during the other subjects' rounds
+#: depending on how long those last: the same client then swung between about
+#: 160 and 900 requests per CPU-second from one round to the next at 64
+#: concurrent. Kept through the case, every client holds the same connections.
+HTTPX_KEEPALIVE_S = 600.0
+
+
+def _httpx_limits(httpx: Any, concurrency: int) -> Any:
+    return httpx.Limits(
+        max_connections=concurrency * 2,
+        max_keepalive_connections=concurrency * 2,
+        keepalive_expiry=HTTPX_KEEPALIVE_S,
+    )
+
+
+def _fill_sync_pool(client: Any, url: str, concurrency: int, pool: ThreadPoolExecutor) -> None:
+    """Make an httpx client's pool hold one connection per worker: all open at once.
+
+    However many a pool opened while warming depends on how its first
+    requests happened to overlap (26 to 42 at 64 threads, from one client to
+    the next), and httpcore's cost per request grows with that number. With
+    every worker holding a response open at the same moment, each pool holds
+    ``concurrency`` connections, and keeps them (:data:`HTTPX_KEEPALIVE_S`):
+    no later round needs more.
+    """
+    everyone = threading.Barrier(concurrency)
+
+    def hold() -> None:
+        with client.stream("GET", url) as response:
+            everyone.wait(timeout=30)
+            response.read()
+
+    for future in [pool.submit(hold) for _ in range(concurrency)]:
+        future.result()
+
+
+async def _fill_async_pool(client: Any, url: str, concurrency: int) -> None:
+    """:func:`_fill_sync_pool` for an httpx async client."""
+    opened = 0
+    everyone = asyncio.Event()
+
+    async def hold() -> None:
+        nonlocal opened
+        async with client.stream("GET", url) as response:
+            opened += 1
+            if opened == concurrency:
+                everyone.set()
+            await asyncio.wait_for(everyone.wait(), 30)
+            await response.aread()
+
+    await asyncio.gather(*(hold() for _ in range(concurrency)))
 
 
 def _status(response: Any) -> int:
@@ -494,17 +630,24 @@ def _measure_family(
         return _sync_burst(client, url, n, concurrency, pool)
 
     try:
+        if family.startswith("httpx") and concurrency > 1:
+            for client in clients.values():
+                if is_async:
+                    loop.run_until_complete(_fill_async_pool(client, url, concurrency))
+                else:
+                    _fill_sync_pool(client, url, concurrency, pool)
         for role in clients:
             burst(role, 100)  # warm pools, engines and caches
         rate = burst("bare", 200)[0]
-        # Rounds of about half a second of the bare client, at least four requests
-        # per worker: a round of one request per worker times mostly scheduling.
-        n = max(200, 4 * concurrency, int(rate * (0.1 if ctx.quick else 0.5)))
+        # At least three requests per worker: a round of one request per worker
+        # times mostly scheduling.
+        n, rounds_n = _plan(ctx, len(clients), rate, 3 * concurrency)
         n += -n % concurrency
-        ctx.log(f"http {family} c={concurrency}: {len(clients)} clients x {n} requests")
-        # Twice the usual rounds: a request is a round trip through two processes on
-        # a shared machine, and the ratios these rounds give are the issue's targets.
-        rounds = interleaved(list(clients), lambda role: burst(role, n), 2 * ctx.repeats)
+        ctx.log(
+            f"http {family} c={concurrency}: {len(clients)} clients, "
+            f"{rounds_n} rounds of {n} requests"
+        )
+        rounds = interleaved(list(clients), lambda role: burst(role, n), rounds_n)
     finally:
         for client in clients.values():
             if hasattr(client, "aclose"):
@@ -539,7 +682,16 @@ def _run_clients(ctx: Context, url: str) -> None:
             "thread (the metrics writer too); each round ends by writing the metrics it "
             "buffered, timed, so none of it lands in the next subject's round. The peers "
             "retry like us on the failure path "
-            "(3 attempts); on this success path they only add their bookkeeping."
+            "(3 attempts); on this success path they only add their bookkeeping. "
+            "A bare httpx.AsyncClient at 64 concurrent is bound by httpcore 1.0.9's own "
+            "connection pool, which walks every pooled connection (and, for each idle one, "
+            "every connection again) each time a request starts or ends "
+            "(encode/httpcore#1035, fixed in the httpx2 fork): most of its CPU per request "
+            "there, the same under every adapter. httpx clients keep idle connections "
+            f"through the case (keepalive_expiry={HTTPX_KEEPALIVE_S:g} s, not 5 s) so that "
+            "every client holds the same number, one per worker, opened at once before "
+            "the rounds; sniffio is installed, without which "
+            "httpcore retries a failed import for each lock it sets up."
         ),
     )
     series: dict[str, Any] = {}
@@ -596,9 +748,15 @@ def _run_clients(ctx: Context, url: str) -> None:
                             target.ratio = ratio_stat(chosen[role], chosen[reference])
                             target.detail = (
                                 f"{Stat.of(chosen[role]).fmt(0)} vs "
-                                f"{Stat.of(chosen[reference]).fmt(0)} {basis}; wall clock: ratio "
-                                f"{ratio_stat(wall[role], wall[reference]).fmt(3)}"
+                                f"{Stat.of(chosen[reference]).fmt(0)} {basis}; "
+                                f"{_ratio_detail(chosen[role], chosen[reference])}; wall clock: "
+                                f"ratio {ratio_stat(wall[role], wall[reference]).fmt(3)}"
                             )
+                            if reference == "bare" and "bare_again" in chosen:
+                                target.detail += (
+                                    "; the noise floor (a second bare client): ratio "
+                                    f"{ratio_stat(chosen['bare_again'], chosen['bare']).fmt(3)}"
+                                )
                             if reference == "bare" and "noop" in chosen:
                                 target.detail += (
                                     "; a no-op middleware (aiohttp's own machinery): ratio "

@@ -217,6 +217,15 @@ def _http_scenarios(ctx: Any) -> dict[str, Callable[[], Loop]]:
       machine's proxy variables and ``.netrc`` would otherwise cost each
       request more than any adapter does.
 
+    ``http-httpx-sync-nometrics`` and ``http-requests-nometrics`` are ours
+    with ``metrics=False``: the flow alone, beside which the metric's own cost
+    shows. Part of that cost is paced by the wall clock, not by requests: the
+    metrics writer's ticks (every 50 ms while calls come) and a call's look at
+    whether the writer keeps up (every few ms). Under valgrind a whole-client
+    request takes that long by itself, so each request pays for one of each
+    here (about 9k instructions on httpx), where at native speed they are
+    shared by tens to hundreds of requests.
+
     Two things that are not per request are kept out of the count. Garbage
     collection is off inside the loops: a full pass costs millions of
     instructions and lands in one subject's loop or another's by chance. Our
@@ -234,10 +243,12 @@ def _http_scenarios(ctx: Any) -> dict[str, Callable[[], Loop]]:
 
         inner = httpx.MockTransport(lambda request: httpx.Response(200, content=b"ok"))
         transport: Any = inner
-        if kind == "ours":
+        if kind in {"ours", "ours-nometrics"}:
             from connector_resilience.httpx import ResilientTransport
 
-            transport = ResilientTransport("bench", transport=inner, policy=policy())
+            transport = ResilientTransport(
+                "bench", transport=inner, policy=policy(), metrics=kind == "ours"
+            )
         elif kind == "retries":
             import httpx_retries
 
@@ -258,10 +269,10 @@ def _http_scenarios(ctx: Any) -> dict[str, Callable[[], Loop]]:
         import requests
         import urllib3
 
-        if kind == "ours":
+        if kind in {"ours", "ours-nometrics"}:
             from connector_resilience.requests import ResilientAdapter
 
-            adapter: Any = ResilientAdapter("bench", policy=policy())
+            adapter: Any = ResilientAdapter("bench", policy=policy(), metrics=kind == "ours")
         elif kind == "urllib3":
             retry = urllib3.Retry(
                 total=3, backoff_factor=0.4, status_forcelist=(429, 502, 503, 504)
@@ -344,12 +355,14 @@ def _http_scenarios(ctx: Any) -> dict[str, Callable[[], Loop]]:
         "http-adapter": lambda: adapter("ours"),
         "http-adapter-bare": lambda: adapter("bare"),
         "http-httpx-sync": lambda: httpx_sync("ours"),
+        "http-httpx-sync-nometrics": lambda: httpx_sync("ours-nometrics"),
         "http-httpx-sync-bare": lambda: httpx_sync("bare"),
         "http-httpx-sync-retries": lambda: httpx_sync("retries"),
         "http-httpx-async": lambda: httpx_async("ours"),
         "http-httpx-async-bare": lambda: httpx_async("bare"),
         "http-httpx-async-retries": lambda: httpx_async("retries"),
         "http-requests": lambda: requests_session("ours"),
+        "http-requests-nometrics": lambda: requests_session("ours-nometrics"),
         "http-requests-bare": lambda: requests_session("bare"),
         "http-requests-urllib3": lambda: requests_session("urllib3"),
     }

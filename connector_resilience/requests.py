@@ -127,18 +127,27 @@ def _close(response: Any) -> None:
 _SendOptions = tuple[bool, Any, Any, Any, "dict[str, str] | None"]
 
 
+def _head(url: str) -> str:
+    """``url`` up to the slash after ``//``, any user and password left out.
+
+    Scheme, host and port, and so the connection pool and the proxy of a
+    request, are a function of it.
+    """
+    slashes = url.find("//") + 2
+    end = url.find("/", slashes)
+    head = url if end < 0 else url[:end]
+    if "@" in head:  # credentials: not kept, not part of the answer
+        head = head[:slashes] + head[head.rfind("@") + 1 :]
+    return head
+
+
 def _where(url: str) -> tuple[str, str, int | None]:
     """The scheme, host and port of ``url``, parsed once per scheme and authority.
 
     Parsing a URL is several microseconds; a connector's requests go to a
-    handful of origins. The key is the URL up to the slash after ``//``, any
-    user and password left out: scheme, host and port are a function of it.
+    handful of origins (see :func:`_head`).
     """
-    slashes = url.find("//") + 2
-    end = url.find("/", slashes)
-    key = url if end < 0 else url[:end]
-    if "@" in key:  # credentials: not kept, not part of the answer
-        key = key[:slashes] + key[key.rfind("@") + 1 :]
+    key = _head(url)
     place = _PLACES.get(key)
     if place is None:
         parts = urlsplit(key)
@@ -151,6 +160,24 @@ def _where(url: str) -> tuple[str, str, int | None]:
 #: Scheme, host and port by URL head (see :func:`_where`); bounded, shared by all adapters.
 _PLACES: dict[str, tuple[str, str, int | None]] = {}
 _MAX_PLACES = 1024
+#: Pools kept per adapter (see ResilientAdapter.get_connection_with_tls_context):
+#: (origin, verify, cert) keys are few; past this many, no more are kept.
+_MAX_POOL_KEYS = 256
+
+
+class _KeptPools:
+    """The pools one pool manager handed out, by (URL head, verify, cert).
+
+    Valid while the manager holds ``held`` pools: a pool made or dropped
+    anywhere else (``close()`` clears them all) changes that count.
+    """
+
+    __slots__ = ("by_key", "held", "manager")
+
+    def __init__(self, manager: Any) -> None:
+        self.manager = manager
+        self.held = -1
+        self.by_key: dict[tuple[str, Any, Any], urllib3.HTTPConnectionPool] = {}
 
 
 class ResilientAdapter(HTTPAdapter):
@@ -245,6 +272,7 @@ class ResilientAdapter(HTTPAdapter):
                 fallback=fallback,
             )
         )
+        self._pool_slots = 0  # how many pools the pool manager keeps (see init_poolmanager)
         super().__init__(
             pool_connections=pool_connections,
             pool_maxsize=pool_maxsize,
@@ -254,6 +282,15 @@ class ResilientAdapter(HTTPAdapter):
         # The send this adapter wraps (HTTPAdapter's, or the next class's in a
         # subclass's MRO), found once: super() on every attempt is a lookup each.
         self._plain_send: Callable[..., requests.Response] = super().send
+        # HTTPAdapter.send finds the connection pool (a URL parse, the proxy
+        # choice, the pool key, the pool manager's lock) and the URL form (parsed
+        # again) on every request, from the origin and the send's settings alone.
+        # A subclass that builds its own pool keys may use more: it is asked.
+        self._kept = _KeptPools(self.poolmanager)
+        self._caches_pools = (
+            type(self).build_connection_pool_key_attributes
+            is HTTPAdapter.build_connection_pool_key_attributes
+        )
 
     def __repr__(self) -> str:
         return f"ResilientAdapter({self.connector!r})"
@@ -283,6 +320,81 @@ class ResilientAdapter(HTTPAdapter):
             request,
             (stream, timeout, verify, cert, proxies),
         )
+
+    def init_poolmanager(
+        self,
+        connections: int,
+        maxsize: int,
+        block: bool = requests.adapters.DEFAULT_POOLBLOCK,
+        **pool_kwargs: Any,
+    ) -> None:
+        """HTTPAdapter's, noting how many pools the new pool manager keeps."""
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+        self._pool_slots = connections
+
+    def get_connection_with_tls_context(
+        self,
+        request: requests.PreparedRequest,
+        verify: Any,
+        proxies: dict[str, str] | None = None,
+        cert: Any = None,
+    ) -> urllib3.HTTPConnectionPool:
+        """HTTPAdapter's pool for ``request``, without a proxy found once per origin, verify, cert.
+
+        Kept only while it is the pool the manager would hand out: while the
+        manager has room for more pools than it holds, it drops none (each
+        request asks it once it is full, so that it drops the least recently
+        used as ever), and the count of pools it holds is checked on every
+        request (a pool made or dropped elsewhere, or ``close()``, starts
+        afresh), as is the manager itself (``init_poolmanager`` makes a new
+        one). A request through a proxy asks every time. Options set on a
+        pool manager after its first request to an origin are not seen by
+        that origin's requests: mount a new adapter instead.
+        """
+        manager = self.poolmanager
+        if proxies or not self._caches_pools:
+            return self._asked_pool(request, verify, proxies, cert)
+        kept = self._kept
+        pools = manager.pools
+        if kept.manager is not manager or len(pools) != kept.held:
+            kept = self._kept = _KeptPools(manager)
+        key = (_head(request.url or ""), verify, cert)
+        try:
+            pool = kept.by_key.get(key)
+        except TypeError:  # an unhashable verify or cert (a list): asked every time
+            return self._asked_pool(request, verify, proxies, cert)
+        if pool is None:
+            pool = self._asked_pool(request, verify, proxies, cert)
+            held = len(pools)
+            if held < self._pool_slots and len(kept.by_key) < _MAX_POOL_KEYS:
+                kept.by_key[key] = pool
+                kept.held = held
+        return pool
+
+    def _asked_pool(
+        self,
+        request: requests.PreparedRequest,
+        verify: Any,
+        proxies: dict[str, str] | None,
+        cert: Any,
+    ) -> urllib3.HTTPConnectionPool:
+        pool: urllib3.HTTPConnectionPool = super().get_connection_with_tls_context(
+            request, verify, proxies=proxies, cert=cert
+        )
+        return pool
+
+    def request_url(self, request: requests.PreparedRequest, proxies: dict[str, str] | None) -> str:
+        """HTTPAdapter's URL form: the path, or through an HTTP proxy the whole URL.
+
+        Without proxies it is the path, as HTTPAdapter's would answer, without
+        parsing the URL twice more to find that out. A path starting ``//`` is
+        HTTPAdapter's to answer (newer requests trim the extra slashes).
+        """
+        path = request.path_url
+        if proxies or path.startswith("//"):
+            url: str = super().request_url(request, proxies)
+            return url
+        return path
 
     def _attempt(
         self, request: requests.PreparedRequest, options: _SendOptions, timeout_s: float | None

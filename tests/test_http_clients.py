@@ -253,3 +253,118 @@ async def test_requests_one_adapter_serves_many_threads(
     assert server.hits() == 45  # 40 calls and one retry per 503
     summary = summarize("api", policy=policy)
     assert (summary.total_calls, summary.attempts, summary.errors) == (40, 45, 0)
+
+
+# requests: the pools the adapter keeps per origin -------------------------------------
+
+
+def _pool_of(adapter: ResilientAdapter, url: str, **send: Any) -> Any:
+    """The pool ``adapter`` sends a GET of ``url`` through, with a send's TLS and proxy settings."""
+    prepared = requests.Request("GET", url).prepare()
+    options = {"verify": True, "proxies": {}, "cert": None, **send}
+    return adapter.get_connection_with_tls_context(prepared, **options)
+
+
+def _held(adapter: ResilientAdapter, url: str) -> Any:
+    """The pool the pool manager holds for ``url`` (verified TLS), made if it holds none."""
+    return adapter.poolmanager.connection_from_url(url, pool_kwargs={"cert_reqs": "CERT_REQUIRED"})
+
+
+def test_requests_each_origin_and_tls_setting_gets_the_pool_the_manager_hands_out() -> None:
+    adapter = ResilientAdapter("api", policy=_policy())
+    verified = _pool_of(adapter, "https://api.example.com/a")
+    assert _pool_of(adapter, "https://api.example.com/b?q=1") is verified
+    assert verified is _held(adapter, "https://api.example.com/")
+    unverified = _pool_of(adapter, "https://api.example.com/a", verify=False)
+    assert unverified is not verified
+    assert (verified.cert_reqs, unverified.cert_reqs) == ("CERT_REQUIRED", "CERT_NONE")
+    with_cert = _pool_of(adapter, "https://api.example.com/a", cert="/tmp/client.pem")
+    assert with_cert not in (verified, unverified)
+    assert with_cert.cert_file == "/tmp/client.pem"
+    assert _pool_of(adapter, "https://api.example.com:8443/a") is not verified
+    assert _pool_of(adapter, "https://user:secret@api.example.com/a") is verified
+    assert _pool_of(adapter, "https://api.example.com/a", verify=False) is unverified
+
+
+def test_requests_a_pool_the_manager_dropped_or_closed_is_never_handed_out() -> None:
+    adapter = ResilientAdapter("api", policy=_policy(), pool_connections=2)
+    first = _pool_of(adapter, "https://a.example.com/")
+    adapter.close()  # the manager lets go of every pool
+    again = _pool_of(adapter, "https://a.example.com/")
+    assert again is not first
+    assert again is _held(adapter, "https://a.example.com/")
+    # Past two origins the manager drops its least recently used pool: every
+    # request is then the manager's to answer, as without the adapter.
+    for url in ("https://b.example.com/", "https://c.example.com/", "https://a.example.com/"):
+        assert _pool_of(adapter, url) is _held(adapter, url)
+    assert len(adapter.poolmanager.pools) == 2
+    # A new pool manager (init_poolmanager) starts afresh.
+    adapter.init_poolmanager(4, 4)
+    assert _pool_of(adapter, "https://a.example.com/") is _held(adapter, "https://a.example.com/")
+
+
+@pytest.mark.parametrize(
+    "url", ["http://h.example.com/a/b?c=1&d=2", "http://h.example.com", "http://h.example.com//x"]
+)
+def test_requests_the_url_form_without_a_proxy_is_httpadapters(url: str) -> None:
+    prepared = requests.Request("GET", url).prepare()
+    ours = ResilientAdapter("api", policy=_policy())
+    assert ours.request_url(prepared, {}) == requests.adapters.HTTPAdapter().request_url(
+        prepared, {}
+    )
+
+
+async def test_requests_a_proxy_setting_is_never_served_a_direct_pool(
+    server: FaultServer, other_server: FaultServer, waits: list[float]
+) -> None:
+    adapter = ResilientAdapter("api", policy=_policy())
+    proxy = {"http": other_server.url}
+
+    def run() -> list[int]:
+        with requests.Session() as session:
+            session.trust_env = False
+            session.mount("http://", adapter)
+            direct = session.get(server.url + "/x", timeout=10).status_code
+            proxied = session.get(server.url + "/x", timeout=10, proxies=proxy).status_code
+            again = session.get(server.url + "/x", timeout=10).status_code
+            return [direct, proxied, again]
+
+    assert await asyncio.to_thread(run) == [200, 200, 200]
+    assert server.hits() == 2
+    # The proxy was asked for the whole URL, as HTTPAdapter asks a proxy.
+    assert other_server.hits() == 1
+    assert other_server.seen[0].headers["Host"] == server.url.removeprefix("http://")
+
+
+async def test_requests_go_on_after_the_adapter_closed_its_pools(
+    server: FaultServer, other_server: FaultServer, waits: list[float]
+) -> None:
+    adapter = ResilientAdapter("api", policy=_policy(), pool_connections=1)
+
+    def run() -> list[int]:
+        with requests.Session() as session:
+            session.mount("http://", adapter)
+            urls = (server.url, other_server.url, server.url, other_server.url)
+            statuses = [session.get(url + "/", timeout=10).status_code for url in urls]
+            adapter.close()
+            statuses.append(session.get(server.url + "/", timeout=10).status_code)
+            return statuses
+
+    assert await asyncio.to_thread(run) == [200] * 5
+    assert (server.hits(), other_server.hits()) == (3, 2)
+
+
+def test_requests_a_subclass_that_builds_its_own_pool_keys_is_asked_every_time() -> None:
+    class OwnKeys(ResilientAdapter):
+        asked = 0
+
+        def build_connection_pool_key_attributes(
+            self, request: requests.PreparedRequest, verify: Any, cert: Any = None
+        ) -> tuple[dict[str, Any], dict[str, Any]]:
+            OwnKeys.asked += 1
+            return super().build_connection_pool_key_attributes(request, verify, cert)
+
+    adapter = OwnKeys("api", policy=_policy())
+    first = _pool_of(adapter, "https://api.example.com/a")
+    assert _pool_of(adapter, "https://api.example.com/a") is first
+    assert OwnKeys.asked == 2
