@@ -218,10 +218,6 @@ class HttpCalls(Generic[S, C, R]):
         self._engines: dict[tuple[str, str | None], Engine] = {}
         self._routes: dict[tuple[str, str, int | None], _Route] = {}
         self._lock = threading.Lock()
-        # The admission under way per (breaker, event loop), and per breaker for
-        # threads: see _admit_async and _admit_sync.
-        self._looking: dict[tuple[CircuitBreaker, asyncio.AbstractEventLoop], asyncio.Event] = {}
-        self._looking_locks: dict[CircuitBreaker | None, threading.RLock] = {}
 
     # Engines and routes ------------------------------------------------------
 
@@ -273,17 +269,11 @@ class HttpCalls(Generic[S, C, R]):
             direct=self._direct and not bounded,
             # OAUTH2_REQUIRED without tokens=: no request goes out without a usable token.
             guards=engine.load.admits or engine.fallback is not None or engine.gate is not None,
-            looking=self._looking_lock(engine.breaker),
         )
         with self._lock:
             if len(self._routes) < _MAX_ROUTES:
                 route = self._routes.setdefault(key, route)
         return route
-
-    def _looking_lock(self, breaker: CircuitBreaker | None) -> threading.RLock:
-        """The lock of the store look under way for ``breaker`` (shared by its routes)."""
-        with self._lock:
-            return self._looking_locks.setdefault(breaker, threading.RLock())
 
     # The flow, sync and async ------------------------------------------------
 
@@ -318,7 +308,7 @@ class HttpCalls(Generic[S, C, R]):
         # One clock read admits the call and starts its timing (see _clock).
         start = perf()
         if breaker is not None and start >= breaker.admit_until:
-            probe = self._admit_sync(route, breaker, start)
+            probe = self._admit_sync(route, breaker)
             start = perf()  # the admission may have read the store: not the call's time
         if route.special:
             self._prepare(route, request)
@@ -375,7 +365,7 @@ class HttpCalls(Generic[S, C, R]):
         perf = _clock.perf
         start = perf()
         if breaker is not None and start >= breaker.admit_until:
-            probe = await self._admit_async(route, breaker, start)
+            probe = await self._admit_async(route, breaker)
             start = perf()
         if route.special:
             self._prepare(route, request)
@@ -408,63 +398,27 @@ class HttpCalls(Generic[S, C, R]):
 
     # What the first attempt needs off its hot path -------------------------------
 
-    def _admit_sync(self, route: _Route, breaker: CircuitBreaker, now: float) -> str | None:
-        """The breaker's admission (a probe id, or ``None``), one look at a time; raises refusals.
+    def _admit_sync(self, route: _Route, breaker: CircuitBreaker) -> str | None:
+        """The breaker's admission (a probe id, or ``None``); a refusal is counted, then raised.
 
-        As in :meth:`_admit_async`: when the cached state goes stale, one
-        thread reads the store (a file read and parse for JSONL, during which
-        the other threads run on) and the others wait for its answer instead
-        of each reading too. The lock is re-entrant: a state-change listener
-        that sends a request through this adapter from the looking thread
-        goes on.
+        The refusal is counted with the route's labels. When the breaker's
+        cached state has gone stale, the breaker reads the store once: requests
+        that come meanwhile wait for that answer (see
+        :class:`~connector_resilience.circuit.CircuitBreaker`).
         """
-        engine = route.engine
-        looking = route.looking
-        while True:
-            if _decided_by_cache(route, breaker, now):  # another thread's look found it closed
-                return None
-            if looking.acquire(blocking=False):
-                break
-            with looking:  # a look is under way: its answer is ours too
-                pass
-            now = _clock.perf()
         try:
             return breaker.acquire()
         except CircuitOpenError as exc:
-            engine.rejected(exc, route.labels)
+            route.engine.rejected(exc, route.labels)
             raise
-        finally:
-            looking.release()
 
-    async def _admit_async(self, route: _Route, breaker: CircuitBreaker, now: float) -> str | None:
-        """:meth:`_admit_sync` without blocking the event loop on store I/O; one look at a time.
-
-        When the breaker's cached state goes stale, every request that starts
-        before the store has answered would make its own look (a worker thread
-        each for a store without asyncio twins: at 64 concurrent requests, a
-        quarter of all requests paid for one). Instead the first one looks and
-        the others of its event loop wait for that answer, then decide from the
-        refreshed state as if they had read it themselves.
-        """
-        engine = route.engine
-        key = (breaker, asyncio.get_running_loop())
-        while True:
-            if _decided_by_cache(route, breaker, now):  # another request's look found it closed
-                return None
-            looking = self._looking.get(key)
-            if looking is None:
-                break
-            await looking.wait()
-            now = _clock.perf()
-        looking = self._looking[key] = asyncio.Event()
+    async def _admit_async(self, route: _Route, breaker: CircuitBreaker) -> str | None:
+        """:meth:`_admit_sync` without blocking the event loop on store I/O."""
         try:
             return await breaker.aacquire()
         except CircuitOpenError as exc:
-            engine.rejected(exc, route.labels)
+            route.engine.rejected(exc, route.labels)
             raise
-        finally:
-            del self._looking[key]
-            looking.set()
 
     def _prepare(self, route: _Route, request: S) -> None:
         """What a request of a special route needs before its first attempt."""
@@ -658,18 +612,6 @@ class HttpCalls(Generic[S, C, R]):
         return retry_at(status, response.headers, now=_clock.wall())
 
 
-def _decided_by_cache(route: _Route, breaker: CircuitBreaker, now: float) -> bool:
-    """True if the breaker's cached state admits the request at ``now``; raises its refusal.
-
-    False: the cached state is stale, so the store must be read.
-    """
-    if now < breaker.refuse_until:
-        rejection = breaker.rejection()
-        route.engine.rejected(rejection, route.labels)
-        raise rejection
-    return now < breaker.admit_until
-
-
 @dataclass(slots=True)
 class _Route:
     """What requests of one (method, host, port) need, decided once: the hot path only reads it.
@@ -689,8 +631,6 @@ class _Route:
         direct: an attempt is the adapter's context called with the request
             (the adapter said so, and no timeout of ours applies).
         guards: load control wraps the flow (a rate limiter, a bulkhead, a fallback).
-        looking: held by the thread reading the breaker's state from the store
-            (shared by every route of the breaker).
         settled: status -> the series a first-attempt success goes to (``None``:
             metrics off), for the statuses that settle a call whatever the
             headers say; filled as they are seen.
@@ -709,7 +649,6 @@ class _Route:
     bounded: bool
     direct: bool
     guards: bool
-    looking: threading.RLock
     settled: dict[int, Series | None] = field(default_factory=dict)
 
     def timeout_s(self, began: float) -> float | None:
