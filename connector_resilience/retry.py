@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import datetime as _dt
 import email.utils
+import functools
 import math
 import random
 import re
@@ -195,10 +196,8 @@ def retry_after_from(outcome: object) -> float | None:
     ``Retry-After`` header on ``.headers`` or ``.response.headers`` (aiohttp's
     ``ClientResponseError``, httpx's and requests' errors and responses).
     """
-    bare = _bare_types.get(type(outcome))
-    if bare is None:
-        bare = _is_bare(type(outcome))
-    if bare and not getattr(outcome, "__dict__", None):
+    kind: Any = type(outcome)  # a class is hashable (typeshed says type[object] may not be)
+    if _is_bare(kind) and not getattr(outcome, "__dict__", None):
         return None  # a plain exception (ConnectionError...): no attribute to look up
     direct = getattr(outcome, "retry_after", None)
     if direct is not None:
@@ -217,19 +216,15 @@ def retry_after_from(outcome: object) -> float | None:
     return None
 
 
-#: Per type: whether it has no class-level ``retry_after``, ``headers`` or
-#: ``response``. An instance of such a type with nothing in its ``__dict__`` carries
-#: no Retry-After, found without looking the three up (each one missing is an
-#: AttributeError raised and cleared: most of what a retry's wait cost).
-_bare_types: dict[type, bool] = {}
-_BARE_TYPES_MAX = 1000  # classes made on the fly must not grow it without bound
-
-
+@functools.lru_cache(maxsize=1024)  # bounded: classes may be made on the fly
 def _is_bare(cls: type) -> bool:
-    bare = not any(hasattr(cls, name) for name in ("retry_after", "headers", "response"))
-    if len(_bare_types) < _BARE_TYPES_MAX:
-        _bare_types[cls] = bare
-    return bare
+    """Whether ``cls`` has no class-level ``retry_after``, ``headers`` or ``response``.
+
+    An instance of such a type with nothing in its ``__dict__`` carries no
+    Retry-After, found without looking the three up (each one missing is an
+    AttributeError raised and cleared: most of what a retry's wait cost).
+    """
+    return not any(hasattr(cls, name) for name in ("retry_after", "headers", "response"))
 
 
 class wait_backoff(wait_base):  # noqa: N801 - tenacity's naming for wait strategies
