@@ -414,7 +414,9 @@ class Engine:
         known[id(labels)] = (labels, series)
         return series
 
-    def rejected(self, exc: CircuitOpenError, labels: Mapping[str, str] | None = None) -> None:
+    def rejected(
+        self, exc: CircuitOpenError, labels: Mapping[str, str] | None = None
+    ) -> CircuitOpenError:
         # The hot path of an open circuit: one append; the buffer counts them and
         # writes one record per (operation, labels) per flush.
         buffer = self.buffer
@@ -435,6 +437,7 @@ class Engine:
         hook = self.options.on_reject
         if hook is not None:
             _safely(hook, exc, "on_reject")
+        return exc  # for ``raise engine.rejected(...)``
 
     def refused(self, kind: Refusal, labels: Mapping[str, str] | None = None) -> None:
         """Count a load-control refusal (or a fallback used) in the metrics."""

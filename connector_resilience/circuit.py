@@ -335,24 +335,13 @@ class CircuitBreaker:
         """
         if _clock.monotonic() < self.admit_until:
             return None
-        rejection = self.plain_rejection()
-        if rejection is not None:
-            raise rejection
+        if _clock.monotonic() < self.refuse_until:  # plainly open: the common refusal
+            raise self.rejection()  # no local: it would tie this frame to the traceback
         self._refresh_if_stale()
         if _clock.monotonic() < self.admit_until:  # fresh again, and closed
             return None
         result: str | None = self._drive(self._admit_steps())
         return result
-
-    def plain_rejection(self) -> CircuitOpenError | None:
-        """The error for a call while plainly open (cooldown running), else ``None``.
-
-        The common rejection, decided from the cache without the admission
-        machinery, and returned rather than raised so the caller raises it once.
-        """
-        if _clock.monotonic() < self.refuse_until:
-            return self.rejection()
-        return None
 
     def rejection(self) -> CircuitOpenError:
         """The error that refuses a call under the cached record."""
@@ -443,9 +432,8 @@ class CircuitBreaker:
             await self._arefresh()
             if _clock.monotonic() < self.admit_until:  # fresh again, and closed
                 return None
-        rejection = self.plain_rejection()
-        if rejection is not None:
-            raise rejection
+        if _clock.monotonic() < self.refuse_until:  # plainly open: the common refusal
+            raise self.rejection()  # no local: it would tie this frame to the traceback
         result: str | None = await self._adrive(self._admit_steps())
         return result
 
