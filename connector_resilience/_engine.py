@@ -591,7 +591,12 @@ class Engine:
                     if stats is not None:
                         stats[OUTCOME], stats[ERROR] = "failure", type(value).__name__
                     yield (_REPORT, probe, "ignore", duration_ms, None)
-                    raise value
+                    try:
+                        raise value
+                    finally:
+                        # The traceback keeps this frame: without these names, the
+                        # frame and the exception make no cycle for the collector.
+                        first = value = None
                 retry = self.should_retry(value)
                 outcome, error_name = self.classify(value), type(value).__name__
             if after is not None:
@@ -642,7 +647,10 @@ class Engine:
                 yield (_REPORT, probe, outcome, duration_ms, error_name if ok else value)
                 if ok:
                     return value
-                raise value
+                try:
+                    raise value
+                finally:
+                    first = value = None  # no cycle, as above
             assert delay is not None
             self._announce_retry(attempt, delay, None if ok else value, value if ok else None)
             if delay > 0:
@@ -827,6 +835,8 @@ def run_sync(
                 answer = None
     except StopIteration as done:
         return done.value
+    finally:
+        answer, step = None, ()  # an exception raised through here: no cycle (see _steps)
 
 
 async def run_async(
@@ -869,6 +879,8 @@ async def run_async(
                 answer = None
     except StopIteration as done:
         return done.value
+    finally:
+        answer, step = None, ()  # an exception raised through here: no cycle (see _steps)
 
 
 async def within(timeout_s: float, awaitable: Awaitable[Any]) -> Any:

@@ -463,8 +463,10 @@ class HttpCalls(Generic[S, C, R]):
         """The rest of the call, from the plan (``first``: the first attempt, if it ran)."""
         spec = self._spec(route, request, began)
         attempt = self._attempt(route, send, request, context, began)
+        plan = route.engine.plan(probe, first, spec)
+        del first  # the plan's alone: an exception raised through here makes no cycle
         result: R = run_sync(
-            route.engine.plan(probe, first, spec),
+            plan,
             attempt,
             (),
             {},
@@ -486,8 +488,10 @@ class HttpCalls(Generic[S, C, R]):
         """:meth:`_plan_sync` for an async client."""
         spec = self._spec(route, request, began)
         attempt = self._attempt(route, send, request, context, began)
+        plan = route.engine.plan(probe, first, spec)
+        del first  # the plan's alone: an exception raised through here makes no cycle
         result: R = await run_async(
-            route.engine.plan(probe, first, spec),
+            plan,
             attempt,
             (),
             {},
