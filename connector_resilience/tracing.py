@@ -259,6 +259,9 @@ class CallTracer:
             call.set_attribute(ATTEMPTS, attempt)
             _fail(trace, call, type(exc).__name__)
             call.end()
+            # The traceback keeps this frame: without these names, the frame and
+            # the exception make no cycle for the garbage collector.
+            answer, pending, step = None, None, ()
             raise
 
     def _end_attempt(

@@ -21,8 +21,8 @@ SHARED_BACKENDS = ("jsonl", "sqlite", "redis")
 #: Redis as deployed in production: the conformance suite runs on these too.
 REDIS_DEPLOYMENTS = ("redis-cluster", "redis-sentinel")
 
-#: The ``redis_server`` and ``redis_server_factory`` fixtures.
-pytest_plugins = ["tests.redis_server"]
+#: The ``redis_server`` and ``redis_server_factory`` fixtures; ``provider`` and ``spans``.
+pytest_plugins = ["tests.redis_server", "tests.tracing_fixtures"]
 
 
 @pytest.fixture(autouse=True)

@@ -26,6 +26,7 @@ import aiohttp
 import httpx
 import pytest
 import requests
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from connector_resilience import CircuitBreaker, CircuitOpenError, resilient, testing
 from connector_resilience.aiohttp import ResilienceMiddleware
@@ -208,3 +209,16 @@ async def test_httpx_async_transport_s_failure_makes_no_garbage(
                 assert not await _left_alive_async(
                     lambda: client.get(refused_url), httpx.ConnectError
                 )
+
+
+@pytest.mark.parametrize("attempts", [1, 2])
+def test_a_traced_failure_makes_no_garbage(attempts: int, spans: InMemorySpanExporter) -> None:
+    @resilient("api", policy=_failing_policy(attempts))
+    def fetch() -> str:
+        raise DependencyDownError("the dependency is down")
+
+    with testing.no_waits():
+        for _ in range(2):
+            spans.clear()
+            assert not _left_alive(fetch, DependencyDownError)
+    assert spans.get_finished_spans()  # the call was traced

@@ -13,33 +13,12 @@ from typing import Any
 import aiohttp
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
 from connector_resilience import CircuitOpenError, ConfigurationError, resilient, testing, tracing
 from connector_resilience.aiohttp import ResilienceMiddleware
 from tests.http_server import Action, FaultServer, fault_server
-
-
-@pytest.fixture
-def provider() -> Iterator[TracerProvider]:
-    provider = TracerProvider()
-    try:
-        yield provider
-    finally:
-        provider.shutdown()
-
-
-@pytest.fixture
-def spans(provider: TracerProvider) -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.instrument(tracer_provider=provider)
-    try:
-        yield exporter
-    finally:
-        tracing.reset()
 
 
 @pytest.fixture
