@@ -68,6 +68,8 @@ OURS_JSONL = "ResilienceMiddleware, default JSONL"
 RETRY_CLIENT = "aiohttp-retry RetryClient"
 INTERLOCK = "interlock-cb CircuitBreakerMiddleware"
 NOOP = "a no-op middleware (reference)"
+#: Our middleware's per-request flow alone: how much of its cost is the flow itself.
+FLOW = "ResilienceMiddleware, metrics and breaker off (reference)"
 
 
 async def _noop_middleware(request: Any, handler: Any) -> Any:
@@ -393,6 +395,7 @@ def _subject_names(family: str) -> dict[str, str]:
     }
     if family == "aiohttp":  # the floor under any middleware: aiohttp's own machinery
         names["noop"] = NOOP
+        names["flow"] = FLOW
     if peer is not None:
         names["peer"] = {
             "httpx-retries": "httpx-retries RetryTransport",
@@ -426,6 +429,15 @@ def _async_clients(ctx: Context, family: str, url: str, concurrency: int) -> dic
         for role, store in (("ours", "memory"), ("ours_jsonl", "jsonl")):
             policy = _http_policy(ctx, store)
             clients[role] = session(glue.ResilienceMiddleware("http", policy=policy))
+        # The same flow (route, timing, status lookup, retry decision) with nothing
+        # recorded and no breaker: what the per-request flow costs by itself.
+        policy = _http_policy(ctx, "memory")
+        policy = policy.model_copy(
+            update={"circuit": policy.circuit.model_copy(update={"enabled": False})}
+        )
+        clients["flow"] = session(
+            glue.ResilienceMiddleware("http-flow", policy=policy, metrics=False)
+        )
         return clients
     httpx = need("httpx", "httpx")
     glue = need("connector_resilience.httpx", "connector-resilience[httpx]")
@@ -761,6 +773,11 @@ def _run_clients(ctx: Context, url: str) -> None:
                                 target.detail += (
                                     "; a no-op middleware (aiohttp's own machinery): ratio "
                                     f"{ratio_stat(chosen['noop'], chosen['bare']).fmt(3)}"
+                                )
+                            if reference == "bare" and "flow" in chosen:
+                                target.detail += (
+                                    "; our flow with metrics and breaker off: ratio "
+                                    f"{ratio_stat(chosen['flow'], chosen['bare']).fmt(3)}"
                                 )
                         else:
                             target.why_not = missing.get(reference, "not measured")
