@@ -196,6 +196,38 @@ class CircuitBreaker:
         'closed'
     """
 
+    # Slots: every call reads the fast-path attributes, and each connector keeps one.
+    __slots__ = (
+        "_ahead_of",
+        "_alooking",
+        "_announce_lock",
+        "_changes",
+        "_epochs",
+        "_faults",
+        "_last_fault",
+        "_listeners",
+        "_local",
+        "_looking",
+        "_pending_probe",
+        "_pushed",
+        "_random",
+        "_record",
+        "_record_epoch",
+        "_reporter",
+        "_seen_state",
+        "_stale_at",
+        "_window",
+        "_window_lock",
+        "admit_until",
+        "config",
+        "connector",
+        "policy",
+        "refuse_until",
+        "rejection_args",
+        "store",
+        "success_is_trivial",
+    )
+
     def __init__(
         self,
         connector: str,
@@ -219,6 +251,13 @@ class CircuitBreaker:
         self._random = rng.random if rng is not None else random.random
         self._record = _NEVER_WRITTEN
         self._seen_state: CircuitState = "closed"
+        # When the cached record goes stale (0: at once), and what a stale look
+        # waits on, made at the first one (most breakers of a quiet process never
+        # need one), with the process it was made in: a lock held at a fork stays held.
+        self._stale_at = 0.0
+        self._looking: tuple[int, threading.RLock] | None = None
+        self._alooking: dict[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+        self._last_fault: BaseException | None = None
         # The fast path (see the class docstring), recomputed whenever the cached record changes.
         self.admit_until = 0.0
         self.refuse_until = 0.0
@@ -782,8 +821,6 @@ class CircuitBreaker:
 
     # Drivers: carry out the store operations ------------------------------
 
-    _last_fault: BaseException | None = None
-
     def _drive(self, steps: _Steps) -> Any:
         store = self.store
         try:
@@ -904,12 +941,6 @@ class CircuitBreaker:
         return _STORE_DOWN
 
     # Cache ----------------------------------------------------------------
-
-    _stale_at = 0.0
-    # Made at the first stale look (most breakers of a quiet process never need
-    # one), with the process it was made in: a lock held at a fork stays held.
-    _looking: tuple[int, threading.RLock] | None = None
-    _alooking: dict[asyncio.AbstractEventLoop, asyncio.Event] | None = None
 
     def _refresh_if_stale(self) -> None:
         """Read the store if the cache went stale: one thread looks, the others wait.
