@@ -366,6 +366,17 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Result]:
             )
             calls = 'connector_resilience_store_window_calls{connector="billing"}'
             until(lambda: [v for _, v in server.vector(calls)] == [20.0], "the dashboard's view")
+            # The dashboard refreshes its view on its own clock and may have read
+            # the store while the second round was being written: wait until it
+            # holds every connector's second round, not billing's alone, so that
+            # the verdicts it exports are the ones the store gives now.
+            stored = read_view(store=state.store, policy=state.policy, window_s=3600)
+            settled = {c.connector: float(c.summary.attempts) for c in stored.connectors}
+            attempts = "connector_resilience_store_window_attempts"
+            until(
+                lambda: {m["connector"]: v for m, v in server.vector(attempts)} == settled,
+                "the dashboard's view of every connector",
+            )
             stamps = server.vector(
                 "timestamp(connector_resilience_calls_total{connector='billing'})"
                 " or timestamp(connector_resilience_store_window_calls{connector='billing'})"
