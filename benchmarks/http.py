@@ -404,9 +404,9 @@ def _subject_names(family: str) -> dict[str, str]:
     return names
 
 
-def _http_policy(ctx: Context, store: str) -> Any:
+def _http_policy(ctx: Context, store: str, **groups: Any) -> Any:
     # The real configuration: the background metrics writer runs as shipped.
-    policy = subjects.our_policy(ctx, store)
+    policy = subjects.our_policy(ctx, store, **groups)
     return policy.model_copy(
         update={"store": policy.store.model_copy(update={"flush_interval_s": 0.5})}
     )
@@ -431,10 +431,7 @@ def _async_clients(ctx: Context, family: str, url: str, concurrency: int) -> dic
             clients[role] = session(glue.ResilienceMiddleware("http", policy=policy))
         # The same flow (route, timing, status lookup, retry decision) with nothing
         # recorded and no breaker: what the per-request flow costs by itself.
-        policy = _http_policy(ctx, "memory")
-        policy = policy.model_copy(
-            update={"circuit": policy.circuit.model_copy(update={"enabled": False})}
-        )
+        policy = _http_policy(ctx, "memory", circuit={"enabled": False})
         clients["flow"] = session(
             glue.ResilienceMiddleware("http-flow", policy=policy, metrics=False)
         )
